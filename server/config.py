@@ -1,0 +1,92 @@
+"""Settings: one frozen dataclass read from PRESENCE_* variables, overridable by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot run with; the message names the setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    redis_url: str = "memory://"
+    default_timeout: float = 300.0
+    min_timeout: float = 20.0
+    max_timeout: float = 3600.0
+    sweep_interval: float = 1.0
+    max_name_length: int = 92
+    key_prefix: str = "pn"
+    log_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise SettingsError("PRESENCE_HOST must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"PRESENCE_PORT must be between 0 and 65535, got {self.port}")
+        if "://" not in self.redis_url:
+            raise SettingsError(
+                f"PRESENCE_REDIS_URL must be a URL such as memory:// or redis://host:6379/0, got {self.redis_url!r}"
+            )
+        for name in ("default_timeout", "min_timeout", "max_timeout", "sweep_interval"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{_env_name(name)} must be a positive number, got {getattr(self, name)}")
+        if self.min_timeout > self.max_timeout:
+            raise SettingsError(
+                f"PRESENCE_MIN_TIMEOUT ({self.min_timeout}) must not exceed PRESENCE_MAX_TIMEOUT ({self.max_timeout})"
+            )
+        if self.max_name_length < 1:
+            raise SettingsError(f"PRESENCE_MAX_NAME_LENGTH must be a positive integer, got {self.max_name_length}")
+        if self.log_size < 100:
+            raise SettingsError(f"PRESENCE_LOG_SIZE must be at least 100, got {self.log_size}")
+        if not self.key_prefix or any(c in self.key_prefix for c in "{}"):
+            raise SettingsError(f"PRESENCE_KEY_PREFIX must be non-empty and free of braces, got {self.key_prefix!r}")
+
+    def clamp_timeout(self, seconds: float) -> float:
+        """Bound a client's presence timeout to [min_timeout, max_timeout]."""
+        return min(max(seconds, self.min_timeout), self.max_timeout)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read PRESENCE_* variables; keyword overrides (CLI flags) win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(_env_name(field.name))
+            if raw is not None and raw != "":
+                values[field.name] = _convert(field.name, field.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def summary(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: the Redis URL loses any password."""
+        data = dataclasses.asdict(self)
+        data["redis_url"] = redact_url(self.redis_url)
+        return data
+
+
+def _env_name(field_name: str) -> str:
+    return "PRESENCE_" + field_name.upper()
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    kind = {"int": int, "float": float}.get(str(type_name), str)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{_env_name(name)} must be a {kind.__name__}, got {raw!r}") from None
+
+
+def redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user + ':' if user else ''}***@{host}"

@@ -1,0 +1,80 @@
+"""PubNub-shaped responses and errors, and the middleware that keeps every answer JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+import redis.exceptions
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+log = logging.getLogger("server")
+
+# What the real service sends; both SDKs require "json" or "javascript" in it (protocol 1.4).
+CONTENT_TYPE = 'text/javascript; charset="UTF-8"'
+
+PRESENCE = "Presence"
+CHANNEL_REGISTRY = "channel-registry"
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers={"Content-Type": CONTENT_TYPE})
+
+
+def ok(service: str = PRESENCE, **fields: Any) -> web.Response:
+    """The ``{"status": 200, "message": "OK", "service": ...}`` body most presence calls answer."""
+    return json_response({"status": 200, "message": "OK", "service": service, **fields})
+
+
+class PubNubError(Exception):
+    """An error answered with PubNub's JSON error body (protocol 1.5); never a 2xx."""
+
+    def __init__(self, status: int, message: str, service: str = PRESENCE, payload: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.service = service
+        self.payload = payload
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"status": self.status, "error": True, "message": self.message,
+                                "service": self.service}
+        if self.payload is not None:
+            body["payload"] = self.payload
+        return json_response(body, self.status)
+
+
+def bad_request(message: str, service: str = PRESENCE) -> PubNubError:
+    return PubNubError(400, message, service)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error: aiohttp's own error pages are plain text (protocol 8)."""
+    try:
+        return await handler(request)
+    except PubNubError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return PubNubError(exc.status, exc.reason, _service_of(request.path)).response()
+    except REDIS_DOWN as exc:
+        log.warning("redis unavailable during %s %s: %s", request.method, request.path, exc)
+        return PubNubError(503, "Service Unavailable", _service_of(request.path)).response()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal error during %s %s", request.method, request.path)
+        return PubNubError(500, "Internal Server Error", _service_of(request.path)).response()
+
+
+def _service_of(path: str) -> str:
+    if path.startswith("/v1/channel-registration"):
+        return CHANNEL_REGISTRY
+    return PRESENCE

@@ -1,0 +1,120 @@
+"""Request parsing: names from the raw path, lists, numbers and state, each checked once."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+
+from server.http import PRESENCE, bad_request
+
+
+def raw_path_value(request: web.Request, name: str) -> str:
+    """A path placeholder's value exactly as sent, still percent-encoded.
+
+    aiohttp decodes path parameters, so ``a%2Cb`` (one channel named ``a,b``) and ``a,b`` (two
+    channels) would look alike; channel lists must be split on literal commas first (protocol 1.2).
+    """
+    canonical = request.match_info.route.resource.canonical  # type: ignore[union-attr]
+    position = canonical.split("/").index("{" + name + "}")
+    return request.raw_path.partition("?")[0].split("/")[position]
+
+
+def _decode(raw: str, what: str, service: str) -> str:
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise bad_request(f"Invalid {what}: not UTF-8", service) from None
+
+
+def check_name(name: str, what: str, max_length: int, service: str = PRESENCE) -> str:
+    if not name:
+        raise bad_request(f"Invalid {what}: empty", service)
+    if len(name) > max_length:
+        raise bad_request(f"Invalid {what}: longer than {max_length} characters", service)
+    return name
+
+
+def path_name(request: web.Request, name: str, what: str, max_length: int, service: str = PRESENCE) -> str:
+    """One percent-encoded name from the path (a uuid, a group, a subscribe key)."""
+    return check_name(_decode(raw_path_value(request, name), what, service), what, max_length, service)
+
+
+def split_names(raw: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
+    """A comma list of individually percent-encoded names; ``,`` alone is the empty list."""
+    names = [_decode(part, what, service) for part in raw.split(",") if part]
+    for name in names:
+        check_name(name, what, max_length, service)
+    return list(dict.fromkeys(names))
+
+
+def path_names(request: web.Request, name: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
+    return split_names(raw_path_value(request, name), what, max_length, service)
+
+
+def query_names(request: web.Request, key: str, what: str, max_length: int,
+                service: str = PRESENCE) -> list[str]:
+    """A comma list from the query; aiohttp has already percent-decoded it (JS sends ``%2C``)."""
+    value = request.query.get(key, "")
+    names = [part for part in value.split(",") if part]
+    for name in names:
+        check_name(name, what, max_length, service)
+    return list(dict.fromkeys(names))
+
+
+def query_uuid(request: web.Request, max_length: int) -> str:
+    if "uuid" not in request.query:
+        raise bad_request("Missing uuid")
+    return check_name(request.query["uuid"], "uuid", max_length)
+
+
+def query_int(request: web.Request, key: str, default: int, minimum: int) -> int:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"Invalid {key}: {raw!r} is not an integer") from None
+    if value < minimum:
+        raise bad_request(f"Invalid {key}: must be at least {minimum}")
+    return value
+
+
+def query_seconds(request: web.Request, key: str) -> float | None:
+    """A positive number of seconds, or None when absent."""
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(f"Invalid {key}: {raw!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise bad_request(f"Invalid {key}: must be a positive number of seconds")
+    return value
+
+
+def query_flag(request: web.Request, key: str) -> bool:
+    return request.query.get(key, "0").lower() in ("1", "true")
+
+
+def query_json_object(request: web.Request, key: str) -> dict[str, Any] | None:
+    """A JSON object from the query, or None when absent; anything else is a 400."""
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request(f"Invalid {key}: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad_request(f"Invalid {key}: must be a JSON object")
+    return value
+
+
+def dump_json(value: Any) -> str:
+    """One canonical JSON text per value, so equal states compare equal in the store."""
+    return orjson.dumps(value).decode()

@@ -1,0 +1,27 @@
+"""The one table of paths. Name placeholders match ``[^/]+`` because aiohttp's default pattern
+refuses ``{``/``}``, which may appear in names once percent-decoded."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.routes import groups, meta, presence
+
+N = "[^/]+"
+PRESENCE = f"/v2/presence/sub-key/{{sub_key:{N}}}"
+REGISTRY = f"/v1/channel-registration/sub-key/{{sub_key:{N}}}/channel-group"
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/time/0", meta.time)
+    app.router.add_get("/health", meta.health)
+    app.router.add_get(PRESENCE, presence.here_now_global)
+    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}", presence.here_now)
+    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/heartbeat", presence.heartbeat)
+    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/leave", presence.leave)
+    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}", presence.get_state)
+    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}/data", presence.set_state)
+    app.router.add_get(f"{PRESENCE}/uuid/{{uuid:{N}}}", presence.where_now)
+    app.router.add_get(REGISTRY, groups.list_groups)
+    app.router.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list)
+    app.router.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete)

@@ -1,0 +1,64 @@
+"""The only place Redis key names are built.
+
+Every key of a keyset carries the keyset's hash tag right after the prefix: ``pn:{demo}:occ:<channel>``.
+Redis Cluster hashes only the first ``{...}`` of a key, so a channel name containing braces cannot move
+a key to another slot, and every script of one keyset runs on one slot. The tag is the subscribe key
+with ``%``, ``{`` and ``}`` percent-escaped, so it is never empty and never closes early.
+"""
+
+from __future__ import annotations
+
+
+def _tag(sub_key: str) -> str:
+    return sub_key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def keysets_due(prefix: str) -> str:
+    """Sorted set: keyset (subscribe key) -> earliest deadline (ms) of anyone present in it."""
+    return f"{prefix}:keysets:due"
+
+
+class KeysetKeys:
+    """Key names of one keyset (one subscribe key)."""
+
+    __slots__ = ("_base", "sub_key")
+
+    def __init__(self, prefix: str, sub_key: str) -> None:
+        self.sub_key = sub_key
+        self._base = f"{prefix}:{{{_tag(sub_key)}}}:"
+
+    @property
+    def timetoken(self) -> str:
+        """String: the last timetoken handed out in this keyset."""
+        return self._base + "tt"
+
+    @property
+    def due(self) -> str:
+        """Sorted set: channel -> earliest deadline (ms) of its occupants; the sweeper's index."""
+        return self._base + "due"
+
+    @property
+    def where(self) -> str:
+        """Hash: uuid -> JSON {"t": last presence timeout (s), "c": [channels]}."""
+        return self._base + "where"
+
+    @property
+    def groups(self) -> str:
+        """Set: names of the channel groups that have channels."""
+        return self._base + "groups"
+
+    def occupants(self, channel: str) -> str:
+        """Sorted set: uuid -> presence deadline (ms)."""
+        return self._base + "occ:" + channel
+
+    def state(self, channel: str) -> str:
+        """Hash: uuid -> state JSON object text."""
+        return self._base + "st:" + channel
+
+    def log(self, channel: str) -> str:
+        """Stream: the channel's events, entry id ``<timetoken>-0``."""
+        return self._base + "log:" + channel
+
+    def group(self, group: str) -> str:
+        """Set: the channels of one channel group."""
+        return self._base + "grp:" + group

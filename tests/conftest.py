@@ -1,0 +1,150 @@
+"""Shared fixtures: both engines (fakeredis and a real redis-server), an injected clock, the app.
+
+The real engine is never skipped: with PRESENCE_TEST_REDIS_URL unset, a throw-away redis-server is
+started from PATH for the session (Debian package ``redis-server``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.app import SWEEPER, create_app
+from server.config import Settings
+from server.store import PresenceStore, open_redis
+from server.sweeper import Sweeper
+
+START = 1_800_000_000.0
+
+
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def real_redis_url() -> Iterator[str]:
+    url = os.environ.get("PRESENCE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH: install it (apt-get install redis-server) "
+                           "or set PRESENCE_TEST_REDIS_URL")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """Each test that uses this runs twice: on fakeredis and on the real redis-server."""
+    url = "memory://" if request.param == "fakeredis" else request.getfixturevalue("real_redis_url")
+    client = open_redis(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def real_redis(real_redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = open_redis(real_redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own: tests share one redis-server and never FLUSHALL."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(prefix: str) -> Settings:
+    return Settings(key_prefix=prefix, min_timeout=1.0, default_timeout=300.0, max_timeout=3600.0)
+
+
+@pytest.fixture
+def store(redis_client: aioredis.Redis, prefix: str) -> PresenceStore:
+    return PresenceStore(redis_client, prefix=prefix, log_size=100)
+
+
+@pytest.fixture
+def make_app(
+    redis_client: aioredis.Redis, settings: Settings, clock: FakeClock
+) -> Callable[..., web.Application]:
+    def make(**overrides: Any) -> web.Application:
+        current = dataclasses.replace(settings, **overrides)
+        return create_app(current, redis=redis_client, clock=clock, sweeper=False)
+
+    return make
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_app: Callable[..., web.Application],
+) -> TestClient:  # type: ignore[type-arg]
+    """The app through the real store, on both engines, with an injected clock and no sweeper loop."""
+    return await aiohttp_client(make_app())
+
+
+def sweeper_of(client: TestClient) -> Sweeper:  # type: ignore[type-arg]
+    app = client.app
+    assert app is not None
+    sweeper: Sweeper = app[SWEEPER]
+    return sweeper
