@@ -12,10 +12,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.config import Settings
-from server.context import CLOCK, SETTINGS, STORE
+from server.context import BUS, CLOCK, SETTINGS, STORE
 from server.http import error_middleware
 from server.routes import setup_routes
-from server.store import PresenceStore, open_redis
+from server.routes.subscribe import REFRESH_MEMO, RefreshMemo
+from server.store import PresenceStore, WakeBus, open_redis
 from server.sweeper import Sweeper
 
 log = logging.getLogger("server")
@@ -43,6 +44,11 @@ def create_app(
     return app
 
 
+# Server options every way of running the app uses: held long-polls are cancelled when their client
+# goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, protocol 8).
+RUNNER_OPTIONS: dict[str, object] = {"handler_cancellation": True, "auto_decompress": False}
+
+
 def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -53,11 +59,19 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
             default_timeout=settings.clamp_timeout(settings.default_timeout),
             log_size=settings.log_size,
             backstop_seconds=int(max(86_400, 2 * settings.max_timeout)),
+            announce_max=settings.announce_max,
+            interval=settings.interval,
         )
+        app[BUS] = WakeBus(client, app[STORE].wake_channel)
+        app[REFRESH_MEMO] = RefreshMemo(min(10.0, settings.min_timeout / 2))
+        listener = asyncio.create_task(app[BUS].run(), name="wake-listener")
         app[SWEEPER] = Sweeper(app[STORE], app[CLOCK], settings.sweep_interval)
         try:
             yield
         finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             if injected is None:
                 await client.aclose()
 

@@ -8,7 +8,7 @@ import sys
 
 from aiohttp import web
 
-from server.app import create_app
+from server.app import RUNNER_OPTIONS, create_app
 from server.config import Settings, SettingsError
 
 
@@ -35,4 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"presence-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.getLogger("server").info("starting with %s", settings.summary())
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
+        **RUNNER_OPTIONS,  # type: ignore[arg-type]
+    )

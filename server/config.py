@@ -24,6 +24,9 @@ class Settings:
     max_name_length: int = 92
     key_prefix: str = "pn"
     log_size: int = 1000
+    announce_max: int = 20
+    interval: float = 10.0
+    longpoll_hold: float = 280.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -34,7 +37,7 @@ class Settings:
             raise SettingsError(
                 f"PRESENCE_REDIS_URL must be a URL such as memory:// or redis://host:6379/0, got {self.redis_url!r}"
             )
-        for name in ("default_timeout", "min_timeout", "max_timeout", "sweep_interval"):
+        for name in ("default_timeout", "min_timeout", "max_timeout", "sweep_interval", "interval", "longpoll_hold"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{_env_name(name)} must be a positive number, got {getattr(self, name)}")
         if self.min_timeout > self.max_timeout:
@@ -43,6 +46,8 @@ class Settings:
             )
         if self.max_name_length < 1:
             raise SettingsError(f"PRESENCE_MAX_NAME_LENGTH must be a positive integer, got {self.max_name_length}")
+        if self.announce_max < 0:
+            raise SettingsError(f"PRESENCE_ANNOUNCE_MAX must be zero or more, got {self.announce_max}")
         if self.log_size < 100:
             raise SettingsError(f"PRESENCE_LOG_SIZE must be at least 100, got {self.log_size}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}"):

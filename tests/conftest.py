@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.app import SWEEPER, create_app
+from server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from server.config import Settings
 from server.store import PresenceStore, open_redis
 from server.sweeper import Sweeper
@@ -140,7 +140,7 @@ async def client(
     make_app: Callable[..., web.Application],
 ) -> TestClient:  # type: ignore[type-arg]
     """The app through the real store, on both engines, with an injected clock and no sweeper loop."""
-    return await aiohttp_client(make_app())
+    return await aiohttp_client(make_app(), server_kwargs=RUNNER_OPTIONS)
 
 
 def sweeper_of(client: TestClient) -> Sweeper:  # type: ignore[type-arg]

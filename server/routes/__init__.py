@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.routes import groups, meta, presence
+from server.routes import groups, meta, presence, publish, subscribe
 
 N = "[^/]+"
 PRESENCE = f"/v2/presence/sub-key/{{sub_key:{N}}}"
+SEND = f"{{pub_key:{N}}}/{{sub_key:{N}}}/{{signature:{N}}}/{{channel:{N}}}/{{callback:{N}}}"
 REGISTRY = f"/v1/channel-registration/sub-key/{{sub_key:{N}}}/channel-group"
 
 
@@ -22,6 +23,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}", presence.get_state)
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}/data", presence.set_state)
     app.router.add_get(f"{PRESENCE}/uuid/{{uuid:{N}}}", presence.where_now)
+    app.router.add_get(f"/v2/subscribe/{{sub_key:{N}}}/{{channels:{N}}}/{{callback:{N}}}", subscribe.subscribe)
+    app.router.add_get(f"/publish/{SEND}/{{message:{N}}}", publish.publish)
+    app.router.add_post(f"/publish/{SEND}", publish.publish)
+    app.router.add_get(f"/signal/{SEND}/{{message:{N}}}", publish.signal)
     app.router.add_get(REGISTRY, groups.list_groups)
     app.router.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list)
     app.router.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete)

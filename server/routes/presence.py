@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -44,7 +45,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     call = _Call(request)
     uuid = query_uuid(request, settings.max_name_length)
     timeout = query_seconds(request, "heartbeat")
-    states = _heartbeat_states(query_json_object(request, "state"), call)
+    states = heartbeat_states(query_json_object(request, "state"), call.channels, call.groups)
     await request.app[STORE].heartbeat(
         call.sub_key, uuid, call.channels, call.groups, now=clock(),
         timeout=None if timeout is None else settings.clamp_timeout(timeout), states=states,
@@ -52,14 +53,14 @@ async def heartbeat(request: web.Request) -> web.Response:
     return ok()
 
 
-def _heartbeat_states(state: dict[str, Any] | None, call: _Call) -> dict[str, str]:
+def heartbeat_states(state: dict[str, Any] | None, channels: Sequence[str], groups: Sequence[str]) -> dict[str, str]:
     """Heartbeat state comes keyed by channel (presence engines) or flat (JS ``setState`` with
     ``withHeartbeat``), protocol 2.3: a map when every key names one of the request's channels or
     groups and every value is an object, else one state for all of them. ``{}`` is an empty map:
     it changes nothing."""
     if not state:
         return {}
-    names = set(call.channels) | set(call.groups)
+    names = set(channels) | set(groups)
     if all(key in names and isinstance(value, dict) for key, value in state.items()):
         return {key: dump_json(value) for key, value in state.items()}
     flat = dump_json(state)

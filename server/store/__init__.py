@@ -1,3 +1,4 @@
+from server.store.bus import WakeBus
 from server.store.connect import open_redis
 from server.store.store import (
     GroupCapExceeded,
@@ -7,13 +8,18 @@ from server.store.store import (
     StoreUnavailable,
     timetoken_at,
 )
+from server.store.subscription import Delivery, Source, Subscription
 
 __all__ = [
+    "Delivery",
     "GroupCapExceeded",
     "HereNowChannel",
     "LogEntry",
     "PresenceStore",
+    "Source",
     "StoreUnavailable",
+    "Subscription",
+    "WakeBus",
     "open_redis",
     "timetoken_at",
 ]

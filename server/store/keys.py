@@ -18,6 +18,11 @@ def keysets_due(prefix: str) -> str:
     return f"{prefix}:keysets:due"
 
 
+def wake_channel(prefix: str) -> str:
+    """Pub/sub channel on which scripts announce which logs grew: ``{"k": sub_key, "n": [names]}``."""
+    return f"{prefix}:wake"
+
+
 class KeysetKeys:
     """Key names of one keyset (one subscribe key)."""
 
@@ -43,6 +48,16 @@ class KeysetKeys:
         return self._base + "where"
 
     @property
+    def intervals(self) -> str:
+        """Sorted set: channel in interval mode -> when its next interval event is due (ms)."""
+        return self._base + "ivl"
+
+    @property
+    def names(self) -> str:
+        """Sorted set (all scores 0, read by lex range): every channel that has a log; for wildcards."""
+        return self._base + "names"
+
+    @property
     def groups(self) -> str:
         """Set: names of the channel groups that have channels."""
         return self._base + "groups"
@@ -56,8 +71,16 @@ class KeysetKeys:
         return self._base + "st:" + channel
 
     def log(self, channel: str) -> str:
-        """Stream: the channel's events, entry id ``<timetoken>-0``."""
+        """Stream: the channel's presence events (delivered on ``<channel>-pnpres``), id ``<timetoken>-0``."""
         return self._base + "log:" + channel
+
+    def deltas(self, channel: str) -> str:
+        """Hash: ``<action>:<uuid>`` of the joins, leaves and timeouts since the last interval event."""
+        return self._base + "dlt:" + channel
+
+    def messages(self, channel: str) -> str:
+        """Stream: the channel's published messages and signals, entry id ``<timetoken>-0``."""
+        return self._base + "msg:" + channel
 
     def group(self, group: str) -> str:
         """Set: the channels of one channel group."""

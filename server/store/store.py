@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -11,7 +12,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from server.store.keys import KeysetKeys, keysets_due
+from server.store.keys import KeysetKeys, keysets_due, wake_channel
+from server.store.subscription import Delivery, Resolved, Source, Subscription
 
 PRESENCE_SUFFIX = "-pnpres"
 
@@ -93,6 +95,9 @@ class PresenceStore:
         group_cap: int = 2000,
         sweep_budget: int = 1000,
         sweep_channels: int = 100,
+        announce_max: int = 20,
+        interval: float = 10.0,
+        interval_max_uuids: int = 100,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -102,11 +107,18 @@ class PresenceStore:
         self.group_cap = group_cap
         self.sweep_budget = sweep_budget
         self.sweep_channels = sweep_channels
+        self.announce_max = announce_max
+        self.interval = interval
+        self.interval_max_uuids = interval_max_uuids
         self._keysets_due = keysets_due(prefix)
+        self.wake_channel = wake_channel(prefix)
+        self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[tuple[list[Delivery], str, list[Source]]]]] = {}
+        self._reads_started = 0
         self._heartbeat = _load_script(redis, "heartbeat", with_common=True)
         self._leave = _load_script(redis, "leave", with_common=True)
         self._set_state = _load_script(redis, "set_state", with_common=True)
         self._sweep = _load_script(redis, "sweep", with_common=True)
+        self._publish = _load_script(redis, "publish", with_common=True)
         self._here_now = _load_script(redis, "here_now", with_common=False)
         self._group_add = _load_script(redis, "group_add", with_common=False)
         self._group_remove = _load_script(redis, "group_remove", with_common=False)
@@ -142,7 +154,8 @@ class PresenceStore:
         if not targets:
             return 0
         states = states or {}
-        keys, args = self._mutation_call(ks, now, targets, [uuid, _num(timeout), _num(self.default_timeout)])
+        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets),
+                                         [uuid, _num(timeout), _num(self.default_timeout)])
         for channel, group in targets:
             args += [channel, states.get(channel, states.get(group or "", ""))]
         joins, earlier = await self._heartbeat(keys=keys, args=args)
@@ -157,7 +170,7 @@ class PresenceStore:
         targets = await self._expand(ks, channels, groups)
         if not targets:
             return 0
-        keys, args = self._mutation_call(ks, now, targets, [uuid])
+        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid])
         args += [channel for channel, _ in targets]
         return int(await self._leave(keys=keys, args=args))
 
@@ -168,7 +181,7 @@ class PresenceStore:
         targets = await self._expand(ks, channels, groups)
         if not targets:
             return 0
-        keys, args = self._mutation_call(ks, now, targets, [uuid, state])
+        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid, state])
         args += [channel for channel, _ in targets]
         return int(await self._set_state(keys=keys, args=args))
 
@@ -231,6 +244,105 @@ class PresenceStore:
         )
         return [LogEntry(entry_id.partition("-")[0], fields) for entry_id, fields in entries]
 
+    # -- messages and delivery ------------------------------------------------------------------
+
+    async def publish(self, sub_key: str, channel: str, message: str, *, now: float, publisher: str | None = None,
+                      meta: str | None = None, kind: int | None = None, custom_type: str | None = None) -> str:
+        """Append a message (JSON text) to the channel's log; returns its timetoken."""
+        ks = self.keys(sub_key)
+        keys, args = self._mutation_call(ks, now, (), [channel])
+        keys.append(ks.messages(channel))
+        args += ["m", message]
+        for name, value in (("i", publisher), ("u", meta), ("e", kind), ("cmt", custom_type)):
+            if value is not None:
+                args += [name, value]
+        return str(await self._publish(keys=keys, args=args))
+
+    async def cursor(self, sub_key: str, *, now: float) -> str:
+        """A subscribe cursor for now: every entry appended from here on has a later timetoken."""
+        last = await self.redis.get(self.keys(sub_key).timetoken)
+        return str(max(int(last or 0), int(timetoken_at(now)) - 1))
+
+    def read_marker(self) -> int:
+        """A mark to pass as ``read(fresh_after=...)``: only reads started after it are shared."""
+        return self._reads_started
+
+    async def read(self, sub_key: str, subscription: Subscription, after: str, *, limit: int = 100,
+                   fresh_after: int | None = None) -> tuple[list[Delivery], str, list[Source]]:
+        """The first ``limit`` entries after the cursor over everything the subscription matches, in
+        timetoken order, the cursor to read from next, and the logs that were read.
+
+        Identical reads share one Redis round trip while it is under way (a publish wakes every
+        subscriber of a channel at once), but only with reads that started after ``fresh_after``:
+        a poll woken for an entry must not take the answer of a read that began before it.
+        """
+        key = (sub_key, tuple(t.name for t in subscription.direct), tuple(t.name for t in subscription.groups),
+               tuple(t.name for t in subscription.wildcards), after, limit)
+        shared = self._reads.get(key)
+        if shared is not None and (fresh_after is None or shared[0] > fresh_after):
+            return await asyncio.shield(shared[1])
+        self._reads_started += 1
+        task = asyncio.ensure_future(self._read(sub_key, subscription, after, limit))
+        entry = (self._reads_started, task)
+        self._reads[key] = entry
+
+        def forget(_: object) -> None:
+            if self._reads.get(key) is entry:
+                del self._reads[key]
+
+        task.add_done_callback(forget)
+        return await asyncio.shield(task)
+
+    async def _read(self, sub_key: str, subscription: Subscription, after: str, limit: int
+                    ) -> tuple[list[Delivery], str, list[Source]]:
+        # The logs are read in one MULTI, so the cursor covers a consistent cut: an entry committed
+        # after the read has a later timetoken than everything returned and is found next time.
+        # Group members and wildcard matches are read in the same MULTI and the read is repeated
+        # when they changed since they were resolved, so a new channel's first entries are not skipped.
+        ks = self.keys(sub_key)
+        resolved = await self._resolve(ks, subscription) if subscription.needs_resolving else Resolved()
+        start = f"({after}-0"
+        lookups = len(subscription.groups) + len(subscription.wildcards)
+        for _ in range(3):
+            sources = subscription.sources(resolved)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._queue_resolve(pipe, ks, subscription)
+                for source in sources:
+                    key = ks.log(source.channel) if source.presence else ks.messages(source.channel)
+                    pipe.xrange(key, min=start, max="+", count=limit)
+                replies = await pipe.execute()
+            fresh = self._parse_resolve(subscription, replies[:lookups])
+            if fresh == resolved:
+                break
+            resolved = fresh
+        found: list[Delivery] = []
+        for source, entries in zip(sources, replies[lookups:], strict=True):
+            for entry_id, fields in entries:
+                found.append(Delivery(entry_id.partition("-")[0], source, fields))
+        found.sort(key=lambda d: int(d.timetoken))
+        found = found[:limit]
+        return found, (found[-1].timetoken if found else after), sources
+
+    async def _resolve(self, ks: KeysetKeys, subscription: Subscription) -> Resolved:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_resolve(pipe, ks, subscription)
+            replies = await pipe.execute()
+        return self._parse_resolve(subscription, replies)
+
+    @staticmethod
+    def _parse_resolve(subscription: Subscription, replies: Sequence[Any]) -> Resolved:
+        groups = len(subscription.groups)
+        return Resolved(tuple(tuple(sorted(r)) for r in replies[:groups]), tuple(tuple(r) for r in replies[groups:]))
+
+    @staticmethod
+    def _queue_resolve(pipe: Any, ks: KeysetKeys, subscription: Subscription) -> None:
+        for group in subscription.groups:
+            pipe.smembers(ks.group(group.name))
+        for wildcard in subscription.wildcards:
+            # Every name starting with "<pattern minus *>": a lex range on the name index.
+            low = wildcard.prefix.encode()
+            pipe.zrangebylex(ks.names, b"[" + low, b"[" + low + b"\xff")
+
     # -- expiry ---------------------------------------------------------------------------------
 
     async def sweep(self, *, now: float) -> int:
@@ -244,28 +356,34 @@ class PresenceStore:
     async def _sweep_keyset(self, sub_key: str, now: float) -> int:
         ks = self.keys(sub_key)
         total = 0
-        earliest = ""
+        upcoming = ""
         while True:
-            channels = cast(
-                "list[str]",
-                await self.redis.zrangebyscore(ks.due, "-inf", _ms(now), start=0, num=self.sweep_channels),
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(ks.due, "-inf", _ms(now), start=0, num=self.sweep_channels)
+                pipe.zrangebyscore(ks.intervals, "-inf", _ms(now), start=0, num=self.sweep_channels)
+                expiring, intervals = cast("list[list[str]]", await pipe.execute())
+            keys, args = self._mutation_call(
+                ks, now, [*expiring, *intervals], [self.sweep_budget, len(expiring), self.interval_max_uuids]
             )
-            keys, args = self._mutation_call(ks, now, [(ch, None) for ch in channels], [self.sweep_budget])
-            args += channels
-            timeouts, earliest = await self._sweep(keys=keys, args=args)
+            args += [*expiring, *intervals]
+            timeouts, upcoming = await self._sweep(keys=keys, args=args)
             total += int(timeouts)
-            if int(timeouts) < self.sweep_budget and len(channels) < self.sweep_channels:
+            if int(timeouts) < self.sweep_budget and len(expiring) < self.sweep_channels:
                 break
         # The keyset's entry in the global index may only be raised here. A join that lowered the
-        # keyset's earliest deadline between our script and this write would be overwritten, so
-        # re-read the keyset's own (exact, atomically kept) index afterwards and lower it again.
-        if earliest:
-            await self.redis.zadd(self._keysets_due, {sub_key: float(earliest)})
+        # keyset's next time between our script and this write would be overwritten, so re-read
+        # the keyset's own (exact, atomically kept) indexes afterwards and lower it again.
+        if upcoming:
+            await self.redis.zadd(self._keysets_due, {sub_key: float(upcoming)})
         else:
             await self.redis.zrem(self._keysets_due, sub_key)
-        first = await self.redis.zrange(ks.due, 0, 0, withscores=True)
-        if first:
-            await self.redis.zadd(self._keysets_due, {sub_key: first[0][1]}, lt=True)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(ks.due, 0, 0, withscores=True)
+            pipe.zrange(ks.intervals, 0, 0, withscores=True)
+            firsts = cast("list[list[tuple[str, float]]]", await pipe.execute())
+        scores = [first[0][1] for first in firsts if first]
+        if scores:
+            await self.redis.zadd(self._keysets_due, {sub_key: min(scores)}, lt=True)
         return total
 
     # -- channel groups -------------------------------------------------------------------------
@@ -319,13 +437,16 @@ class PresenceStore:
                 seen.setdefault(channel, group)
         return [(ch, g) for ch, g in seen.items() if presence_names or not is_presence_name(ch)]
 
-    def _mutation_call(self, ks: KeysetKeys, now: float, targets: Sequence[tuple[str, str | None]],
+    def _mutation_call(self, ks: KeysetKeys, now: float, channels: Iterable[str],
                        extra: Sequence[Any]) -> tuple[list[str], list[Any]]:
         """KEYS and leading ARGV of the scripts that share common.lua's calling convention."""
-        keys = [ks.timetoken, ks.due, ks.where]
-        for channel, _ in targets:
-            keys += [ks.occupants(channel), ks.state(channel), ks.log(channel)]
-        args: list[Any] = [_ms(now), timetoken_at(now), int(now), self.log_size, self.backstop_seconds, *extra]
+        keys = [ks.timetoken, ks.due, ks.where, ks.intervals, ks.names]
+        for channel in channels:
+            keys += [ks.occupants(channel), ks.state(channel), ks.log(channel), ks.deltas(channel)]
+        args: list[Any] = [
+            _ms(now), timetoken_at(now), int(now), self.log_size, self.backstop_seconds, ks.sub_key,
+            self.wake_channel, self.announce_max, int(self.interval * 1000), *extra,
+        ]
         return keys, args
 
     async def _here_now_of(self, ks: KeysetKeys, channels: Sequence[str], now: float, offset: int, limit: int,

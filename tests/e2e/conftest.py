@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server.app import SWEEPER, create_app
+from server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from server.config import Settings
 from tests.conftest import FakeClock
 
@@ -30,7 +30,7 @@ class LiveServer:
 @pytest.fixture
 async def live_server(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[LiveServer]:
     app = create_app(settings, redis=redis_client, clock=clock, sweeper=False)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, **RUNNER_OPTIONS)  # type: ignore[arg-type]
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

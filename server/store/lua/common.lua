@@ -1,17 +1,36 @@
 -- common.lua: prepended to every mutating script at registration.
 -- Shared calling convention of those scripts:
---   KEYS[1] timetoken counter, KEYS[2] due index, KEYS[3] where index,
---   then three keys per channel: occupants (zset), state (hash), log (stream).
+--   KEYS[1] timetoken counter, KEYS[2] due index, KEYS[3] where index, KEYS[4] interval index,
+--   KEYS[5] channel-name index, then four keys per channel: occupants (zset), state (hash),
+--   presence log (stream), interval deltas (hash).
 --   ARGV[1] now (ms), ARGV[2] now as a timetoken (decimal string), ARGV[3] now (unix seconds),
---   ARGV[4] log length bound, ARGV[5] backstop expiry (s); script-specific arguments follow.
+--   ARGV[4] log length bound, ARGV[5] backstop expiry (s), ARGV[6] subscribe key, ARGV[7] wake-up
+--   pub/sub channel, ARGV[8] announce max, ARGV[9] interval (ms); script-specific arguments follow.
 -- Scripts never read the clock: time always comes from the caller.
 
-local TT_KEY, DUE_KEY, WHERE_KEY = KEYS[1], KEYS[2], KEYS[3]
+local TT_KEY, DUE_KEY, WHERE_KEY, IVL_KEY, NAMES_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local NOW_MS = tonumber(ARGV[1])
 local NOW_TT = ARGV[2]
 local NOW_S = ARGV[3]
 local LOG_SIZE = ARGV[4]
 local BACKSTOP = ARGV[5]
+local SUB_KEY = ARGV[6]
+local WAKE_CHANNEL = ARGV[7]
+local ANNOUNCE_MAX = tonumber(ARGV[8])
+local INTERVAL_MS = tonumber(ARGV[9])
+local PNPRES = '-pnpres'
+local FIRST_CHANNEL_KEY = 6
+local KEYS_PER_CHANNEL = 4
+
+local function channel_count()
+  return (#KEYS - FIRST_CHANNEL_KEY + 1) / KEYS_PER_CHANNEL
+end
+
+-- The four keys of the i-th channel: occupants, state, presence log, interval deltas.
+local function channel_keys(i)
+  local base = FIRST_CHANNEL_KEY + (i - 1) * KEYS_PER_CHANNEL
+  return KEYS[base], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+end
 
 -- Timetokens are 17-digit integers, beyond a Lua double's exact range, so they are handled as
 -- decimal strings: compared by length then text, and incremented by Redis itself (64-bit INCR).
@@ -26,22 +45,53 @@ local function next_timetoken()
   return NOW_TT
 end
 
+-- Names whose logs grew in this script; published once at the end so waiting polls re-read.
+local woken, woken_list = {}, {}
+local function wake(name)
+  if not woken[name] then
+    woken[name] = true
+    table.insert(woken_list, name)
+  end
+end
+
+local function publish_wakes()
+  if #woken_list > 0 then
+    redis.call('PUBLISH', WAKE_CHANNEL, cjson.encode({k = SUB_KEY, n = woken_list}))
+  end
+end
+
+-- Appends an entry to a log, in the same script as the change it reports. `name` is the name the
+-- entry is delivered on (`ch` for messages, `ch-pnpres` for presence); `channel` the base channel,
+-- indexed so wildcard subscriptions can find it.
+local function append(log_key, name, channel, fields)
+  local tt = next_timetoken()
+  redis.call('XADD', log_key, 'MAXLEN', '~', LOG_SIZE, tt .. '-0', unpack(fields))
+  redis.call('EXPIRE', log_key, BACKSTOP)
+  redis.call('ZADD', NAMES_KEY, 0, channel)
+  wake(name)
+  return tt
+end
+
 local function occupancy(occ_key)
   return redis.call('ZCOUNT', occ_key, '(' .. NOW_MS, '+inf')
 end
 
--- Appends one presence event to the channel's log, in the same script as the change it reports.
-local function log_presence(log_key, action, uuid, occ_key, data)
-  local tt = next_timetoken()
-  if data then
-    redis.call('XADD', log_key, 'MAXLEN', '~', LOG_SIZE, tt .. '-0',
-      'a', action, 'u', uuid, 'o', occupancy(occ_key), 's', NOW_S, 'd', data)
-  else
-    redis.call('XADD', log_key, 'MAXLEN', '~', LOG_SIZE, tt .. '-0',
-      'a', action, 'u', uuid, 'o', occupancy(occ_key), 's', NOW_S)
+-- One presence event. Above ANNOUNCE_MAX occupants, joins, leaves and timeouts are not announced
+-- one by one: they are kept as deltas for the channel's next interval event (emitted by sweep.lua).
+local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, data)
+  local count = occupancy(occ_key)
+  if action ~= 'state-change' and count > ANNOUNCE_MAX then
+    redis.call('HSET', delta_key, action .. ':' .. uuid, 1)
+    redis.call('EXPIRE', delta_key, BACKSTOP)
+    redis.call('ZADD', IVL_KEY, 'NX', NOW_MS + INTERVAL_MS, channel)
+    return
   end
-  redis.call('EXPIRE', log_key, BACKSTOP)
-  return tt
+  local fields = {'a', action, 'u', uuid, 'o', count, 's', NOW_S}
+  if data then
+    table.insert(fields, 'd')
+    table.insert(fields, data)
+  end
+  append(log_key, channel .. PNPRES, channel, fields)
 end
 
 -- The due index holds each channel's earliest deadline, so the sweeper visits only channels with
@@ -60,9 +110,14 @@ local function refresh_due(channel, occ_key, state_key)
   return false
 end
 
-local function keyset_min_due()
-  local first = redis.call('ZRANGE', DUE_KEY, 0, 0, 'WITHSCORES')
-  return first[2] or ''
+-- When the sweeper must next look at this keyset: its earliest deadline or interval, '' for never.
+local function keyset_next()
+  local due = redis.call('ZRANGE', DUE_KEY, 0, 0, 'WITHSCORES')[2]
+  local ivl = redis.call('ZRANGE', IVL_KEY, 0, 0, 'WITHSCORES')[2]
+  if due and ivl then
+    return tonumber(ivl) < tonumber(due) and ivl or due
+  end
+  return due or ivl or ''
 end
 
 -- where index: uuid -> {"t": last presence timeout, "c": [channels]}.
@@ -82,22 +137,18 @@ local function where_put(uuid, rec)
   end
 end
 
-local function where_remove(uuid, channel)
-  local rec = where_get(uuid)
-  if not rec then
-    return
-  end
+local function where_drop(rec, channel)
   for i = #rec.c, 1, -1 do
     if rec.c[i] == channel then
       table.remove(rec.c, i)
     end
   end
-  where_put(uuid, rec)
 end
 
 -- Removes one occupant and reports it; the caller has checked it is there.
-local function remove_occupant(uuid, channel, occ_key, state_key, log_key, action)
+local function remove_occupant(i, channel, uuid, action)
+  local occ_key, state_key, log_key, delta_key = channel_keys(i)
   redis.call('ZREM', occ_key, uuid)
   redis.call('HDEL', state_key, uuid)
-  log_presence(log_key, action, uuid, occ_key, nil)
+  log_presence(channel, occ_key, log_key, delta_key, action, uuid, nil)
 end

@@ -1,10 +1,10 @@
 -- set_state.lua: replace one uuid's state on several channels ('{}' clears it).
--- ARGV[6] uuid, ARGV[7] state JSON object text, then per channel: ARGV name.
+-- ARGV[10] uuid, ARGV[11] state JSON object text, then per channel: name.
 -- Each channel whose state really changes gets one state-change event. Returns that count.
-local uuid, state = ARGV[6], ARGV[7]
+local uuid, state = ARGV[10], ARGV[11]
 local changed = 0
-for i = 1, (#KEYS - 3) / 3 do
-  local occ_key, state_key, log_key = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+for i = 1, channel_count() do
+  local occ_key, state_key, log_key, delta_key = channel_keys(i)
   local old_state = redis.call('HGET', state_key, uuid) or '{}'
   if old_state ~= state then
     if state == '{}' then
@@ -13,8 +13,9 @@ for i = 1, (#KEYS - 3) / 3 do
       redis.call('HSET', state_key, uuid, state)
       redis.call('EXPIRE', state_key, BACKSTOP)
     end
-    log_presence(log_key, 'state-change', uuid, occ_key, state)
+    log_presence(ARGV[11 + i], occ_key, log_key, delta_key, 'state-change', uuid, state)
     changed = changed + 1
   end
 end
+publish_wakes()
 return changed

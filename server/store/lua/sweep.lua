@@ -1,23 +1,71 @@
--- sweep.lua: remove the occupants whose deadline has passed on the given channels, one timeout
--- event each. Removal happens inside this script, after re-reading each deadline, so it is a
--- compare-and-remove: any number of sweepers may pass the same channels and each expiry is
--- reported once; a heartbeat that landed first has already moved the deadline and survives.
--- ARGV[6] most removals this call, then per channel: ARGV name.
--- Returns {timeouts, keyset earliest deadline ('' when nobody is present)}.
-local budget = tonumber(ARGV[6])
+-- sweep.lua: remove the occupants whose deadline has passed, one timeout each, and emit the
+-- interval events that are due. Both happen after re-reading, inside this script, so they are
+-- compare-and-act: any number of sweepers may pass the same channels and each expiry and each
+-- interval event happens once; a heartbeat that landed first has already moved the deadline.
+-- ARGV[10] most removals this call, ARGV[11] n: the first n channels are due for expiry, the
+-- others for an interval event; ARGV[12] most uuids listed in one interval event; then names.
+-- Returns {timeouts, when the sweeper must next look at the keyset ('' for never)}.
+local budget = tonumber(ARGV[10])
+local expiring = tonumber(ARGV[11])
+local max_deltas = tonumber(ARGV[12])
 local timeouts = 0
-for i = 1, (#KEYS - 3) / 3 do
-  local occ_key, state_key, log_key = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local channel = ARGV[6 + i]
-  if budget > 0 then
-    local expired = redis.call('ZRANGEBYSCORE', occ_key, '-inf', NOW_MS, 'LIMIT', 0, budget)
-    for _, uuid in ipairs(expired) do
-      remove_occupant(uuid, channel, occ_key, state_key, log_key, 'timeout')
-      where_remove(uuid, channel)
-    end
-    budget = budget - #expired
-    timeouts = timeouts + #expired
+
+local function emit_interval(i, channel)
+  local due = redis.call('ZSCORE', IVL_KEY, channel)
+  if not due or tonumber(due) > NOW_MS then
+    return
   end
-  refresh_due(channel, occ_key, state_key)
+  local occ_key, _, log_key, delta_key = channel_keys(i)
+  local deltas = redis.call('HKEYS', delta_key)
+  redis.call('DEL', delta_key)
+  local count = occupancy(occ_key)
+  local fields = {'a', 'interval', 'o', count, 's', NOW_S}
+  if #deltas > max_deltas then
+    table.insert(fields, 'r')
+    table.insert(fields, '1')
+  elseif #deltas > 0 then
+    local lists = {join = {}, leave = {}, timeout = {}}
+    for _, delta in ipairs(deltas) do
+      local sep = string.find(delta, ':', 1, true)
+      table.insert(lists[string.sub(delta, 1, sep - 1)], string.sub(delta, sep + 1))
+    end
+    for _, action in ipairs({'join', 'leave', 'timeout'}) do
+      if #lists[action] > 0 then
+        table.sort(lists[action])
+        table.insert(fields, string.sub(action, 1, 1))
+        table.insert(fields, cjson.encode(lists[action]))
+      end
+    end
+  end
+  append(log_key, channel .. PNPRES, channel, fields)
+  if count > ANNOUNCE_MAX then
+    redis.call('ZADD', IVL_KEY, NOW_MS + INTERVAL_MS, channel)
+  else
+    redis.call('ZREM', IVL_KEY, channel)
+  end
 end
-return {timeouts, keyset_min_due()}
+
+for i = 1, channel_count() do
+  local channel = ARGV[12 + i]
+  if i <= expiring then
+    local occ_key, state_key = channel_keys(i)
+    if budget > 0 then
+      local expired = redis.call('ZRANGEBYSCORE', occ_key, '-inf', NOW_MS, 'LIMIT', 0, budget)
+      for _, uuid in ipairs(expired) do
+        remove_occupant(i, channel, uuid, 'timeout')
+        local rec = where_get(uuid)
+        if rec then
+          where_drop(rec, channel)
+          where_put(uuid, rec)
+        end
+      end
+      budget = budget - #expired
+      timeouts = timeouts + #expired
+    end
+    refresh_due(channel, occ_key, state_key)
+  else
+    emit_interval(i, channel)
+  end
+end
+publish_wakes()
+return {timeouts, keyset_next()}

@@ -1,0 +1,178 @@
+"""Subscribe v2 long-poll (protocol 2.2): handshake, cursor reads, held polls, presence refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from server.context import BUS, CLOCK, SETTINGS, STORE
+from server.http import bad_request, json_response
+from server.params import path_name, path_names, query_json_object, query_names, query_seconds, query_uuid
+from server.routes.presence import heartbeat_states
+from server.store import Delivery, Subscription
+from server.store.bus import GROUP_CHANGED
+from server.store.subscription import split_presence
+
+REGION = 1  # t.r must be a non-zero integer: JS stops subscribing on 0 (protocol 2.2.2).
+MAX_NAMES = 500
+MAX_WILDCARD_DOTS = 2
+PAGE = 100
+TIMETOKEN = re.compile(r"\d{1,19}")
+
+
+class RefreshMemo:
+    """When this process last refreshed a subscriber's presence, so that a poll after every message
+    does not run a heartbeat script every time. The window is half the smallest presence timeout,
+    so a skipped refresh can never let anyone time out."""
+
+    def __init__(self, window: float, size: int = 100_000) -> None:
+        self.window = window
+        self.size = size
+        self._seen: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+
+    def due(self, key: tuple[Any, ...], now: float) -> bool:
+        last = self._seen.get(key)
+        if last is not None and 0 <= now - last < self.window:
+            return False
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return True
+
+
+REFRESH_MEMO = web.AppKey("refresh_memo", RefreshMemo)
+
+
+async def subscribe(request: web.Request) -> web.Response:
+    app = request.app
+    settings, store, clock = app[SETTINGS], app[STORE], app[CLOCK]
+    limit = settings.max_name_length
+    sub_key = path_name(request, "sub_key", "subscribe key", limit)
+    channels = path_names(request, "channels", "channel", limit)
+    groups = query_names(request, "channel-group", "channel group", limit)
+    uuid = query_uuid(request, limit)
+    _check_names(channels, groups)
+    cursor = _cursor(request)
+    timeout = query_seconds(request, "heartbeat")
+    subscription = Subscription(channels, groups)
+    # Presence rides on subscribe: the subscriber is present on each non-presence channel and group.
+    present_on = heartbeat_call(subscription)
+    states = heartbeat_states(query_json_object(request, "state"), *present_on)
+    timeout = None if timeout is None else settings.clamp_timeout(timeout)
+
+    if cursor == "0":
+        # Handshake: the cursor is taken before the join, so the subscriber's own join comes after it.
+        handshake = await store.cursor(sub_key, now=clock())
+        if present_on[0] or present_on[1]:
+            await store.heartbeat(sub_key, uuid, *present_on, now=clock(), timeout=timeout, states=states)
+            app[REFRESH_MEMO].due((sub_key, uuid, *map(tuple, present_on), timeout), clock())
+        return _reply(handshake, [], sub_key)
+
+    if (present_on[0] or present_on[1]) and (
+        states or app[REFRESH_MEMO].due((sub_key, uuid, *map(tuple, present_on), timeout), clock())
+    ):
+        await store.heartbeat(sub_key, uuid, *present_on, now=clock(), timeout=timeout, states=states)
+
+    latest = await store.cursor(sub_key, now=clock())
+    if int(cursor) > int(latest):
+        # A cursor from the future (another clock, a restarted in-memory server): nothing can be
+        # missed between the present and it, so hand out the present and let the client go on.
+        return _reply(latest, [], sub_key)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.longpoll_hold
+    change_names = [GROUP_CHANGED + split_presence(t.name)[0] for t in subscription.groups]
+    prefixes = [t.prefix for t in subscription.wildcards]
+    with app[BUS].waiter(sub_key) as waiter:
+        # Watch before reading, so a wake-up between the read and the wait is never lost; when the
+        # read finds logs not yet watched (group members), watch them too and read once more.
+        watched = sorted({t.name for t in subscription.direct} | set(change_names))
+        waiter.watch(watched, prefixes)
+        while True:
+            marker = store.read_marker()
+            waiter.event.clear()
+            found, next_cursor, sources = await store.read(sub_key, subscription, cursor, limit=PAGE,
+                                                           fresh_after=marker)
+            if found:
+                return _reply(next_cursor, found, sub_key)
+            wanted = sorted({s.delivered_as for s in sources} | set(change_names))
+            if wanted != watched:
+                watched = wanted
+                waiter.watch(watched, prefixes)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await waiter.wait(remaining):
+                # Held long enough: an empty answer with the same cursor, always safe; the client
+                # polls again at once (protocol 2.2.7).
+                return _reply(cursor, [], sub_key)
+
+
+def heartbeat_call(subscription: Subscription) -> tuple[list[str], list[str]]:
+    return subscription.presence_channels, subscription.presence_groups
+
+
+def _check_names(channels: list[str], groups: list[str]) -> None:
+    if not channels and not groups:
+        raise bad_request("Missing channels and channel groups: name at least one")
+    if len(channels) + len(groups) > MAX_NAMES:
+        raise bad_request(f"Too many channels and channel groups: at most {MAX_NAMES}")
+    for name in channels:
+        base = split_presence(name)[0]
+        if base.endswith(".*") and base.count(".") > MAX_WILDCARD_DOTS:
+            raise bad_request("Wildcard maximum depth exceeded")
+
+
+def _cursor(request: web.Request) -> str:
+    raw = request.query.get("tt", "") or "0"
+    if not TIMETOKEN.fullmatch(raw):
+        raise bad_request(f"Invalid timetoken: {raw!r}")
+    return str(int(raw))
+
+
+def _reply(cursor: str, found: list[Delivery], sub_key: str) -> web.Response:
+    return json_response({"t": {"t": cursor, "r": REGION}, "m": [envelope(d, sub_key) for d in found]})
+
+
+def envelope(delivery: Delivery, sub_key: str) -> dict[str, Any]:
+    """The envelope of protocol 2.2.3: no ``e`` on messages and presence (JS would take them for
+    files), ``p.t`` a string, ``b`` naming the group or wildcard it matched through."""
+    source, fields = delivery.source, delivery.fields
+    env: dict[str, Any] = {
+        "a": "1", "f": 0, "p": {"t": delivery.timetoken, "r": REGION}, "k": sub_key, "c": source.delivered_as,
+    }
+    if source.presence:
+        env["d"] = _presence_payload(fields)
+    else:
+        env["d"] = orjson.Fragment(fields["m"])
+        if "i" in fields:
+            env["i"] = fields["i"]
+        if "u" in fields:
+            env["u"] = orjson.Fragment(fields["u"])
+        if "e" in fields:
+            env["e"] = int(fields["e"])
+        if "cmt" in fields:
+            env["cmt"] = fields["cmt"]
+    if source.via is not None:
+        env["b"] = source.via
+    return env
+
+
+def _presence_payload(fields: dict[str, str]) -> dict[str, Any]:
+    # Integer occupancy and timestamp, string action: Python's subscribe loop dies otherwise (2.2.5).
+    payload: dict[str, Any] = {"action": fields["a"], "timestamp": int(fields["s"]), "occupancy": int(fields["o"])}
+    if "u" in fields:
+        payload["uuid"] = fields["u"]
+    if "d" in fields:
+        payload["data"] = orjson.Fragment(fields["d"])
+    if fields.get("r") == "1":
+        payload["here_now_refresh"] = True
+    for short, name in (("j", "join"), ("l", "leave"), ("t", "timeout")):
+        if short in fields:
+            payload[name] = orjson.Fragment(fields[short])
+    return payload

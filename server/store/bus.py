@@ -1,0 +1,151 @@
+"""Wake-ups for waiting long-polls: one Redis pub/sub listener per process, fanned out in memory.
+
+Scripts publish the names whose logs grew (common.lua ``publish_wakes``). A waiting poll never holds
+a Redis connection: it registers the names it reads and sleeps on an asyncio.Event. A wake-up only
+says "read again"; the log read by cursor is what guarantees nothing is lost, so a missed or extra
+wake-up costs latency, never data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from types import TracebackType
+
+import orjson
+import redis.asyncio as aioredis
+
+from server.store.subscription import split_presence
+
+log = logging.getLogger("server.bus")
+
+GROUP_CHANGED = "\x00group:"
+
+
+class Waiter:
+    """One waiting poll: the names it reads, the wildcard prefixes it matches, and its event."""
+
+    def __init__(self, bus: WakeBus, sub_key: str) -> None:
+        self._bus = bus
+        self.sub_key = sub_key
+        self.names: frozenset[str] = frozenset()
+        self.prefixes: tuple[str, ...] = ()
+        self.event = asyncio.Event()
+
+    def watch(self, names: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+        """Replace what this waiter is woken for."""
+        self._bus._unregister(self)
+        self.names = frozenset(names)
+        self.prefixes = tuple(prefixes)
+        self._bus._register(self)
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until woken or ``seconds`` pass; True when woken."""
+        try:
+            await asyncio.wait_for(self.event.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def __enter__(self) -> Waiter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # Runs on cancellation too (client went away): the poll's registration goes with it.
+        self._bus._unregister(self)
+
+
+class WakeBus:
+    def __init__(self, redis: aioredis.Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._by_name: dict[tuple[str, str], set[Waiter]] = defaultdict(set)
+        self._by_prefix: dict[str, set[Waiter]] = defaultdict(set)
+        self.waiting = 0
+
+    def waiter(self, sub_key: str) -> Waiter:
+        return Waiter(self, sub_key)
+
+    def notify(self, sub_key: str, names: Iterable[str]) -> None:
+        """Wake every local waiter that reads one of ``names`` in the keyset."""
+        prefixed = self._by_prefix.get(sub_key, ())
+        for name in names:
+            for waiter in self._by_name.get((sub_key, name), ()):
+                waiter.event.set()
+            if prefixed:
+                base = split_presence(name)[0]
+                for waiter in prefixed:
+                    if any(base.startswith(p) for p in waiter.prefixes):
+                        waiter.event.set()
+
+    def wake_all(self) -> None:
+        for waiters in self._by_name.values():
+            for waiter in waiters:
+                waiter.event.set()
+        for waiters in self._by_prefix.values():
+            for waiter in waiters:
+                waiter.event.set()
+
+    async def announce(self, sub_key: str, names: list[str]) -> None:
+        """Tell every process's waiters (this one's included, through Redis) to read ``names`` again."""
+        await self.redis.publish(self.channel, orjson.dumps({"k": sub_key, "n": names}))
+
+    async def run(self) -> None:
+        """Listen until cancelled. After a lost connection every waiter is woken to re-read."""
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                backoff = 0.1
+                self.wake_all()
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None:
+                        self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("wake-up listener lost its connection, reconnecting: %s", exc)
+                self.wake_all()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, data: str | bytes) -> None:
+        try:
+            body = orjson.loads(data)
+            sub_key, names = body["k"], body["n"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignoring a malformed wake-up: %r", data)
+            return
+        self.notify(sub_key, names)
+
+    def _register(self, waiter: Waiter) -> None:
+        for name in waiter.names:
+            self._by_name[(waiter.sub_key, name)].add(waiter)
+        if waiter.prefixes:
+            self._by_prefix[waiter.sub_key].add(waiter)
+        self.waiting += 1
+
+    def _unregister(self, waiter: Waiter) -> None:
+        if not waiter.names and not waiter.prefixes:
+            return
+        for name in waiter.names:
+            key = (waiter.sub_key, name)
+            waiters = self._by_name.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._by_name[key]
+        prefixed = self._by_prefix.get(waiter.sub_key)
+        if prefixed is not None:
+            prefixed.discard(waiter)
+            if not prefixed:
+                del self._by_prefix[waiter.sub_key]
+        waiter.names, waiter.prefixes = frozenset(), ()
+        self.waiting -= 1

@@ -1,0 +1,102 @@
+"""What a subscribe request names, and how that maps onto logs: channels, groups, wildcards."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+PRESENCE_SUFFIX = "-pnpres"
+WILDCARD_SUFFIX = ".*"
+
+
+def split_presence(name: str) -> tuple[str, bool]:
+    """``ch-pnpres`` -> (``ch``, True): the base name and whether presence events are asked for."""
+    if name.endswith(PRESENCE_SUFFIX):
+        return name[: -len(PRESENCE_SUFFIX)], True
+    return name, False
+
+
+def is_wildcard(name: str) -> bool:
+    return split_presence(name)[0].endswith(WILDCARD_SUFFIX)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """One subscribed name: a channel, a group or a wildcard pattern, maybe with ``-pnpres``."""
+
+    name: str
+
+    @property
+    def base(self) -> str:
+        return split_presence(self.name)[0]
+
+    @property
+    def presence(self) -> bool:
+        return split_presence(self.name)[1]
+
+    @property
+    def prefix(self) -> str:
+        """A wildcard's literal part: ``a.b.*`` -> ``a.b.``."""
+        return self.base[:-1]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Source:
+    """One log a subscription reads: a channel's messages or its presence events, and the
+    subscribed name it matched through (the envelope's ``b``; None for a direct subscription)."""
+
+    channel: str
+    presence: bool
+    via: str | None
+
+    @property
+    def delivered_as(self) -> str:
+        return self.channel + PRESENCE_SUFFIX if self.presence else self.channel
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolved:
+    """Members of each subscribed group and matches of each wildcard, in subscription order."""
+
+    groups: tuple[tuple[str, ...], ...] = ()
+    wildcards: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    timetoken: str
+    source: Source
+    fields: dict[str, str]
+
+
+class Subscription:
+    def __init__(self, channels: Sequence[str], groups: Sequence[str]) -> None:
+        self.direct = [Target(name) for name in channels if not is_wildcard(name)]
+        self.wildcards = [Target(name) for name in channels if is_wildcard(name)]
+        self.groups = [Target(name) for name in groups]
+
+    @property
+    def needs_resolving(self) -> bool:
+        return bool(self.groups or self.wildcards)
+
+    @property
+    def presence_channels(self) -> list[str]:
+        """Channels the subscriber becomes present on: direct, non-presence, non-wildcard names."""
+        return [t.name for t in self.direct if not t.presence]
+
+    @property
+    def presence_groups(self) -> list[str]:
+        return [t.name for t in self.groups if not t.presence]
+
+    def sources(self, resolved: Resolved) -> list[Source]:
+        """Every log to read, once each: a direct subscription wins over a group, a group over a wildcard."""
+        out: dict[tuple[str, bool], Source] = {}
+        for target in self.direct:
+            out.setdefault((target.base, target.presence), Source(target.base, target.presence, None))
+        for target, members in zip(self.groups, resolved.groups, strict=True):
+            for channel in members:
+                out.setdefault((channel, target.presence), Source(channel, target.presence, target.name))
+        for target, matches in zip(self.wildcards, resolved.wildcards, strict=True):
+            for channel in matches:
+                out.setdefault((channel, target.presence), Source(channel, target.presence, target.name))
+        return list(out.values())
