@@ -3,8 +3,11 @@ engines, with the injected clock and a run-once sweeper so that no test sleeps t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,7 +15,13 @@ from aiohttp import web
 
 from server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from server.config import Settings
+from server.context import STORE
+from server.store import PresenceStore
 from tests.conftest import FakeClock
+
+# Long-polls are held this long (real seconds) by live servers unless a test says otherwise, so
+# that an idle subscriber re-polls quickly and a test's teardown never waits on a held poll.
+LIVE_HOLD = 2.0
 
 
 @dataclasses.dataclass
@@ -21,16 +30,23 @@ class LiveServer:
     clock: FakeClock
     app: web.Application
 
+    @property
+    def store(self) -> PresenceStore:
+        return self.app[STORE]
+
     async def advance(self, seconds: float) -> int:
         """Move the server's clock and run one sweep; returns how many users timed out."""
         self.clock.advance(seconds)
         return await self.app[SWEEPER].run_once()
 
 
-@pytest.fixture
-async def live_server(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[LiveServer]:
-    app = create_app(settings, redis=redis_client, clock=clock, sweeper=False)
-    runner = web.AppRunner(app, access_log=None, **RUNNER_OPTIONS)  # type: ignore[arg-type]
+@contextlib.asynccontextmanager
+async def serve(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock,
+                **overrides: Any) -> AsyncIterator[LiveServer]:
+    """Run the app on a free loopback port; ``overrides`` replace settings (e.g. announce_max=2)."""
+    current = dataclasses.replace(settings, **{"longpoll_hold": LIVE_HOLD, **overrides})
+    app = create_app(current, redis=redis_client, clock=clock, sweeper=False)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -39,3 +55,21 @@ async def live_server(redis_client: aioredis.Redis, settings: Settings, clock: F
         yield LiveServer(f"127.0.0.1:{port}", clock, app)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+def live_server_factory(
+    redis_client: aioredis.Redis, settings: Settings, clock: FakeClock
+) -> Callable[..., AbstractAsyncContextManager[LiveServer]]:
+    """``async with live_server_factory(announce_max=2) as server:`` — several may share one Redis."""
+
+    def factory(**overrides: Any) -> AbstractAsyncContextManager[LiveServer]:
+        return serve(redis_client, settings, clock, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+async def live_server(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[LiveServer]:
+    async with serve(redis_client, settings, clock) as server:
+        yield server
