@@ -136,7 +136,7 @@ def make_app(
 
 @pytest.fixture
 async def client(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],  # type: ignore[type-arg]
+    aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
     make_app: Callable[..., web.Application],
 ) -> TestClient:  # type: ignore[type-arg]
     """The app through the real store, on both engines, with an injected clock and no sweeper loop."""
