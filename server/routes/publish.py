@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import zlib
+from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
 
 from server.context import CLOCK, SETTINGS, STORE
 from server.http import PubNubError, json_response
-from server.params import path_name, query_flag, query_json_object
+from server.params import path_name, query_flag, query_json_object, raw_path_value
 from server.store import timetoken_at
 from server.store.subscription import is_wildcard
 
@@ -78,10 +79,6 @@ async def _message(request: web.Request) -> str:
                 raise PublishError(400, "Invalid compressed body") from None
         text = raw
     else:
-        from urllib.parse import unquote
-
-        from server.params import raw_path_value
-
         try:
             text = unquote(raw_path_value(request, "message"), errors="strict").encode()
         except UnicodeDecodeError:
