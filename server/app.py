@@ -5,55 +5,62 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from server.clock import Clock
 from server.config import Settings
 from server.context import BUS, CLOCK, SETTINGS, STORE
-from server.http import error_middleware
-from server.routes import setup_routes
+from server.http import PubNubError, error_middleware, json_response
+from server.metrics import METRICS, Metrics, metrics_middleware
+from server.routes import setup_admin_routes, setup_routes
 from server.routes.subscribe import REFRESH_MEMO, RefreshMemo
-from server.store import PresenceStore, WakeBus, open_redis
+from server.store import PresenceStore, WakeBus, open_redis, timetoken_at
 from server.sweeper import Sweeper
 
 log = logging.getLogger("server")
 
 SWEEPER = web.AppKey("sweeper", Sweeper)
 
+# Server options every way of running the app uses: held long-polls are cancelled when their client
+# goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, protocol 8).
+RUNNER_OPTIONS: dict[str, object] = {"handler_cancellation": True, "auto_decompress": False}
+
 
 def create_app(
     settings: Settings | None = None,
     *,
     redis: aioredis.Redis | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     sweeper: bool = True,
 ) -> web.Application:
     """Build the server. ``redis`` injects a client the caller keeps ownership of; ``clock`` injects
     time; ``sweeper=False`` leaves expiry to explicit ``Sweeper.run_once`` calls (tests)."""
     settings = settings or Settings.from_env()
-    app = web.Application(middlewares=[error_middleware])
+    middlewares = [metrics_middleware, error_middleware]
+    if settings.keyset_pairs():
+        middlewares.append(keyset_middleware)
+    app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
-    app[CLOCK] = clock
+    app[CLOCK] = clock if clock is not None else Clock()
     app.cleanup_ctx.append(_store_ctx(redis))
     if sweeper:
         app.cleanup_ctx.append(_sweeper_ctx)
+    app.on_shutdown.append(_answer_held_polls)
     setup_routes(app)
+    if settings.admin:
+        setup_admin_routes(app)
     return app
-
-
-# Server options every way of running the app uses: held long-polls are cancelled when their client
-# goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, protocol 8).
-RUNNER_OPTIONS: dict[str, object] = {"handler_cancellation": True, "auto_decompress": False}
 
 
 def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         client = injected if injected is not None else open_redis(settings.redis_url)
-        app[STORE] = PresenceStore(
+        store = app[STORE] = PresenceStore(
             client,
             prefix=settings.key_prefix,
             default_timeout=settings.clamp_timeout(settings.default_timeout),
@@ -62,16 +69,21 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
             announce_max=settings.announce_max,
             interval=settings.interval,
         )
-        app[BUS] = WakeBus(client, app[STORE].wake_channel)
+        bus = app[BUS] = WakeBus(client, store.wake_channel)
         app[REFRESH_MEMO] = RefreshMemo(min(10.0, settings.min_timeout / 2))
-        listener = asyncio.create_task(app[BUS].run(), name="wake-listener")
-        app[SWEEPER] = Sweeper(app[STORE], app[CLOCK], settings.sweep_interval)
+        app[SWEEPER] = Sweeper(store, app[CLOCK], settings.sweep_interval)
+        app[METRICS] = Metrics(store, bus)
+        set_offset = getattr(app[CLOCK], "set_offset", None)
+        if settings.admin and set_offset is not None:
+            bus.on_clock = set_offset
+            with contextlib.suppress(Exception):  # Redis may not be up yet; the bus catches up later.
+                set_offset(await store.clock_offset())
+        listener = asyncio.create_task(bus.run(), name="wake-listener")
         try:
             yield
         finally:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await asyncio.wait({listener}, timeout=2.0)
             if injected is None:
                 await client.aclose()
 
@@ -84,3 +96,25 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _answer_held_polls(app: web.Application) -> None:
+    # Runs after the listening sockets closed and before in-flight requests are awaited: held
+    # long-polls answer now with their cursor, so clients reconnect elsewhere without a gap.
+    if BUS in app:
+        app[BUS].close()
+
+
+@web.middleware
+async def keyset_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With PRESENCE_KEYSETS, only the listed keysets are served, each isolated from the others."""
+    pairs = request.app[SETTINGS].keyset_pairs()
+    info = request.match_info
+    sub_key, pub_key = info.get("sub_key"), info.get("pub_key")
+    if sub_key is not None and sub_key not in {sub for _, sub in pairs}:
+        if pub_key is not None:
+            return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
+        raise PubNubError(400, "Invalid Subscribe Key", "Access Manager")
+    if pub_key is not None and (pub_key, sub_key) not in pairs:
+        return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
+    return await handler(request)

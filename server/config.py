@@ -27,6 +27,11 @@ class Settings:
     announce_max: int = 20
     interval: float = 10.0
     longpoll_hold: float = 280.0
+    keysets: str = ""
+    admin: bool = False
+    admin_remote: bool = False
+    log_format: str = "text"
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -48,10 +53,25 @@ class Settings:
             raise SettingsError(f"PRESENCE_MAX_NAME_LENGTH must be a positive integer, got {self.max_name_length}")
         if self.announce_max < 0:
             raise SettingsError(f"PRESENCE_ANNOUNCE_MAX must be zero or more, got {self.announce_max}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"PRESENCE_LOG_FORMAT must be text or json, got {self.log_format!r}")
+        for pair in self.keyset_pairs():
+            if not all(pair):
+                raise SettingsError(
+                    f"PRESENCE_KEYSETS must be a comma list of publish_key:subscribe_key pairs, got {self.keysets!r}"
+                )
         if self.log_size < 100:
             raise SettingsError(f"PRESENCE_LOG_SIZE must be at least 100, got {self.log_size}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}"):
             raise SettingsError(f"PRESENCE_KEY_PREFIX must be non-empty and free of braces, got {self.key_prefix!r}")
+
+    def keyset_pairs(self) -> list[tuple[str, str]]:
+        """PRESENCE_KEYSETS as (publish key, subscribe key) pairs; empty means every keyset is accepted."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in self.keysets.split(","))):
+            pub, _, sub = item.partition(":")
+            pairs.append((pub, sub))
+        return pairs
 
     def clamp_timeout(self, seconds: float) -> float:
         """Bound a client's presence timeout to [min_timeout, max_timeout]."""
@@ -80,7 +100,15 @@ def _env_name(field_name: str) -> str:
     return "PRESENCE_" + field_name.upper()
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _convert(name: str, type_name: Any, raw: str) -> Any:
+    if str(type_name) == "bool":
+        if raw.lower() not in _TRUE + _FALSE:
+            raise SettingsError(f"{_env_name(name)} must be 1 or 0 (true or false), got {raw!r}")
+        return raw.lower() in _TRUE
     kind = {"int": int, "float": float}.get(str(type_name), str)
     try:
         return kind(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -54,10 +55,24 @@ def path_names(request: web.Request, name: str, what: str, max_length: int, serv
     return split_names(raw_path_value(request, name), what, max_length, service)
 
 
+def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str | None:
+    """A query parameter's first value, percent-decoded strictly; None when absent.
+
+    Not ``request.query``: it turns invalid UTF-8 into U+FFFD (a different name, accepted silently)
+    and ``+`` into a space. No SDK sends ``+`` for a space (both write ``%20``), but Python sends
+    ``uuid`` and ``channel-group`` unencoded (protocol 1.2), so a literal ``+`` is part of the name.
+    """
+    for pair in request.rel_url.raw_query_string.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote(name) == key:
+            return _decode(value, key, service)
+    return None
+
+
 def query_names(request: web.Request, key: str, what: str, max_length: int,
                 service: str = PRESENCE) -> list[str]:
-    """A comma list from the query; aiohttp has already percent-decoded it (JS sends ``%2C``)."""
-    value = request.query.get(key, "")
+    """A comma list from the query, split after decoding (JS sends the commas as ``%2C``)."""
+    value = query_value(request, key, service) or ""
     names = [part for part in value.split(",") if part]
     for name in names:
         check_name(name, what, max_length, service)
@@ -65,19 +80,20 @@ def query_names(request: web.Request, key: str, what: str, max_length: int,
 
 
 def query_uuid(request: web.Request, max_length: int) -> str:
-    if "uuid" not in request.query:
+    uuid = query_value(request, "uuid")
+    if uuid is None:
         raise bad_request("Missing uuid")
-    return check_name(request.query["uuid"], "uuid", max_length)
+    return check_name(uuid, "uuid", max_length)
 
 
 def query_int(request: web.Request, key: str, default: int, minimum: int) -> int:
-    raw = request.query.get(key)
+    raw = query_value(request, key)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"Invalid {key}: {raw!r} is not an integer") from None
+    # Plain ASCII digits only: int() would also take "1_000", " 5" and non-ASCII digits.
+    if not re.fullmatch(r"-?[0-9]+", raw):
+        raise bad_request(f"Invalid {key}: {raw!r} is not an integer")
+    value = int(raw)
     if value < minimum:
         raise bad_request(f"Invalid {key}: must be at least {minimum}")
     return value
@@ -85,7 +101,7 @@ def query_int(request: web.Request, key: str, default: int, minimum: int) -> int
 
 def query_seconds(request: web.Request, key: str) -> float | None:
     """A positive number of seconds, or None when absent."""
-    raw = request.query.get(key)
+    raw = query_value(request, key)
     if raw is None or raw == "":
         return None
     try:
@@ -98,12 +114,12 @@ def query_seconds(request: web.Request, key: str) -> float | None:
 
 
 def query_flag(request: web.Request, key: str) -> bool:
-    return request.query.get(key, "0").lower() in ("1", "true")
+    return (query_value(request, key) or "0").lower() in ("1", "true")
 
 
 def query_json_object(request: web.Request, key: str) -> dict[str, Any] | None:
     """A JSON object from the query, or None when absent; anything else is a 400."""
-    raw = request.query.get(key)
+    raw = query_value(request, key)
     if raw is None:
         return None
     try:

@@ -138,9 +138,12 @@ def make_app(
 async def client(
     aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
     make_app: Callable[..., web.Application],
-) -> TestClient:  # type: ignore[type-arg]
+) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
     """The app through the real store, on both engines, with an injected clock and no sweeper loop."""
-    return await aiohttp_client(make_app(), server_kwargs=RUNNER_OPTIONS)
+    test_client = await aiohttp_client(make_app(), server_kwargs=RUNNER_OPTIONS)
+    yield test_client
+    # Close the app here, before redis_client (set up after aiohttp_client) closes its client.
+    await test_client.close()
 
 
 def sweeper_of(client: TestClient) -> Sweeper:  # type: ignore[type-arg]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.routes import groups, meta, presence, publish, subscribe
+from server.metrics import metrics_handler
+from server.routes import admin, groups, meta, presence, publish, subscribe
 
 N = "[^/]+"
 PRESENCE = f"/v2/presence/sub-key/{{sub_key:{N}}}"
@@ -16,6 +17,8 @@ REGISTRY = f"/v1/channel-registration/sub-key/{{sub_key:{N}}}/channel-group"
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/time/0", meta.time)
     app.router.add_get("/health", meta.health)
+    app.router.add_get("/ready", meta.health)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get(PRESENCE, presence.here_now_global)
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}", presence.here_now)
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/heartbeat", presence.heartbeat)
@@ -30,3 +33,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(REGISTRY, groups.list_groups)
     app.router.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list)
     app.router.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete)
+
+
+def setup_admin_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/clock/advance", admin.advance_clock)
+    app.router.add_post(f"/admin/keysets/{{sub_key:{N}}}/reset", admin.reset_keyset)
+    app.router.add_get(f"/admin/keysets/{{sub_key:{N}}}/snapshot", admin.snapshot)

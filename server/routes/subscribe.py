@@ -35,6 +35,11 @@ class RefreshMemo:
         self.size = size
         self._seen: OrderedDict[tuple[Any, ...], float] = OrderedDict()
 
+    def forget(self, sub_key: str) -> None:
+        """Forget one keyset's subscribers (after an admin reset, they must join again)."""
+        for key in [key for key in self._seen if key[0] == sub_key]:
+            del self._seen[key]
+
     def due(self, key: tuple[Any, ...], now: float) -> bool:
         last = self._seen.get(key)
         if last is not None and 0 <= now - last < self.window:
@@ -107,9 +112,9 @@ async def subscribe(request: web.Request) -> web.Response:
                 waiter.watch(watched, prefixes)
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0 or not await waiter.wait(remaining):
-                # Held long enough: an empty answer with the same cursor, always safe; the client
-                # polls again at once (protocol 2.2.7).
+            if app[BUS].closing or remaining <= 0 or not await waiter.wait(remaining) or app[BUS].closing:
+                # Held long enough, or the server is shutting down: an empty answer with the same
+                # cursor, always safe; the client polls again at once, elsewhere if need be (2.2.7).
                 return _reply(cursor, [], sub_key)
 
 

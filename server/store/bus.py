@@ -9,9 +9,10 @@ wake-up costs latency, never data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import orjson
@@ -65,6 +66,13 @@ class WakeBus:
         self._by_name: dict[tuple[str, str], set[Waiter]] = defaultdict(set)
         self._by_prefix: dict[str, set[Waiter]] = defaultdict(set)
         self.waiting = 0
+        self.closing = False
+        self.on_clock: Callable[[float], None] | None = None
+
+    def close(self) -> None:
+        """Shutting down: wake every waiting poll so it answers now and its client reconnects elsewhere."""
+        self.closing = True
+        self.wake_all()
 
     def waiter(self, sub_key: str) -> Waiter:
         return Waiter(self, sub_key)
@@ -88,6 +96,10 @@ class WakeBus:
         for waiters in self._by_prefix.values():
             for waiter in waiters:
                 waiter.event.set()
+
+    async def announce_clock(self, offset: float) -> None:
+        """Tell every process the admin clock's new offset."""
+        await self.redis.publish(self.channel, orjson.dumps({"clock": offset}))
 
     async def announce(self, sub_key: str, names: list[str]) -> None:
         """Tell every process's waiters (this one's included, through Redis) to read ``names`` again."""
@@ -114,13 +126,19 @@ class WakeBus:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # Bounded: closing a pub/sub whose client was already closed must not hang shutdown.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     def _dispatch(self, data: str | bytes) -> None:
         try:
             body = orjson.loads(data)
+            if "clock" in body:
+                if self.on_clock is not None:
+                    self.on_clock(float(body["clock"]))
+                return
             sub_key, names = body["k"], body["n"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("ignoring a malformed wake-up: %r", data)
             return
         self.notify(sub_key, names)

@@ -18,6 +18,11 @@ def keysets_due(prefix: str) -> str:
     return f"{prefix}:keysets:due"
 
 
+def clock_offset(prefix: str) -> str:
+    """String (float): seconds the admin API has moved every process's clock forward."""
+    return f"{prefix}:clock:offset"
+
+
 def wake_channel(prefix: str) -> str:
     """Pub/sub channel on which scripts announce which logs grew: ``{"k": sub_key, "n": [names]}``."""
     return f"{prefix}:wake"
@@ -31,6 +36,11 @@ class KeysetKeys:
     def __init__(self, prefix: str, sub_key: str) -> None:
         self.sub_key = sub_key
         self._base = f"{prefix}:{{{_tag(sub_key)}}}:"
+
+    @property
+    def match_all(self) -> str:
+        """A SCAN MATCH pattern for every key of this keyset (glob characters escaped)."""
+        return "".join("\\" + c if c in "*?[]\\" else c for c in self._base) + "*"
 
     @property
     def timetoken(self) -> str:

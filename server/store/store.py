@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -12,7 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from server.store.keys import KeysetKeys, keysets_due, wake_channel
+from server.store.keys import KeysetKeys, clock_offset, keysets_due, wake_channel
 from server.store.subscription import Delivery, Resolved, Source, Subscription
 
 PRESENCE_SUFFIX = "-pnpres"
@@ -114,6 +115,7 @@ class PresenceStore:
         self.wake_channel = wake_channel(prefix)
         self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[tuple[list[Delivery], str, list[Source]]]]] = {}
         self._reads_started = 0
+        self.counts: collections.Counter[str] = collections.Counter()
         self._heartbeat = _load_script(redis, "heartbeat", with_common=True)
         self._leave = _load_script(redis, "leave", with_common=True)
         self._set_state = _load_script(redis, "set_state", with_common=True)
@@ -159,6 +161,7 @@ class PresenceStore:
         for channel, group in targets:
             args += [channel, states.get(channel, states.get(group or "", ""))]
         joins, earlier = await self._heartbeat(keys=keys, args=args)
+        self.counts["join"] += int(joins)
         if earlier:
             await self.redis.zadd(self._keysets_due, {sub_key: float(earlier)}, lt=True)
         return int(joins)
@@ -172,7 +175,9 @@ class PresenceStore:
             return 0
         keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid])
         args += [channel for channel, _ in targets]
-        return int(await self._leave(keys=keys, args=args))
+        left = int(await self._leave(keys=keys, args=args))
+        self.counts["leave"] += left
+        return left
 
     async def set_state(self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str],
                         state: str, *, now: float) -> int:
@@ -183,7 +188,9 @@ class PresenceStore:
             return 0
         keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid, state])
         args += [channel for channel, _ in targets]
-        return int(await self._set_state(keys=keys, args=args))
+        changed = int(await self._set_state(keys=keys, args=args))
+        self.counts["state-change"] += changed
+        return changed
 
     async def get_state(self, sub_key: str, uuid: str, channels: Sequence[str],
                         groups: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
@@ -256,7 +263,9 @@ class PresenceStore:
         for name, value in (("i", publisher), ("u", meta), ("e", kind), ("cmt", custom_type)):
             if value is not None:
                 args += [name, value]
-        return str(await self._publish(keys=keys, args=args))
+        timetoken = str(await self._publish(keys=keys, args=args))
+        self.counts["publish"] += 1
+        return timetoken
 
     async def cursor(self, sub_key: str, *, now: float) -> str:
         """A subscribe cursor for now: every entry appended from here on has a later timetoken."""
@@ -351,6 +360,8 @@ class PresenceStore:
         total = 0
         for sub_key in due:
             total += await self._sweep_keyset(sub_key, now)
+        self.counts["sweep"] += 1
+        self.counts["timeout"] += total
         return total
 
     async def _sweep_keyset(self, sub_key: str, now: float) -> int:
@@ -385,6 +396,64 @@ class PresenceStore:
         if scores:
             await self.redis.zadd(self._keysets_due, {sub_key: min(scores)}, lt=True)
         return total
+
+    # -- operations -----------------------------------------------------------------------------
+
+    async def totals(self) -> tuple[int, int]:
+        """Users present somewhere and occupied channels, over every keyset (expired-but-unswept included)."""
+        sub_keys = cast("list[str]", await self.redis.zrange(self._keysets_due, 0, -1))
+        if not sub_keys:
+            return 0, 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sub_key in sub_keys:
+                ks = self.keys(sub_key)
+                pipe.hlen(ks.where)
+                pipe.zcard(ks.due)
+            counts = cast("list[int]", await pipe.execute())
+        return sum(counts[0::2]), sum(counts[1::2])
+
+    async def advance_clock(self, seconds: float) -> float:
+        """Move the shared admin clock forward; returns the new offset in seconds."""
+        return float(await self.redis.incrbyfloat(clock_offset(self.prefix), seconds))
+
+    async def clock_offset(self) -> float:
+        return float(await self.redis.get(clock_offset(self.prefix)) or 0.0)
+
+    async def reset_keyset(self, sub_key: str) -> int:
+        """Drop every key of one keyset: presence, state, groups, logs. Returns how many keys went."""
+        ks = self.keys(sub_key)
+        removed = 0
+        async for batch in _batched(self.redis.scan_iter(match=ks.match_all, count=1000), 500):
+            removed += int(await self.redis.unlink(*batch))
+        await self.redis.zrem(self._keysets_due, sub_key)
+        return removed
+
+    async def snapshot(self, sub_key: str, *, now: float) -> dict[str, Any]:
+        """The keyset's whole presence picture: occupants with deadlines and state, groups, last timetoken."""
+        ks = self.keys(sub_key)
+        channels = cast("list[str]", await self.redis.zrange(ks.due, 0, -1))
+        group_names = await self.group_list(sub_key)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for channel in channels:
+                pipe.zrangebyscore(ks.occupants(channel), f"({_ms(now)}", "+inf", withscores=True)
+                pipe.hgetall(ks.state(channel))
+            for group in group_names:
+                pipe.smembers(ks.group(group))
+            pipe.get(ks.timetoken)
+            replies = await pipe.execute()
+        out: dict[str, Any] = {}
+        for i, channel in enumerate(channels):
+            occupants, states = replies[2 * i], replies[2 * i + 1]
+            if occupants:
+                out[channel] = {
+                    "occupancy": len(occupants),
+                    "occupants": {
+                        uuid: {"deadline": deadline / 1000, "state": orjson.loads(states.get(uuid) or "{}")}
+                        for uuid, deadline in occupants
+                    },
+                }
+        groups = {g: sorted(m) for g, m in zip(group_names, replies[2 * len(channels): -1], strict=True)}
+        return {"sub_key": sub_key, "now": now, "timetoken": replies[-1], "channels": out, "groups": groups}
 
     # -- channel groups -------------------------------------------------------------------------
 
@@ -463,6 +532,17 @@ class PresenceStore:
             parsed = [orjson.loads(s) if s else None for s in states] if with_state else []
             out.append(HereNowChannel(channel, int(occupancy), list(uuids), parsed))
         return out
+
+
+async def _batched(items: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
+    batch: list[str] = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _ms(now: float) -> int:
