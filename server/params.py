@@ -43,16 +43,35 @@ def path_name(request: web.Request, name: str, what: str, max_length: int, servi
     return check_name(_decode(raw_path_value(request, name), what, service), what, max_length, service)
 
 
-def split_names(raw: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
-    """A comma list of individually percent-encoded names; ``,`` alone is the empty list."""
+def split_names(raw: str, what: str, max_length: int, service: str = PRESENCE, *,
+                whole_list_encoded: bool = False) -> list[str]:
+    """A comma list of individually percent-encoded names; ``,`` alone is the empty list.
+
+    With ``whole_list_encoded`` the list was percent-encoded as one string, so an encoded comma
+    separates names too (and a name cannot contain one).
+    """
     names = [_decode(part, what, service) for part in raw.split(",") if part]
+    if whole_list_encoded:
+        names = [name for joined in names for name in joined.split(",") if name]
     for name in names:
         check_name(name, what, max_length, service)
     return list(dict.fromkeys(names))
 
 
+# JavaScript SDKs before 8 (pubnub@7.3.3 among them) percent-encode a channel list as one string,
+# `a%2Cb`, and the placeholder as `%2C`; later ones, and every Python SDK, encode each name and
+# join them with literal commas (protocol 1.2). They say who they are in `pnsdk`.
+_JS_SDK = re.compile(r"PubNub-JS-[A-Za-z-]+/([0-9]+)\.")
+
+
+def whole_list_encoded(request: web.Request) -> bool:
+    match = _JS_SDK.match(request.query.get("pnsdk", ""))
+    return match is not None and int(match.group(1)) < 8
+
+
 def path_names(request: web.Request, name: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
-    return split_names(raw_path_value(request, name), what, max_length, service)
+    return split_names(raw_path_value(request, name), what, max_length, service,
+                       whole_list_encoded=whole_list_encoded(request))
 
 
 def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str | None:
