@@ -1,0 +1,99 @@
+"""pytest plugin (entry point ``pytest11``): a ``presence_server`` fixture for users' test suites.
+
+The server runs in-process on a free loopback port with the embedded store, in a thread of its own,
+so the fixture serves synchronous and asyncio tests alike. Its clock can be moved forward with
+``presence_server.advance(seconds)``: timeouts and interval events then happen at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import web
+
+from server.app import RUNNER_OPTIONS, SWEEPER, create_app
+from server.clock import Clock
+from server.config import Settings
+from server.context import STORE
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class PresenceServer:
+    """A running server: point a PubNub client's ``origin`` at ``origin`` with ``ssl`` off."""
+
+    origin: str
+    settings: Settings
+    clock: Clock
+    _loop: asyncio.AbstractEventLoop
+    _app: web.Application
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.origin}"
+
+    def advance(self, seconds: float) -> int:
+        """Move the server's clock forward and sweep now; returns how many users timed out."""
+        self.clock.set_offset(self.clock.offset + seconds)
+        return self._call(self._app[SWEEPER].run_once())
+
+    def snapshot(self, sub_key: str) -> dict[str, Any]:
+        """Everyone present in a keyset, with deadlines and state."""
+        return self._call(self._app[STORE].snapshot(sub_key, now=self.clock()))
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+
+@pytest.fixture
+def presence_server_settings() -> dict[str, Any]:
+    """Override to change the server's settings (``Settings`` field names), e.g. ``{"announce_max": 2}``."""
+    return {}
+
+
+@pytest.fixture
+def presence_server(presence_server_settings: dict[str, Any]) -> Iterator[PresenceServer]:
+    """A presence server on a free loopback port with the embedded store, fresh for each test."""
+    settings = Settings(**{"host": "127.0.0.1", "port": 0, "redis_url": "memory://", "min_timeout": 1.0,
+                           "longpoll_hold": 20.0, **presence_server_settings})
+    clock = Clock()
+    loop = asyncio.new_event_loop()
+    started: Future[PresenceServer] = Future()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        app = create_app(settings, clock=clock)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            port = runner.addresses[0][1]
+            started.set_result(PresenceServer(f"{settings.host}:{port}", settings, clock, loop, app))
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(serve())
+        except BaseException as exc:  # surface start-up failures to the test instead of hanging it
+            if not started.done():
+                started.set_exception(exc)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="presence-server", daemon=True)
+    thread.start()
+    try:
+        yield started.result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
