@@ -10,6 +10,9 @@ from aiohttp import web
 
 from server.app import RUNNER_OPTIONS, create_app
 from server.config import Settings, SettingsError
+from server.logs import setup_logging
+
+log = logging.getLogger("server")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,14 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(host=args.host, port=args.port, redis_url=args.redis_url)
     except SettingsError as exc:
         print(f"presence-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.getLogger("server").info("starting with %s", settings.summary())
+    setup_logging(settings.log_format)
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)
+    log.info("starting on %s:%s with %s", settings.host, settings.port, settings.summary())
+    if settings.redis_url.startswith("memory://"):
+        log.info("embedded store (memory://): presence lives in this process and a restart forgets everyone")
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
+        create_app(settings), host=settings.host, port=settings.port, print=None,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         **RUNNER_OPTIONS,  # type: ignore[arg-type]
     )
+    log.info("stopped")

@@ -90,9 +90,10 @@ class Settings:
         return cls(**values)
 
     def summary(self) -> dict[str, Any]:
-        """The settings as a dict safe to log: the Redis URL loses any password."""
+        """The settings as a dict safe to log: no Redis password, no keys."""
         data = dataclasses.asdict(self)
         data["redis_url"] = redact_url(self.redis_url)
+        data["keysets"] = f"{len(self.keyset_pairs())} listed" if self.keysets else "any"
         return data
 
 

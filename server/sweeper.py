@@ -44,11 +44,11 @@ class Sweeper:
             except Exception as exc:
                 delay = min(max(delay * 2, self.interval), MAX_BACKOFF)
                 if not failing:
-                    log.warning("sweep failed, retrying with backoff: %s", exc)
+                    log.warning("redis lost: sweep failed, retrying with backoff: %s", exc)
                 failing = True
             else:
                 if failing:
-                    log.info("sweeping again")
+                    log.info("redis regained: sweeping again")
                 failing = False
                 delay = self.interval
             await asyncio.sleep(delay)
