@@ -10,7 +10,9 @@ from __future__ import annotations
 
 
 def _tag(sub_key: str) -> str:
-    return sub_key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    # An empty tag would make Redis Cluster hash whole key names. A lone "%" is never the escape
+    # of a non-empty key (a "%" of its own becomes "%25"), so it stands for the empty one.
+    return sub_key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D") or "%"
 
 
 def keysets_due(prefix: str) -> str:

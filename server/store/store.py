@@ -460,6 +460,8 @@ class PresenceStore:
     async def group_add(self, sub_key: str, group: str, channels: Sequence[str]) -> None:
         """Add channels to a group; raise GroupCapExceeded when it would outgrow its cap."""
         ks = self.keys(sub_key)
+        # Repeats would be counted as new channels by the cap check.
+        channels = list(dict.fromkeys(channels))
         size = await self._group_add(keys=[ks.group(group), ks.groups], args=[group, self.group_cap, *channels])
         if int(size) < 0:
             raise GroupCapExceeded(group)
