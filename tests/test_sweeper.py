@@ -51,14 +51,13 @@ async def test_expiry_boundary_is_the_deadline_to_the_millisecond(store: Presenc
         assert await occupants(store, "a", clock.now) == [f"u{j}" for j in range(i + 1, 4)]
         assert await store.redis.zscore(ks.occupants("a"), f"u{i}") is None
         assert await store.redis.hget(ks.state("a"), f"u{i}") is None
-        assert not await store.redis.hexists(ks.where, f"u{i}")
 
     assert [(e.action, e.uuid, e.occupancy) for e in await store.read_log(SUB, "a")][3:] == [
         ("timeout", "u1", 2), ("timeout", "u2", 1), ("timeout", "u3", 0),
     ]
     # Nobody left: the keyset leaves the sweeper's index and later sweeps find nothing.
     assert await store.redis.zscore(keysets_due(store.prefix), SUB) is None
-    assert await store.redis.exists(ks.occupants("a"), ks.state("a"), ks.where) == 0
+    assert await store.redis.exists(ks.occupants("a"), ks.state("a")) == 0
     clock.now = at(60_000)
     assert await sweeper.run_once() == 0
     assert len(await store.read_log(SUB, "a")) == 6
@@ -207,7 +206,7 @@ async def test_one_sweep_call_removes_2500_expired_users_of_one_channel(
     assert len(timed_out) == 2_500
     assert sorted(timed_out) == everyone
     ks = store.keys(SUB)
-    assert await redis_client.exists(ks.occupants("crowd"), ks.where) == 0
+    assert await redis_client.exists(ks.occupants("crowd"), ks.state("crowd")) == 0
     assert await store.sweep(now=at(10_000)) == 0
 
 
