@@ -7,8 +7,12 @@ from typing import Any
 import redis.asyncio as aioredis
 
 
-def open_redis(url: str, **options: Any) -> aioredis.Redis:
-    """A client for ``redis://``, ``rediss://``, ``unix://`` or ``memory://`` (fakeredis, with Lua)."""
+def open_redis(url: str, max_connections: int = 100, **options: Any) -> aioredis.Redis:
+    """A client for ``redis://``, ``rediss://``, ``unix://`` or ``memory://`` (fakeredis, with Lua).
+
+    Past ``max_connections`` busy connections, a command waits (up to 10 s) for one instead of failing:
+    redis-py's default pool raises at its limit, which under load would turn into 503s.
+    """
     options.setdefault("decode_responses", True)
     if url.startswith("memory://"):
         import fakeredis
@@ -19,4 +23,5 @@ def open_redis(url: str, **options: Any) -> aioredis.Redis:
     options.setdefault("socket_connect_timeout", 5)
     options.setdefault("socket_timeout", 10)
     options.setdefault("retry_on_timeout", False)
-    return aioredis.Redis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, **options)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

@@ -55,11 +55,6 @@ class KeysetKeys:
         return self._base + "due"
 
     @property
-    def where(self) -> str:
-        """Hash: uuid -> JSON {"t": last presence timeout (s), "c": [channels]}."""
-        return self._base + "where"
-
-    @property
     def intervals(self) -> str:
         """Sorted set: channel in interval mode -> when its next interval event is due (ms)."""
         return self._base + "ivl"
@@ -70,9 +65,18 @@ class KeysetKeys:
         return self._base + "names"
 
     @property
+    def counters(self) -> str:
+        """Hash: keyset-wide counters kept by the scripts (``occupants``: present user-channel pairs)."""
+        return self._base + "counters"
+
+    @property
     def groups(self) -> str:
         """Set: names of the channel groups that have channels."""
         return self._base + "groups"
+
+    def uuid_timeout(self, uuid: str) -> str:
+        """String with expiry: the presence timeout a uuid last asked for, when not the default."""
+        return self._base + "hbt:" + uuid
 
     def occupants(self, channel: str) -> str:
         """Sorted set: uuid -> presence deadline (ms)."""

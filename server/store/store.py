@@ -13,6 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from server.store.batch import ScriptBatcher
 from server.store.keys import KeysetKeys, clock_offset, keysets_due, wake_channel
 from server.store.subscription import Delivery, Resolved, Source, Subscription
 
@@ -116,6 +117,7 @@ class PresenceStore:
         self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[tuple[list[Delivery], str, list[Source]]]]] = {}
         self._reads_started = 0
         self.counts: collections.Counter[str] = collections.Counter()
+        self._batch = ScriptBatcher(redis)
         self._heartbeat = _load_script(redis, "heartbeat", with_common=True)
         self._leave = _load_script(redis, "leave", with_common=True)
         self._set_state = _load_script(redis, "set_state", with_common=True)
@@ -157,10 +159,10 @@ class PresenceStore:
             return 0
         states = states or {}
         keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets),
-                                         [uuid, _num(timeout), _num(self.default_timeout)])
+                                         [uuid, _num(timeout), _num(self.default_timeout)], uuid)
         for channel, group in targets:
             args += [channel, states.get(channel, states.get(group or "", ""))]
-        joins, earlier = await self._heartbeat(keys=keys, args=args)
+        joins, earlier = await self._batch.call(self._heartbeat, keys, args)
         self.counts["join"] += int(joins)
         if earlier:
             await self.redis.zadd(self._keysets_due, {sub_key: float(earlier)}, lt=True)
@@ -175,7 +177,7 @@ class PresenceStore:
             return 0
         keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid])
         args += [channel for channel, _ in targets]
-        left = int(await self._leave(keys=keys, args=args))
+        left = int(await self._batch.call(self._leave, keys, args))
         self.counts["leave"] += left
         return left
 
@@ -188,7 +190,7 @@ class PresenceStore:
             return 0
         keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid, state])
         args += [channel for channel, _ in targets]
-        changed = int(await self._set_state(keys=keys, args=args))
+        changed = int(await self._batch.call(self._set_state, keys, args))
         self.counts["state-change"] += changed
         return changed
 
@@ -229,12 +231,16 @@ class PresenceStore:
         return [entry for entry in found if entry.occupancy > 0]
 
     async def where_now(self, sub_key: str, uuid: str, *, now: float) -> list[str]:
-        """The channels where ``uuid`` is present."""
+        """The channels where ``uuid`` is present.
+
+        There is no uuid -> channels index: it would cost about as much memory per present user as
+        the occupancy itself, on every heartbeat path. where_now instead asks every occupied channel
+        of the keyset (the due index lists them), in one pipeline: a rare call pays, not the hot path.
+        """
         ks = self.keys(sub_key)
-        raw = await self.redis.hget(ks.where, uuid)
-        if not raw:
+        channels = cast("list[str]", await self.redis.zrange(ks.due, 0, -1))
+        if not channels:
             return []
-        channels: list[str] = orjson.loads(raw)["c"]
         async with self.redis.pipeline(transaction=False) as pipe:
             for channel in channels:
                 pipe.zscore(ks.occupants(channel), uuid)
@@ -263,7 +269,7 @@ class PresenceStore:
         for name, value in (("i", publisher), ("u", meta), ("e", kind), ("cmt", custom_type)):
             if value is not None:
                 args += [name, value]
-        timetoken = str(await self._publish(keys=keys, args=args))
+        timetoken = str(await self._batch.call(self._publish, keys, args))
         self.counts["publish"] += 1
         return timetoken
 
@@ -400,17 +406,18 @@ class PresenceStore:
     # -- operations -----------------------------------------------------------------------------
 
     async def totals(self) -> tuple[int, int]:
-        """Users present somewhere and occupied channels, over every keyset (expired-but-unswept included)."""
+        """Occupants (a user counts once per channel) and occupied channels over every keyset, from the
+        counters the scripts keep: two commands per keyset, expired but unswept occupants included."""
         sub_keys = cast("list[str]", await self.redis.zrange(self._keysets_due, 0, -1))
         if not sub_keys:
             return 0, 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for sub_key in sub_keys:
                 ks = self.keys(sub_key)
-                pipe.hlen(ks.where)
+                pipe.hget(ks.counters, "occupants")
                 pipe.zcard(ks.due)
-            counts = cast("list[int]", await pipe.execute())
-        return sum(counts[0::2]), sum(counts[1::2])
+            replies = await pipe.execute()
+        return sum(int(r or 0) for r in replies[0::2]), sum(int(r) for r in replies[1::2])
 
     async def advance_clock(self, seconds: float) -> float:
         """Move the shared admin clock forward; returns the new offset in seconds."""
@@ -509,9 +516,9 @@ class PresenceStore:
         return [(ch, g) for ch, g in seen.items() if presence_names or not is_presence_name(ch)]
 
     def _mutation_call(self, ks: KeysetKeys, now: float, channels: Iterable[str],
-                       extra: Sequence[Any]) -> tuple[list[str], list[Any]]:
+                       extra: Sequence[Any], uuid: str = "") -> tuple[list[str], list[Any]]:
         """KEYS and leading ARGV of the scripts that share common.lua's calling convention."""
-        keys = [ks.timetoken, ks.due, ks.where, ks.intervals, ks.names]
+        keys = [ks.timetoken, ks.due, ks.uuid_timeout(uuid), ks.intervals, ks.names, ks.counters]
         for channel in channels:
             keys += [ks.occupants(channel), ks.state(channel), ks.log(channel), ks.deltas(channel)]
         args: list[Any] = [
@@ -528,7 +535,7 @@ class PresenceStore:
         for channel in channels:
             keys += [ks.occupants(channel), ks.state(channel)]
         args = [_ms(now), offset, limit, int(with_uuids), int(with_state)]
-        replies = await self._here_now(keys=keys, args=args)
+        replies = await self._batch.call(self._here_now, keys, args)
         out = []
         for channel, (occupancy, uuids, states) in zip(channels, replies, strict=True):
             parsed = [orjson.loads(s) if s else None for s in states] if with_state else []

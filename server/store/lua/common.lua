@@ -1,14 +1,16 @@
 -- common.lua: prepended to every mutating script at registration.
 -- Shared calling convention of those scripts:
---   KEYS[1] timetoken counter, KEYS[2] due index, KEYS[3] where index, KEYS[4] interval index,
---   KEYS[5] channel-name index, then four keys per channel: occupants (zset), state (hash),
+--   KEYS[1] timetoken counter, KEYS[2] due index, KEYS[3] the uuid's remembered timeout (heartbeat
+--   only; another key of the keyset elsewhere), KEYS[4] interval index, KEYS[5] channel-name index,
+--   KEYS[6] keyset counters (hash), then four keys per channel: occupants (zset), state (hash),
 --   presence log (stream), interval deltas (hash).
 --   ARGV[1] now (ms), ARGV[2] now as a timetoken (decimal string), ARGV[3] now (unix seconds),
 --   ARGV[4] log length bound, ARGV[5] backstop expiry (s), ARGV[6] subscribe key, ARGV[7] wake-up
 --   pub/sub channel, ARGV[8] announce max, ARGV[9] interval (ms); script-specific arguments follow.
 -- Scripts never read the clock: time always comes from the caller.
 
-local TT_KEY, DUE_KEY, WHERE_KEY, IVL_KEY, NAMES_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local TT_KEY, DUE_KEY, UUID_TIMEOUT_KEY, IVL_KEY, NAMES_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local COUNTERS_KEY = KEYS[6]
 local NOW_MS = tonumber(ARGV[1])
 local NOW_TT = ARGV[2]
 local NOW_S = ARGV[3]
@@ -19,7 +21,7 @@ local WAKE_CHANNEL = ARGV[7]
 local ANNOUNCE_MAX = tonumber(ARGV[8])
 local INTERVAL_MS = tonumber(ARGV[9])
 local PNPRES = '-pnpres'
-local FIRST_CHANNEL_KEY = 6
+local FIRST_CHANNEL_KEY = 7
 local KEYS_PER_CHANNEL = 4
 
 local function channel_count()
@@ -120,35 +122,11 @@ local function keyset_next()
   return due or ivl or ''
 end
 
--- where index: uuid -> {"t": last presence timeout, "c": [channels]}.
-local function where_get(uuid)
-  local raw = redis.call('HGET', WHERE_KEY, uuid)
-  if raw then
-    return cjson.decode(raw)
-  end
-  return nil
-end
-
-local function where_put(uuid, rec)
-  if #rec.c == 0 then
-    redis.call('HDEL', WHERE_KEY, uuid)
-  else
-    redis.call('HSET', WHERE_KEY, uuid, cjson.encode(rec))
-  end
-end
-
-local function where_drop(rec, channel)
-  for i = #rec.c, 1, -1 do
-    if rec.c[i] == channel then
-      table.remove(rec.c, i)
-    end
-  end
-end
-
 -- Removes one occupant and reports it; the caller has checked it is there.
 local function remove_occupant(i, channel, uuid, action)
   local occ_key, state_key, log_key, delta_key = channel_keys(i)
   redis.call('ZREM', occ_key, uuid)
+  redis.call('HINCRBY', COUNTERS_KEY, 'occupants', -1)
   redis.call('HDEL', state_key, uuid)
   log_presence(channel, occ_key, log_key, delta_key, action, uuid, nil)
 end

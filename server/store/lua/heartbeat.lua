@@ -4,17 +4,20 @@
 -- new state object as JSON text).
 -- Returns {joins, when the sweeper must next look at the keyset ('' unless that moved earlier)}.
 local uuid = ARGV[10]
-local rec = where_get(uuid)
+-- The uuid's timeout: the one sent, else the last one it sent, else the default. Only a timeout
+-- other than the default is remembered, in a key of its own that outlives it by its own length.
 local timeout = tonumber(ARGV[11])
-local rec_changed = false
-if not rec then
-  rec = {t = timeout or tonumber(ARGV[12]), c = {}}
-  rec_changed = true
-elseif timeout and rec.t ~= timeout then
-  rec.t = timeout
-  rec_changed = true
+local default = tonumber(ARGV[12])
+if timeout then
+  if timeout == default then
+    redis.call('DEL', UUID_TIMEOUT_KEY)
+  else
+    redis.call('SET', UUID_TIMEOUT_KEY, ARGV[11], 'EX', math.ceil(2 * timeout) + 60)
+  end
+else
+  timeout = tonumber(redis.call('GET', UUID_TIMEOUT_KEY) or default)
 end
-local deadline = NOW_MS + math.floor(rec.t * 1000)
+local deadline = NOW_MS + math.floor(timeout * 1000)
 local joins = 0
 local earlier = false
 local ivl_before = redis.call('ZCARD', IVL_KEY)
@@ -42,11 +45,8 @@ for i = 1, channel_count() do
   end
   if not present then
     log_presence(channel, occ_key, log_key, delta_key, 'join', uuid, state or nil)
+    redis.call('HINCRBY', COUNTERS_KEY, 'occupants', 1)
     joins = joins + 1
-    if not score then
-      table.insert(rec.c, channel)
-      rec_changed = true
-    end
   elseif (state or '{}') ~= (old_state or '{}') then
     log_presence(channel, occ_key, log_key, delta_key, 'state-change', uuid, state or '{}')
   end
@@ -55,9 +55,6 @@ for i = 1, channel_count() do
   end
 end
 
-if rec_changed then
-  where_put(uuid, rec)
-end
 publish_wakes()
 if redis.call('ZCARD', IVL_KEY) > ivl_before then
   earlier = true

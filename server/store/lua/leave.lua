@@ -2,7 +2,6 @@
 -- ARGV[10] uuid, then per channel: name. Returns the number of channels left.
 local uuid = ARGV[10]
 local left = 0
-local rec = where_get(uuid)
 for i = 1, channel_count() do
   local occ_key, state_key = channel_keys(i)
   local channel = ARGV[10 + i]
@@ -12,13 +11,7 @@ for i = 1, channel_count() do
     remove_occupant(i, channel, uuid, tonumber(score) > NOW_MS and 'leave' or 'timeout')
     refresh_due(channel, occ_key, state_key)
     left = left + 1
-    if rec then
-      where_drop(rec, channel)
-    end
   end
-end
-if rec and left > 0 then
-  where_put(uuid, rec)
 end
 publish_wakes()
 return left

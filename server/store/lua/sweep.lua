@@ -53,11 +53,6 @@ for i = 1, channel_count() do
       local expired = redis.call('ZRANGEBYSCORE', occ_key, '-inf', NOW_MS, 'LIMIT', 0, budget)
       for _, uuid in ipairs(expired) do
         remove_occupant(i, channel, uuid, 'timeout')
-        local rec = where_get(uuid)
-        if rec then
-          where_drop(rec, channel)
-          where_put(uuid, rec)
-        end
       end
       budget = budget - #expired
       timeouts = timeouts + #expired
