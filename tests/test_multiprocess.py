@@ -1,0 +1,304 @@
+"""Several server processes on one Redis behave as one server (protocol 2.2, 3; STYLE: no leader).
+
+First as two apps in this process sharing one Redis client, key prefix and FakeClock (so presence
+time is injected and both sweepers can run at the same instant); then as two real server processes
+(`python -m server`) on the real redis-server, which is what a deployment runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from server.app import SWEEPER
+from tests.conftest import START, FakeClock, free_port
+from tests.test_routes_subscribe import (
+    EARLY,
+    HOLD,
+    LONG_HOLD,
+    AiohttpClient,
+    AiohttpServer,
+    Client,
+    MakeApp,
+    handshake,
+    heartbeat,
+    messages,
+    occupants,
+    poll,
+    presence,
+    publish,
+    serve,
+    target,
+    until,
+    waiting,
+    where,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def two(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient,
+              **settings: Any) -> tuple[Client, Client]:
+    """Two servers on the same Redis client, key prefix and clock, as two processes would be."""
+    first = await serve(aiohttp_server, aiohttp_client, make_app(**settings))
+    second = await serve(aiohttp_server, aiohttp_client, make_app(**settings))
+    return first, second
+
+
+async def sweep_both(a: Client, b: Client) -> int:
+    """Run both processes' sweepers at once; returns the timeouts they reported together."""
+    assert a.app is not None and b.app is not None
+    done = await asyncio.gather(a.app[SWEEPER].run_once(), b.app[SWEEPER].run_once())
+    return sum(done)
+
+
+# -- two apps in this process ----------------------------------------------------------------------
+
+
+async def test_presence_made_on_one_is_seen_and_kept_by_the_other(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, clock: FakeClock
+) -> None:
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=HOLD)
+    cursor = await handshake(a, "ch1,ch1-pnpres", uuid="u1", heartbeat=30)
+    # Its own join, read on the other process with the cursor the first one handed out.
+    found, cursor = await poll(b, "ch1,ch1-pnpres", cursor, uuid="u1")
+    assert presence(found) == [("join", "u1", 1)]
+    assert await occupants(b, "ch1") == ["u1"]
+    assert await where(b, "u1") == ["ch1"]
+    # Polls on B keep u1 present with the timeout given on A.
+    clock.advance(20)
+    await poll(b, "ch1,ch1-pnpres", cursor, uuid="u1")
+    clock.advance(29)
+    assert await sweep_both(a, b) == 0
+    assert await occupants(a, "ch1") == ["u1"]
+    clock.advance(1)
+    assert await sweep_both(a, b) == 1
+    assert await occupants(a, "ch1") == []
+
+
+async def test_publish_on_one_wakes_a_poll_held_on_the_other(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    loop = asyncio.get_running_loop()
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=LONG_HOLD)
+    cursor = await handshake(b, "ch1")
+    started = loop.time()
+    pending = asyncio.create_task(poll(b, "ch1", cursor))
+    await until(lambda: waiting(b) == 1)
+    tt = await publish(a, "ch1", "across")
+    found, next_tt = await pending
+    # Woken through Redis pub/sub, long before B's hold ran out.
+    assert loop.time() - started < EARLY
+    assert messages(found) == ["across"] and next_tt == tt
+    assert waiting(a) == 0
+
+
+async def test_presence_event_on_one_wakes_a_presence_poll_held_on_the_other(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    loop = asyncio.get_running_loop()
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=LONG_HOLD)
+    cursor = await handshake(b, "ch1-pnpres", uuid="watcher")
+    started = loop.time()
+    pending = asyncio.create_task(poll(b, "ch1-pnpres", cursor, uuid="watcher"))
+    await until(lambda: waiting(b) == 1)
+    await handshake(a, "ch1", uuid="u1")
+    found, _ = await pending
+    assert loop.time() - started < EARLY
+    assert presence(found) == [("join", "u1", 1)]
+
+
+async def test_polls_alternating_between_processes_lose_nothing(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=HOLD)
+    servers = (a, b)
+    cursor = await handshake(a, "ch1,ch2")
+    received: list[Any] = []
+    sent: list[Any] = []
+    for round_ in range(6):
+        for i in range(round_ + 1):  # 1, 2, ... 6 messages, from both processes and on both channels
+            message = {"round": round_, "i": i}
+            await publish(servers[i % 2], f"ch{1 + round_ % 2}", message)
+            sent.append(message)
+        found, cursor = await poll(servers[round_ % 2], "ch1,ch2", cursor)
+        received += messages(found)
+    # One more poll on each: nothing left, nothing twice.
+    for server in servers:
+        found, same = await poll(server, "ch1,ch2", cursor)
+        assert found == [] and same == cursor
+    assert received == sent
+
+
+async def test_a_page_read_on_one_continues_on_the_other(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=HOLD)
+    cursor = await handshake(a, "ch1")
+    for i in range(150):
+        await publish((a, b)[i % 2], "ch1", i)
+    first, cursor = await poll(a, "ch1", cursor)
+    rest, cursor = await poll(b, "ch1", cursor)
+    assert messages(first) + messages(rest) == list(range(150))
+    assert len(first) == 100
+
+
+async def test_each_timeout_and_each_interval_event_is_delivered_once(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, clock: FakeClock
+) -> None:
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=HOLD, announce_max=2, interval=10)
+    watch = "ch1-pnpres"
+    cursor = await handshake(a, watch, uuid="watcher")
+    await heartbeat(a, "ch1", "u1", heartbeat=30)
+    await heartbeat(b, "ch1", "u2", heartbeat=300)
+    await heartbeat(a, "ch1", "u3", heartbeat=300)  # occupancy 3 > announce_max: not announced
+
+    clock.advance(30)
+    assert await sweep_both(a, b) == 1
+    assert await sweep_both(b, a) == 0
+    found, cursor = await poll(b, watch, cursor, uuid="watcher")
+    ts = int(START)
+    assert [env["d"] for env in found] == [
+        {"action": "join", "uuid": "u1", "occupancy": 1, "timestamp": ts},
+        {"action": "join", "uuid": "u2", "occupancy": 2, "timestamp": ts},
+        {"action": "timeout", "uuid": "u1", "occupancy": 2, "timestamp": ts + 30},
+        {"action": "interval", "occupancy": 2, "timestamp": ts + 30, "join": ["u3"]},
+    ]
+
+    # Above announce_max again (u4 makes 3): the interval events come from whichever sweeper runs,
+    # once each, and keep coming while the channel stays above it.
+    await heartbeat(b, "ch1", "u4", heartbeat=300)
+    await heartbeat(a, "ch1", "u5", heartbeat=300)
+    for _ in range(2):
+        clock.advance(10)
+        assert await sweep_both(a, b) == 0
+        assert await sweep_both(b, a) == 0
+    found, cursor = await poll(a, watch, cursor, uuid="watcher")
+    assert [env["d"] for env in found] == [
+        {"action": "interval", "occupancy": 4, "timestamp": ts + 40, "join": ["u4", "u5"]},
+        {"action": "interval", "occupancy": 4, "timestamp": ts + 50},
+    ]
+    found, _ = await poll(b, watch, cursor, uuid="watcher")
+    assert found == []
+
+
+# -- two real server processes ---------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def server_process(redis_url: str, prefix: str, log: Path) -> AsyncIterator[str]:
+    """``python -m server`` on a free port; yields its base URL once /health answers."""
+    port = free_port()
+    env = {**os.environ, "PRESENCE_KEY_PREFIX": prefix, "PRESENCE_LONGPOLL_HOLD": "2"}
+    with log.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", "--port", str(port), "--redis-url", redis_url,
+            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await wait_healthy(proc, base, log)
+            yield base
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+def read_log(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+async def wait_healthy(proc: asyncio.subprocess.Process, base: str, log: Path) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if proc.returncode is not None:
+                raise AssertionError(f"server exited with {proc.returncode}: {read_log(log)}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{base}/health") as resp:
+                    if resp.status == 200 and (await resp.json(content_type=None)) == {"status": "ok"}:
+                        return
+            assert loop.time() < deadline, f"server did not become healthy: {read_log(log)}"
+            await asyncio.sleep(0.05)
+
+
+async def call(session: aiohttp.ClientSession, base: str, path: str, params: dict[str, object] | None = None) -> Any:
+    async with session.get(URL(base + str(target(path, params)), encoded=True)) as resp:
+        body = orjson.loads(await resp.read())
+        assert resp.status == 200, body
+        assert "javascript" in resp.headers["Content-Type"]
+        return body
+
+
+async def held_polls(session: aiohttp.ClientSession, base: str) -> float:
+    async with session.get(f"{base}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith("presence_longpolls_held "):
+                return float(line.split()[1])
+    raise AssertionError("no presence_longpolls_held metric")
+
+
+async def test_two_real_server_processes_share_presence_and_messages(
+    real_redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        server_process(real_redis_url, prefix, tmp_path / "a.log") as a,
+        server_process(real_redis_url, prefix, tmp_path / "b.log") as b,
+        aiohttp.ClientSession() as session,
+    ):
+        sub = "/v2/subscribe/demo"
+        presence_path = "/v2/presence/sub-key/demo"
+        # Presence made on A is seen on B.
+        await call(session, a, f"{presence_path}/channel/ch1/heartbeat", {"uuid": "u1", "heartbeat": 60})
+        here = await call(session, b, f"{presence_path}/channel/ch1")
+        assert here["uuids"] == ["u1"] and here["occupancy"] == 1
+        assert (await call(session, b, f"{presence_path}/uuid/u1"))["payload"]["channels"] == ["ch1"]
+
+        # A subscriber handshakes on B; a join and a message made on A reach it on B.
+        body = await call(session, b, f"{sub}/ch2,ch2-pnpres/0", {"uuid": "watcher", "tt": "0"})
+        cursor = body["t"]["t"]
+        await call(session, a, f"{sub}/ch2/0", {"uuid": "u2", "tt": "0"})
+        sent = await call(session, a, f"/publish/pk/demo/0/ch2/0/{'%7B%22n%22%3A1%7D'}", {"uuid": "u2"})
+        assert sent[:2] == [1, "Sent"]
+        body = await call(session, b, f"{sub}/ch2,ch2-pnpres/0", {"uuid": "watcher", "tt": cursor})
+        got = [(env["c"], env["d"]) for env in body["m"]]
+        assert got == [
+            ("ch2-pnpres", {"action": "join", "uuid": "watcher", "occupancy": 1,
+                            "timestamp": body["m"][0]["d"]["timestamp"]}),
+            ("ch2-pnpres", {"action": "join", "uuid": "u2", "occupancy": 2,
+                            "timestamp": body["m"][1]["d"]["timestamp"]}),
+            ("ch2", {"n": 1}),
+        ]
+        assert body["m"][2]["p"]["t"] == sent[2]
+        cursor = body["t"]["t"]
+
+        # A poll held on B is woken by a publish on A (through Redis), before B's 2 s hold ends.
+        loop = asyncio.get_running_loop()
+        pending = asyncio.create_task(
+            call(session, b, f"{sub}/ch2/0", {"uuid": "watcher", "tt": cursor})
+        )
+        deadline = loop.time() + 5
+        while await held_polls(session, b) < 1:
+            assert not pending.done(), "the poll was answered before it was held"
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        started = loop.time()
+        await call(session, a, f"/publish/pk/demo/0/ch2/0/{'%22woken%22'}", {"uuid": "u2"})
+        body = await pending
+        assert [env["d"] for env in body["m"]] == ["woken"]
+        assert loop.time() - started < 1.5
