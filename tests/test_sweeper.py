@@ -83,7 +83,8 @@ async def test_two_concurrent_sweepers_report_each_timeout_once(redis_client: ai
         memberships |= {(channel, f"u{i}") for channel in joined}
     await first.heartbeat(SUB, "stays", ["c0"], now=T, timeout=60)
 
-    removed = await asyncio.gather(first.sweep(now=at(10_000)), second.sweep(now=at(10_000)))
+    # wait_for only guards against a sweep that never ends: it cancels both instead of hanging.
+    removed = await asyncio.wait_for(asyncio.gather(first.sweep(now=at(10_000)), second.sweep(now=at(10_000))), 30)
     assert sum(removed) == len(memberships) == 60
 
     reported = [(channel, uuid) for channel in channels for uuid in await timeouts_logged(first, channel)]
