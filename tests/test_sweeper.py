@@ -74,7 +74,8 @@ async def test_a_shorter_timeout_moves_the_sweep_earlier(store: PresenceStore, c
 
 async def test_two_concurrent_sweepers_report_each_timeout_once(redis_client: aioredis.Redis, prefix: str) -> None:
     # Small batches make each sweeper interleave many round trips with the other's.
-    first, second = (PresenceStore(redis_client, prefix=prefix, sweep_budget=4, sweep_channels=2) for _ in range(2))
+    first, second = (PresenceStore(redis_client, prefix=prefix, sweep_budget=4, sweep_channels=2, announce_max=100)
+                     for _ in range(2))
     channels = [f"c{i}" for i in range(5)]
     memberships = set()
     for i in range(30):
@@ -183,7 +184,8 @@ async def test_join_racing_the_sweepers_bookkeeping_is_not_missed(
 async def test_one_sweep_call_removes_2500_expired_users_of_one_channel(
     redis_client: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store = PresenceStore(redis_client, prefix=prefix, log_size=10_000, sweep_budget=1000)
+    # Announce mode throughout (no interval events), so that each timeout is an event of its own.
+    store = PresenceStore(redis_client, prefix=prefix, log_size=10_000, sweep_budget=1000, announce_max=10_000)
     everyone = [f"user-{i:04d}" for i in range(2_500)]
     for start in range(0, len(everyone), 100):
         await asyncio.gather(*(store.heartbeat(SUB, uuid, ["crowd"], now=T, timeout=10)
