@@ -27,7 +27,11 @@ SWEEPER = web.AppKey("sweeper", Sweeper)
 
 # Server options every way of running the app uses: held long-polls are cancelled when their client
 # goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, protocol 8).
-RUNNER_OPTIONS: dict[str, object] = {"handler_cancellation": True, "auto_decompress": False}
+# A GET publish carries its message in the path: 32 KiB of JSON, percent-encoded, exceeds aiohttp's
+# 8 KiB request line; a longer line would get aiohttp's plain-text 400 instead of our JSON 413.
+RUNNER_OPTIONS: dict[str, object] = {
+    "handler_cancellation": True, "auto_decompress": False, "max_line_size": 128 * 1024,
+}
 
 
 def create_app(
@@ -82,6 +86,7 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
         try:
             yield
         finally:
+            bus.stopped = True
             listener.cancel()
             await asyncio.wait({listener}, timeout=2.0)
             if injected is None:

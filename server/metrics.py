@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -54,6 +55,18 @@ class Metrics:
                               registry=self.registry)
         self.registry.register(_StoreCounters(store))
         self._sampled_at = float("-inf")
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        # labels() looks its child up under a lock each time; the handful of children are kept here.
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)), self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def sample(self) -> None:
         """Refresh the presence gauges, at most once every few seconds (a few commands per keyset)."""
@@ -93,9 +106,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        route = route_of(request)
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        metrics.observe(route_of(request), request.method, status, time.perf_counter() - started)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -19,8 +20,12 @@ def raw_path_value(request: web.Request, name: str) -> str:
     channels) would look alike; channel lists must be split on literal commas first (protocol 1.2).
     """
     canonical = request.match_info.route.resource.canonical  # type: ignore[union-attr]
-    position = canonical.split("/").index("{" + name + "}")
-    return request.raw_path.partition("?")[0].split("/")[position]
+    return request.raw_path.partition("?")[0].split("/")[_position(canonical, name)]
+
+
+@functools.cache
+def _position(canonical: str, name: str) -> int:
+    return canonical.split("/").index("{" + name + "}")
 
 
 def _decode(raw: str, what: str, service: str) -> str:
@@ -81,11 +86,22 @@ def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str 
     and ``+`` into a space. No SDK sends ``+`` for a space (both write ``%20``), but Python sends
     ``uuid`` and ``channel-group`` unencoded (protocol 1.2), so a literal ``+`` is part of the name.
     """
-    for pair in request.rel_url.raw_query_string.split("&"):
+    raw = _raw_query(request).get(key)
+    return None if raw is None else _decode(raw, key, service)
+
+
+def _raw_query(request: web.Request) -> dict[str, str]:
+    return _parse_query(request.rel_url.raw_query_string)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_query(raw_query: str) -> dict[str, str]:
+    """The query's names (decoded) and first raw values; a handler asks for several, parsed once."""
+    parsed: dict[str, str] = {}
+    for pair in raw_query.split("&"):
         name, _, value = pair.partition("=")
-        if unquote(name) == key:
-            return _decode(value, key, service)
-    return None
+        parsed.setdefault(unquote(name), value)
+    return parsed
 
 
 def query_names(request: web.Request, key: str, what: str, max_length: int,

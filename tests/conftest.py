@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from server.config import Settings
@@ -28,6 +28,10 @@ from server.store import PresenceStore, open_redis
 from server.sweeper import Sweeper
 
 START = 1_800_000_000.0
+
+# The runner options the server runs with, for aiohttp_server(app, **TEST_SERVER_OPTIONS): TestServer's
+# constructor drops options it is handed, and start_server sets handler_cancellation itself.
+TEST_SERVER_OPTIONS = {k: v for k, v in RUNNER_OPTIONS.items() if k != "handler_cancellation"}
 
 
 class FakeClock:
@@ -137,10 +141,11 @@ def make_app(
 @pytest.fixture
 async def client(
     aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
     make_app: Callable[..., web.Application],
 ) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
     """The app through the real store, on both engines, with an injected clock and no sweeper loop."""
-    test_client = await aiohttp_client(make_app(), server_kwargs=RUNNER_OPTIONS)
+    test_client = await aiohttp_client(await aiohttp_server(make_app(), **TEST_SERVER_OPTIONS))
     yield test_client
     # Close the app here, before redis_client (set up after aiohttp_client) closes its client.
     await test_client.close()

@@ -67,6 +67,7 @@ class WakeBus:
         self._by_prefix: dict[str, set[Waiter]] = defaultdict(set)
         self.waiting = 0
         self.closing = False
+        self.stopped = False
         self.on_clock: Callable[[float], None] | None = None
 
     def close(self) -> None:
@@ -108,7 +109,7 @@ class WakeBus:
     async def run(self) -> None:
         """Listen until cancelled. After a lost connection every waiter is woken to re-read."""
         backoff = 0.1
-        while True:
+        while not self.stopped:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
@@ -121,6 +122,10 @@ class WakeBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if self.stopped or (task is not None and task.cancelling()):
+                    # redis-py may turn a cancellation into a ConnectionError: stop, don't reconnect.
+                    raise asyncio.CancelledError from exc
                 log.warning("wake-up listener lost its connection, reconnecting: %s", exc)
                 self.wake_all()
                 await asyncio.sleep(backoff)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from server.store.batch import ScriptBatcher
+from server.store.bus import GROUP_CHANGED
 from server.store.keys import KeysetKeys, clock_offset, keysets_due, wake_channel
 from server.store.subscription import Delivery, Resolved, Source, Subscription
 
@@ -352,7 +353,7 @@ class PresenceStore:
     @staticmethod
     def _queue_resolve(pipe: Any, ks: KeysetKeys, subscription: Subscription) -> None:
         for group in subscription.groups:
-            pipe.smembers(ks.group(group.name))
+            pipe.smembers(ks.group(group.base))  # `g-pnpres` reads the presence of g's channels
         for wildcard in subscription.wildcards:
             # Every name starting with "<pattern minus *>": a lex range on the name index.
             low = wildcard.prefix.encode()
@@ -472,11 +473,13 @@ class PresenceStore:
         size = await self._group_add(keys=[ks.group(group), ks.groups], args=[group, self.group_cap, *channels])
         if int(size) < 0:
             raise GroupCapExceeded(group)
+        await self._group_changed(sub_key, group)
 
     async def group_remove(self, sub_key: str, group: str, channels: Sequence[str]) -> None:
         """Remove channels from a group; a group left without channels no longer exists."""
         ks = self.keys(sub_key)
         await self._group_remove(keys=[ks.group(group), ks.groups], args=[group, *channels])
+        await self._group_changed(sub_key, group)
 
     async def group_delete(self, sub_key: str, group: str) -> None:
         ks = self.keys(sub_key)
@@ -484,6 +487,11 @@ class PresenceStore:
             pipe.delete(ks.group(group))
             pipe.srem(ks.groups, group)
             await pipe.execute()
+        await self._group_changed(sub_key, group)
+
+    async def _group_changed(self, sub_key: str, group: str) -> None:
+        # Polls held on the group re-read its members (and the new channels' logs) at once.
+        await self.redis.publish(self.wake_channel, orjson.dumps({"k": sub_key, "n": [GROUP_CHANGED + group]}))
 
     async def group_channels(self, sub_key: str, group: str) -> list[str]:
         members = cast("set[str]", await self.redis.smembers(self.keys(sub_key).group(group)))
@@ -501,6 +509,9 @@ class PresenceStore:
 
         ``-pnpres`` names are dropped unless ``presence_names``: they never hold presence.
         """
+        if not groups:
+            unique = dict.fromkeys(channels)
+            return [(ch, None) for ch in unique if presence_names or not is_presence_name(ch)]
         members: list[Iterable[str]] = []
         if groups:
             async with self.redis.pipeline(transaction=False) as pipe:

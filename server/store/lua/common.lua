@@ -78,13 +78,24 @@ local function occupancy(occ_key)
   return redis.call('ZCOUNT', occ_key, '(' .. NOW_MS, '+inf')
 end
 
--- One presence event. Above ANNOUNCE_MAX occupants, joins, leaves and timeouts are not announced
--- one by one: they are kept as deltas for the channel's next interval event (emitted by sweep.lua).
+-- One presence event. Above ANNOUNCE_MAX occupants, and until the interval event that follows,
+-- joins, leaves and timeouts are not announced one by one: they are kept as net deltas for the
+-- channel's next interval event (emitted by sweep.lua), so a listener that applies the events it
+-- got always ends with who is here. A join cancels a pending leave or timeout of the same uuid
+-- and the reverse, so nobody is listed as both.
 local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, data)
   local count = occupancy(occ_key)
-  if action ~= 'state-change' and count > ANNOUNCE_MAX then
-    redis.call('HSET', delta_key, action .. ':' .. uuid, 1)
-    redis.call('EXPIRE', delta_key, BACKSTOP)
+  if action ~= 'state-change' and (count > ANNOUNCE_MAX or redis.call('ZSCORE', IVL_KEY, channel)) then
+    local cancelled
+    if action == 'join' then
+      cancelled = redis.call('HDEL', delta_key, 'leave:' .. uuid, 'timeout:' .. uuid)
+    else
+      cancelled = redis.call('HDEL', delta_key, 'join:' .. uuid)
+    end
+    if cancelled == 0 then
+      redis.call('HSET', delta_key, action .. ':' .. uuid, 1)
+      redis.call('EXPIRE', delta_key, BACKSTOP)
+    end
     redis.call('ZADD', IVL_KEY, 'NX', NOW_MS + INTERVAL_MS, channel)
     return
   end
