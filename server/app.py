@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from server.clock import Clock
 from server.config import Settings
 from server.context import BUS, CLOCK, SETTINGS, STORE
-from server.http import PubNubError, error_middleware, json_response
+from server.http import ON_REDIS_ERROR, PubNubError, error_middleware, json_response
 from server.metrics import METRICS, Metrics, metrics_middleware
 from server.routes import setup_admin_routes, setup_routes
 from server.routes.subscribe import REFRESH_MEMO, RefreshMemo
@@ -77,6 +77,7 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
         app[REFRESH_MEMO] = RefreshMemo(min(10.0, settings.min_timeout / 2))
         app[SWEEPER] = Sweeper(store, app[CLOCK], settings.sweep_interval)
         app[METRICS] = Metrics(store, bus)
+        app[ON_REDIS_ERROR] = app[METRICS].redis_errors.inc
         set_offset = getattr(app[CLOCK], "set_offset", None)
         if settings.admin and set_offset is not None:
             bus.on_clock = set_offset

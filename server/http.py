@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,6 +19,9 @@ CONTENT_TYPE = 'text/javascript; charset="UTF-8"'
 
 PRESENCE = "Presence"
 CHANNEL_REGISTRY = "channel-registry"
+
+# Called once for each request that failed because Redis could not be reached (metrics count them).
+ON_REDIS_ERROR: web.AppKey[Callable[[], None]] = web.AppKey("on_redis_error")
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
 
@@ -66,6 +70,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return PubNubError(exc.status, exc.reason, _service_of(request.path)).response()
     except REDIS_DOWN as exc:
         log.warning("redis unavailable during %s %s: %s", request.method, request.path, exc)
+        on_error = request.app.get(ON_REDIS_ERROR)
+        if on_error is not None:
+            on_error()
         return PubNubError(503, "Service Unavailable", _service_of(request.path)).response()
     except asyncio.CancelledError:
         raise
