@@ -15,6 +15,7 @@ from server.store import PresenceStore
 log = logging.getLogger("server.sweeper")
 
 MAX_BACKOFF = 30.0
+RECONCILE_EVERY = 60  # sweeps between repairs of the global due index (PresenceStore.reconcile)
 
 
 class Sweeper:
@@ -39,6 +40,8 @@ class Sweeper:
         while True:
             try:
                 await self.run_once()
+                if self.sweeps % RECONCILE_EVERY == 1:  # after the first sweep, then every so often
+                    await self.store.reconcile()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

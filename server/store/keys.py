@@ -20,6 +20,11 @@ def keysets_due(prefix: str) -> str:
     return f"{prefix}:keysets:due"
 
 
+def keysets_known(prefix: str) -> str:
+    """Set: every keyset that ever had someone present (for reconciling the global due index)."""
+    return f"{prefix}:keysets:known"
+
+
 def clock_offset(prefix: str) -> str:
     """String (float): seconds the admin API has moved every process's clock forward."""
     return f"{prefix}:clock:offset"

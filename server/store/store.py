@@ -15,7 +15,7 @@ from redis.commands.core import AsyncScript
 
 from server.store.batch import ScriptBatcher
 from server.store.bus import GROUP_CHANGED
-from server.store.keys import KeysetKeys, clock_offset, keysets_due, wake_channel
+from server.store.keys import KeysetKeys, clock_offset, keysets_due, keysets_known, wake_channel
 from server.store.subscription import Delivery, Resolved, Source, Subscription
 
 PRESENCE_SUFFIX = "-pnpres"
@@ -114,6 +114,7 @@ class PresenceStore:
         self.interval = interval
         self.interval_max_uuids = interval_max_uuids
         self._keysets_due = keysets_due(prefix)
+        self._keysets_known = keysets_known(prefix)
         self.wake_channel = wake_channel(prefix)
         self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[tuple[list[Delivery], str, list[Source]]]]] = {}
         self._reads_started = 0
@@ -166,8 +167,17 @@ class PresenceStore:
         joins, earlier = await self._batch.call(self._heartbeat, keys, args)
         self.counts["join"] += int(joins)
         if earlier:
-            await self.redis.zadd(self._keysets_due, {sub_key: float(earlier)}, lt=True)
+            # The global index lives in another cluster slot, so this cannot be part of the script.
+            # Shielded: a client that goes away must not leave a join the sweeper never looks at;
+            # and the sweeper reconciles from time to time in case this write failed outright.
+            await asyncio.shield(self._note_keyset(sub_key, float(earlier)))
         return int(joins)
+
+    async def _note_keyset(self, sub_key: str, upcoming: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._keysets_due, {sub_key: upcoming}, lt=True)
+            pipe.sadd(self._keysets_known, sub_key)
+            await pipe.execute()
 
     async def leave(self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str] = (), *,
                     now: float) -> int:
@@ -370,6 +380,20 @@ class PresenceStore:
         self.counts["sweep"] += 1
         self.counts["timeout"] += total
         return total
+
+    async def reconcile(self) -> None:
+        """Lower each known keyset's entry in the global index to its own next due time: repairs a
+        global write that failed after its script succeeded. A few commands per keyset."""
+        sub_keys = cast("set[str]", await self.redis.smembers(self._keysets_known))
+        for sub_key in sub_keys:
+            ks = self.keys(sub_key)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrange(ks.due, 0, 0, withscores=True)
+                pipe.zrange(ks.intervals, 0, 0, withscores=True)
+                firsts = cast("list[list[tuple[str, float]]]", await pipe.execute())
+            scores = [first[0][1] for first in firsts if first]
+            if scores:
+                await self.redis.zadd(self._keysets_due, {sub_key: min(scores)}, lt=True)
 
     async def _sweep_keyset(self, sub_key: str, now: float) -> int:
         ks = self.keys(sub_key)
