@@ -108,24 +108,24 @@ class WakeBus:
 
     async def run(self) -> None:
         """Listen until cancelled. After a lost connection every waiter is woken to re-read."""
+        # redis-py can swallow a cancellation (or turn it into a ConnectionError) inside its reads,
+        # so the loop does not rely on it: it also checks, at every step, whether it should stop.
         backoff = 0.1
-        while not self.stopped:
+        while not self._should_stop():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 backoff = 0.1
                 self.wake_all()
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
+                while not self._should_stop():
+                    message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._dispatch(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                task = asyncio.current_task()
-                if self.stopped or (task is not None and task.cancelling()):
-                    # redis-py may turn a cancellation into a ConnectionError: stop, don't reconnect.
-                    raise asyncio.CancelledError from exc
+                if self._should_stop():
+                    return
                 log.warning("wake-up listener lost its connection, reconnecting: %s", exc)
                 self.wake_all()
                 await asyncio.sleep(backoff)
@@ -134,6 +134,10 @@ class WakeBus:
                 # Bounded: closing a pub/sub whose client was already closed must not hang shutdown.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+
+    def _should_stop(self) -> bool:
+        task = asyncio.current_task()
+        return self.stopped or (task is not None and task.cancelling() > 0)
 
     def _dispatch(self, data: str | bytes) -> None:
         try:
