@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from server.clock import Clock
 from server.config import Settings
 from server.context import BUS, CLOCK, SETTINGS, STORE
-from server.http import ON_REDIS_ERROR, PubNubError, error_middleware, json_response
+from server.http import ON_REDIS_ERROR, PubNubError, json_response
 from server.metrics import METRICS, Metrics, metrics_middleware
 from server.routes import setup_admin_routes, setup_routes
 from server.routes.subscribe import REFRESH_MEMO, RefreshMemo
@@ -44,7 +44,7 @@ def create_app(
     """Build the server. ``redis`` injects a client the caller keeps ownership of; ``clock`` injects
     time; ``sweeper=False`` leaves expiry to explicit ``Sweeper.run_once`` calls (tests)."""
     settings = settings or Settings.from_env()
-    middlewares = [metrics_middleware, error_middleware]
+    middlewares = [metrics_middleware]
     if settings.keyset_pairs():
         middlewares.append(keyset_middleware)
     app = web.Application(middlewares=middlewares)

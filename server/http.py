@@ -57,8 +57,7 @@ def bad_request(message: str, service: str = PRESENCE) -> PubNubError:
     return PubNubError(400, message, service)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def handle_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON error: aiohttp's own error pages are plain text (protocol 8)."""
     try:
         return await handler(request)

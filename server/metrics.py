@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from server.http import handle_errors
 from server.store import PresenceStore, WakeBus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -93,20 +94,21 @@ def route_of(request: web.Request) -> str:
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app.get(METRICS)
-    if metrics is None:
-        return await handler(request)
+    """Errors to JSON (http.handle_errors), then one observation per request: one middleware layer
+    for both, since each layer costs every request, heartbeats included."""
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        response = await handle_errors(request, handler)
         status = response.status
         return response
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # only redirects and other statuses below 400 get here
         status = exc.status
         raise
     finally:
-        metrics.observe(route_of(request), request.method, status, time.perf_counter() - started)
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.observe(route_of(request), request.method, status, time.perf_counter() - started)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
