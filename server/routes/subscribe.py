@@ -23,6 +23,7 @@ MAX_NAMES = 500
 MAX_WILDCARD_DOTS = 2
 PAGE = 100
 TIMETOKEN = re.compile(r"\d{1,19}")
+OWN_JOIN_WINDOW = 5.0  # seconds: how recent a subscriber's own join may be to be handed to it
 
 
 class RefreshMemo:
@@ -77,6 +78,14 @@ async def subscribe(request: web.Request) -> web.Response:
         if present_on[0] or present_on[1]:
             await store.heartbeat(sub_key, uuid, *present_on, now=clock(), timeout=timeout, states=states)
             app[REFRESH_MEMO].due((sub_key, uuid, *map(tuple, present_on), timeout), clock())
+            # JS sends its join heartbeat in parallel with the handshake (protocol 3): when the
+            # heartbeat won, the join is already logged before our cursor. Start just before a join
+            # of this uuid from the last few seconds, so the subscriber still sees its own join.
+            watched = [t.base for t in subscription.direct if t.presence and t.base in present_on[0]]
+            if watched:
+                own_join = await store.recent_join(sub_key, uuid, watched, since=clock() - OWN_JOIN_WINDOW)
+                if own_join is not None and int(own_join) <= int(handshake):
+                    handshake = str(int(own_join) - 1)
         return _reply(handshake, [], sub_key)
 
     if (present_on[0] or present_on[1]) and (

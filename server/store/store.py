@@ -289,6 +289,17 @@ class PresenceStore:
         last = await self.redis.get(self.keys(sub_key).timetoken)
         return str(max(int(last or 0), int(timetoken_at(now)) - 1))
 
+    async def recent_join(self, sub_key: str, uuid: str, channels: Sequence[str], *, since: float) -> str | None:
+        """The timetoken of the earliest join of ``uuid`` on these channels after ``since``, if any."""
+        ks = self.keys(sub_key)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for channel in channels:
+                pipe.xrevrange(ks.log(channel), max="+", min=f"({timetoken_at(since)}-0", count=100)
+            logs = cast("list[list[tuple[str, dict[str, str]]]]", await pipe.execute())
+        joins = [int(entry_id.partition("-")[0]) for entries in logs for entry_id, fields in entries
+                 if fields.get("a") == "join" and fields.get("u") == uuid]
+        return str(min(joins)) if joins else None
+
     def read_marker(self) -> int:
         """A mark to pass as ``read(fresh_after=...)``: only reads started after it are shared."""
         return self._reads_started

@@ -1,0 +1,37 @@
+"""The subscriber's own join reaches it even when its join heartbeat beat the handshake (JS sends
+both in parallel, protocol 3), and only its own recent join moves the cursor back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import FakeClock
+
+P = "/v2/presence/sub-key/demo"
+
+
+async def get(client: TestClient, path: str, **params: str) -> Any:  # type: ignore[type-arg]
+    resp = await client.get(path, params=params)
+    assert resp.status == 200, await resp.text()
+    return await resp.json(content_type=None)
+
+
+async def test_own_join_before_the_handshake_is_delivered(client: TestClient) -> None:  # type: ignore[type-arg]
+    await get(client, f"{P}/channel/lobby/heartbeat", uuid="js-user", heartbeat="300")
+    hand = await get(client, "/v2/subscribe/demo/lobby,lobby-pnpres/0", uuid="js-user")
+    first = await get(client, "/v2/subscribe/demo/lobby,lobby-pnpres/0", uuid="js-user", tt=hand["t"]["t"], tr="1")
+    assert [(m["c"], m["d"]["action"], m["d"]["uuid"]) for m in first["m"]] == [("lobby-pnpres", "join", "js-user")]
+
+
+async def test_an_old_join_or_someone_elses_does_not_move_the_cursor(
+    client: TestClient, clock: FakeClock  # type: ignore[type-arg]
+) -> None:
+    await get(client, f"{P}/channel/lobby/heartbeat", uuid="js-user", heartbeat="300")
+    clock.advance(10)  # older than the window: the subscriber joined long ago, nothing to replay
+    await get(client, f"{P}/channel/lobby/heartbeat", uuid="other", heartbeat="300")
+    hand = await get(client, "/v2/subscribe/demo/lobby,lobby-pnpres/0", uuid="js-user")
+    await get(client, "/publish/demo/demo/0/lobby/0/%22after%22", uuid="pub")
+    first = await get(client, "/v2/subscribe/demo/lobby,lobby-pnpres/0", uuid="js-user", tt=hand["t"]["t"], tr="1")
+    assert [m["d"] for m in first["m"]] == ["after"]
