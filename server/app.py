@@ -72,6 +72,9 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
             backstop_seconds=int(max(86_400, 2 * settings.max_timeout)),
             announce_max=settings.announce_max,
             interval=settings.interval,
+            # The embedded store runs its Lua in this process's event loop: smaller sweep steps keep
+            # a mass expiry from stalling requests for long.
+            sweep_budget=100 if settings.redis_url.startswith("memory://") else 1000,
         )
         bus = app[BUS] = WakeBus(client, store.wake_channel)
         app[REFRESH_MEMO] = RefreshMemo(min(10.0, settings.min_timeout / 2))
