@@ -105,7 +105,8 @@ async def test_every_script_call_keeps_its_keys_in_one_slot(store: PresenceStore
         assert len(await store.read_log(sub, CHANNELS[-1])) == len(UUIDS) + 1
         published = await store.publish(sub, CHANNELS[-1], '"{hi}"', now=START)
         # The subscribe read: one MULTI over the logs of direct, group and presence sources.
-        deliveries, _, _ = await store.read(sub, Subscription([CHANNELS[-1], CHANNELS[2] + "-pnpres"], [GROUP]), "0")
+        subscription = Subscription([CHANNELS[-1], CHANNELS[2] + "-pnpres"], [GROUP])
+        deliveries = (await store.read(sub, subscription, "0")).deliveries
         assert published in [d.timetoken for d in deliveries]
         await store.group_delete(sub, GROUP)
     assert await store.sweep(now=START + 60) == len(SUB_KEYS) * (len(UUIDS) * len(CHANNELS) - 4)

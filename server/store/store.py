@@ -16,7 +16,7 @@ from redis.commands.core import AsyncScript
 from server.store.batch import ScriptBatcher
 from server.store.bus import GROUP_CHANGED
 from server.store.keys import KeysetKeys, clock_offset, keysets_due, keysets_known, wake_channel
-from server.store.subscription import Delivery, Resolved, Source, Subscription
+from server.store.subscription import Delivery, ReadResult, Resolved, Subscription
 
 PRESENCE_SUFFIX = "-pnpres"
 
@@ -116,7 +116,7 @@ class PresenceStore:
         self._keysets_due = keysets_due(prefix)
         self._keysets_known = keysets_known(prefix)
         self.wake_channel = wake_channel(prefix)
-        self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[tuple[list[Delivery], str, list[Source]]]]] = {}
+        self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[ReadResult]]] = {}
         self._reads_started = 0
         self.counts: collections.Counter[str] = collections.Counter()
         self._batch = ScriptBatcher(redis)
@@ -305,7 +305,7 @@ class PresenceStore:
         return self._reads_started
 
     async def read(self, sub_key: str, subscription: Subscription, after: str, *, limit: int = 100,
-                   fresh_after: int | None = None) -> tuple[list[Delivery], str, list[Source]]:
+                   fresh_after: int | None = None) -> ReadResult:
         """The first ``limit`` entries after the cursor over everything the subscription matches, in
         timetoken order, the cursor to read from next, and the logs that were read.
 
@@ -331,7 +331,7 @@ class PresenceStore:
         return await asyncio.shield(task)
 
     async def _read(self, sub_key: str, subscription: Subscription, after: str, limit: int
-                    ) -> tuple[list[Delivery], str, list[Source]]:
+                    ) -> ReadResult:
         # The logs are read in one MULTI, so the cursor covers a consistent cut: an entry committed
         # after the read has a later timetoken than everything returned and is found next time.
         # Group members and wildcard matches are read in the same MULTI and the read is repeated
@@ -344,6 +344,7 @@ class PresenceStore:
             sources = subscription.sources(resolved)
             async with self.redis.pipeline(transaction=True) as pipe:
                 self._queue_resolve(pipe, ks, subscription)
+                pipe.get(ks.timetoken)
                 for source in sources:
                     key = ks.log(source.channel) if source.presence else ks.messages(source.channel)
                     pipe.xrange(key, min=start, max="+", count=limit)
@@ -353,12 +354,12 @@ class PresenceStore:
                 break
             resolved = fresh
         found: list[Delivery] = []
-        for source, entries in zip(sources, replies[lookups:], strict=True):
+        for source, entries in zip(sources, replies[lookups + 1:], strict=True):
             for entry_id, fields in entries:
                 found.append(Delivery(entry_id.partition("-")[0], source, fields))
         found.sort(key=lambda d: int(d.timetoken))
         found = found[:limit]
-        return found, (found[-1].timetoken if found else after), sources
+        return ReadResult(found, found[-1].timetoken if found else after, sources, replies[lookups] or "0")
 
     async def _resolve(self, ks: KeysetKeys, subscription: Subscription) -> Resolved:
         async with self.redis.pipeline(transaction=False) as pipe:

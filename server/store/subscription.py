@@ -69,6 +69,16 @@ class Delivery:
     fields: dict[str, str]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadResult:
+    """What one read of a subscription found."""
+
+    deliveries: list[Delivery]
+    cursor: str  # where the next read starts: the last delivery's timetoken, else the one read after
+    sources: list[Source]  # the logs read (group members and wildcard matches resolved)
+    latest: str  # the keyset's last timetoken at the read ("0" for none): tells a cursor from the future
+
+
 class Subscription:
     def __init__(self, channels: Sequence[str], groups: Sequence[str]) -> None:
         self.direct = [Target(name) for name in channels if not is_wildcard(name)]
