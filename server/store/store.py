@@ -398,14 +398,18 @@ class PresenceStore:
         global write that failed after its script succeeded. A few commands per keyset."""
         sub_keys = cast("set[str]", await self.redis.smembers(self._keysets_known))
         for sub_key in sub_keys:
-            ks = self.keys(sub_key)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrange(ks.due, 0, 0, withscores=True)
-                pipe.zrange(ks.intervals, 0, 0, withscores=True)
-                firsts = cast("list[list[tuple[str, float]]]", await pipe.execute())
-            scores = [first[0][1] for first in firsts if first]
-            if scores:
-                await self.redis.zadd(self._keysets_due, {sub_key: min(scores)}, lt=True)
+            await self._lower_global_due(sub_key)
+
+    async def _lower_global_due(self, sub_key: str) -> None:
+        """Lower the keyset's entry in the global index to its own next due time (never raise it)."""
+        ks = self.keys(sub_key)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(ks.due, 0, 0, withscores=True)
+            pipe.zrange(ks.intervals, 0, 0, withscores=True)
+            firsts = cast("list[list[tuple[str, float]]]", await pipe.execute())
+        scores = [first[0][1] for first in firsts if first]
+        if scores:
+            await self.redis.zadd(self._keysets_due, {sub_key: min(scores)}, lt=True)
 
     async def _sweep_keyset(self, sub_key: str, now: float) -> int:
         ks = self.keys(sub_key)
@@ -422,7 +426,8 @@ class PresenceStore:
             args += [*expiring, *intervals]
             timeouts, upcoming = await self._sweep(keys=keys, args=args)
             total += int(timeouts)
-            if int(timeouts) < self.sweep_budget and len(expiring) < self.sweep_channels:
+            full = len(expiring) >= self.sweep_channels or len(intervals) >= self.sweep_channels
+            if int(timeouts) < self.sweep_budget and not full:
                 break
         # The keyset's entry in the global index may only be raised here. A join that lowered the
         # keyset's next time between our script and this write would be overwritten, so re-read
@@ -431,13 +436,7 @@ class PresenceStore:
             await self.redis.zadd(self._keysets_due, {sub_key: float(upcoming)})
         else:
             await self.redis.zrem(self._keysets_due, sub_key)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(ks.due, 0, 0, withscores=True)
-            pipe.zrange(ks.intervals, 0, 0, withscores=True)
-            firsts = cast("list[list[tuple[str, float]]]", await pipe.execute())
-        scores = [first[0][1] for first in firsts if first]
-        if scores:
-            await self.redis.zadd(self._keysets_due, {sub_key: min(scores)}, lt=True)
+        await self._lower_global_due(sub_key)
         return total
 
     # -- operations -----------------------------------------------------------------------------
