@@ -84,8 +84,15 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
         set_offset = getattr(app[CLOCK], "set_offset", None)
         if settings.admin and set_offset is not None:
             bus.on_clock = set_offset
-            with contextlib.suppress(Exception):  # Redis may not be up yet; the bus catches up later.
+
+            async def resync_clock() -> None:
                 set_offset(await store.clock_offset())
+
+            # At start and after every reconnection of the wake listener: advances announced while
+            # this process was away from Redis are not missed.
+            bus.on_connect = resync_clock
+            with contextlib.suppress(Exception):  # Redis may not be up yet; the listener retries.
+                await resync_clock()
         listener = asyncio.create_task(bus.run(), name="wake-listener")
         try:
             yield

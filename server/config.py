@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,10 +42,11 @@ class Settings:
             raise SettingsError(f"PRESENCE_PORT must be between 0 and 65535, got {self.port}")
         if "://" not in self.redis_url:
             raise SettingsError(
-                f"PRESENCE_REDIS_URL must be a URL such as memory:// or redis://host:6379/0, got {self.redis_url!r}"
+                "PRESENCE_REDIS_URL must be a URL such as memory:// or redis://host:6379/0, "
+                f"got {redact_url(self.redis_url)!r}"
             )
         for name in ("default_timeout", "min_timeout", "max_timeout", "sweep_interval", "interval", "longpoll_hold"):
-            if not getattr(self, name) > 0:
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise SettingsError(f"{_env_name(name)} must be a positive number, got {getattr(self, name)}")
         if self.min_timeout > self.max_timeout:
             raise SettingsError(
@@ -118,9 +121,14 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
 
 
 def redact_url(url: str) -> str:
+    """The URL without its password: the one before ``@`` and any ``password=`` in the query."""
     scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
+    if not sep:  # no scheme at all (a refused value): everything is the location
+        scheme, rest = "", scheme
+    rest = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
+    if "@" not in rest.partition("?")[0]:
+        return f"{scheme}{sep}{rest}"
+    location, query_sep, query = rest.partition("?")
+    creds, _, host = location.rpartition("@")
     user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user + ':' if user else ''}***@{host}"
+    return f"{scheme}{sep}{user + ':' if user else ''}***@{host}{query_sep}{query}"

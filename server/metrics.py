@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.http import handle_errors
+from server.http import REDIS_DOWN, handle_errors
 from server.store import PresenceStore, WakeBus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -50,7 +50,9 @@ class Metrics:
                                     registry=self.registry)
         held = Gauge("presence_longpolls_held", "Subscribe long-polls waiting in this process", registry=self.registry)
         held.set_function(lambda: bus.waiting)
-        self.present_users = Gauge("presence_present_users", "Users present in some channel, all keysets (sampled)",
+        self.present_users = Gauge("presence_present_users",
+                                   "Occupants summed over channels (a user in two channels counts twice), all keysets"
+                                   " (sampled)",
                                    registry=self.registry)
         self.channels = Gauge("presence_occupied_channels", "Channels with someone present, all keysets (sampled)",
                               registry=self.registry)
@@ -74,7 +76,10 @@ class Metrics:
         if time.monotonic() - self._sampled_at < SAMPLE_EVERY:
             return
         self._sampled_at = time.monotonic()
-        users, channels = await self.store.totals()
+        try:
+            users, channels = await self.store.totals()
+        except REDIS_DOWN:
+            return  # keep the last values: a scrape during an outage must still show the error counts
         self.present_users.set(users)
         self.channels.set(channels)
 

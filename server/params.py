@@ -134,17 +134,17 @@ def query_int(request: web.Request, key: str, default: int, minimum: int) -> int
     return value
 
 
-def query_seconds(request: web.Request, key: str) -> float | None:
+def query_seconds(request: web.Request, key: str, service: str = PRESENCE) -> float | None:
     """A positive number of seconds, or None when absent."""
-    raw = query_value(request, key)
+    raw = query_value(request, key, service)
     if raw is None or raw == "":
         return None
     try:
         value = float(raw)
     except ValueError:
-        raise bad_request(f"Invalid {key}: {raw!r} is not a number") from None
+        raise bad_request(f"Invalid {key}: {raw!r} is not a number", service) from None
     if not value > 0 or value == float("inf"):
-        raise bad_request(f"Invalid {key}: must be a positive number of seconds")
+        raise bad_request(f"Invalid {key}: must be a positive number of seconds", service)
     return value
 
 

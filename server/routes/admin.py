@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 
 from server.context import BUS, CLOCK, SETTINGS, STORE
@@ -10,18 +12,25 @@ from server.params import path_name, query_seconds
 from server.routes.subscribe import REFRESH_MEMO
 
 ADMIN = "Admin"
-LOOPBACK = ("127.0.0.1", "::1")
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _check(request: web.Request) -> None:
-    if not request.app[SETTINGS].admin_remote and request.remote not in LOOPBACK:
+    if not request.app[SETTINGS].admin_remote and not _is_loopback(request.remote):
         raise PubNubError(403, "The admin API answers loopback clients only", ADMIN)
 
 
 async def advance_clock(request: web.Request) -> web.Response:
     """Move the clock of every process on this Redis forward; due timeouts and intervals fire now."""
     _check(request)
-    seconds = query_seconds(request, "seconds")
+    seconds = query_seconds(request, "seconds", ADMIN)
     if seconds is None:
         raise PubNubError(400, "Missing seconds", ADMIN)
     store, clock = request.app[STORE], request.app[CLOCK]

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
 import orjson
@@ -69,6 +69,7 @@ class WakeBus:
         self.closing = False
         self.stopped = False
         self.on_clock: Callable[[float], None] | None = None
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
 
     def close(self) -> None:
         """Shutting down: wake every waiting poll so it answers now and its client reconnects elsewhere."""
@@ -117,6 +118,9 @@ class WakeBus:
                 await pubsub.subscribe(self.channel)
                 backoff = 0.1
                 self.wake_all()
+                if self.on_connect is not None:
+                    # Whatever was announced while we were away (the admin clock) is read again.
+                    await self.on_connect()
                 while not self._should_stop():
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
