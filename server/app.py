@@ -76,7 +76,7 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
             # a mass expiry from stalling requests for long.
             sweep_budget=100 if settings.redis_url.startswith("memory://") else 1000,
         )
-        bus = app[BUS] = WakeBus(client, store.wake_channel)
+        bus = app[BUS] = WakeBus(client, store.wake_channel, store.read_marker)
         app[REFRESH_MEMO] = RefreshMemo(min(10.0, settings.min_timeout / 2))
         app[SWEEPER] = Sweeper(store, app[CLOCK], settings.sweep_interval)
         app[METRICS] = Metrics(store, bus)

@@ -103,7 +103,10 @@ async def subscribe(request: web.Request) -> web.Response:
         watched = sorted({t.name for t in subscription.direct} | set(change_names))
         waiter.watch(watched, prefixes)
         while True:
-            marker = store.read_marker()
+            # After a wake-up, any read that started after it was dispatched sees the new entry:
+            # every poll woken by one publish shares the first one's read.
+            marker = store.read_marker() if waiter.marker is None else waiter.marker
+            waiter.marker = None
             waiter.event.clear()
             result = await store.read(sub_key, subscription, cursor, limit=PAGE, fresh_after=marker)
             if result.deliveries:

@@ -34,6 +34,11 @@ class Waiter:
         self.names: frozenset[str] = frozenset()
         self.prefixes: tuple[str, ...] = ()
         self.event = asyncio.Event()
+        self.marker: int | None = None  # the store's read marker when a wake-up set the event
+
+    def wake(self, marker: int) -> None:
+        self.marker = marker
+        self.event.set()
 
     def watch(self, names: Iterable[str], prefixes: Iterable[str] = ()) -> None:
         """Replace what this waiter is woken for."""
@@ -60,9 +65,11 @@ class Waiter:
 
 
 class WakeBus:
-    def __init__(self, redis: aioredis.Redis, channel: str) -> None:
+    def __init__(self, redis: aioredis.Redis, channel: str, read_marker: Callable[[], int]) -> None:
         self.redis = redis
         self.channel = channel
+        # The store's read marker (PresenceStore.read_marker), taken when a wake-up is dispatched.
+        self.read_marker = read_marker
         self._by_name: dict[tuple[str, str], set[Waiter]] = defaultdict(set)
         self._by_prefix: dict[str, set[Waiter]] = defaultdict(set)
         self.waiting = 0
@@ -82,14 +89,15 @@ class WakeBus:
     def notify(self, sub_key: str, names: Iterable[str]) -> None:
         """Wake every local waiter that reads one of ``names`` in the keyset."""
         prefixed = self._by_prefix.get(sub_key, ())
+        marker = self.read_marker()  # reads started after this see every entry the wake-up is for
         for name in names:
             for waiter in self._by_name.get((sub_key, name), ()):
-                waiter.event.set()
+                waiter.wake(marker)
             if prefixed:
                 base = split_presence(name)[0]
                 for waiter in prefixed:
                     if any(base.startswith(p) for p in waiter.prefixes):
-                        waiter.event.set()
+                        waiter.wake(marker)
 
     def wake_all(self) -> None:
         for waiters in self._by_name.values():

@@ -1,0 +1,37 @@
+"""One publish to a channel with many held polls should cost one log read, not one per poll.
+
+PresenceStore.read shares a read under way among identical reads that started after the caller's
+``fresh_after`` marker; server/routes/subscribe.py takes that marker immediately before its own
+read, so no read is ever shared and every woken poll reads Redis on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.context import STORE
+from tests.test_routes_subscribe import Client, handshake, held, messages, poll, publish, until, waiting
+
+__all__ = ["held"]
+
+POLLS = 20
+
+
+async def test_one_publish_wakes_many_polls_with_one_shared_read(held: Client) -> None:
+    assert held.app is not None
+    store = held.app[STORE]
+    cursors = [await handshake(held, "ch1", uuid=f"u{i}") for i in range(POLLS)]
+    # A first message puts every subscriber on the same cursor, as after any delivery.
+    first = await publish(held, "ch1", "align")
+    pending = [asyncio.create_task(poll(held, "ch1", c, uuid=f"u{i}")) for i, c in enumerate(cursors)]
+    for found, next_tt in await asyncio.gather(*pending):
+        assert messages(found) == ["align"] and next_tt == first
+
+    pending = [asyncio.create_task(poll(held, "ch1", first, uuid=f"u{i}")) for i in range(POLLS)]
+    await until(lambda: waiting(held) == POLLS)
+    before = store.read_marker()
+    tt = await publish(held, "ch1", "wake up")
+    for found, next_tt in await asyncio.gather(*pending):
+        assert messages(found) == ["wake up"] and next_tt == tt
+    reads = store.read_marker() - before
+    assert reads <= 2, f"{POLLS} polls woken by one publish started {reads} reads of their own"
