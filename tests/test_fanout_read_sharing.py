@@ -1,8 +1,8 @@
-"""One publish to a channel with many held polls should cost one log read, not one per poll.
+"""One publish to a channel with many held polls costs one log read, not one per poll.
 
 PresenceStore.read shares a read under way among identical reads that started after the caller's
-``fresh_after`` marker; server/routes/subscribe.py takes that marker immediately before its own
-read, so no read is ever shared and every woken poll reads Redis on its own.
+``fresh_after`` marker; the wake bus takes that marker when it dispatches a wake-up, so every poll
+woken by one publish can share the first one's read.
 """
 
 from __future__ import annotations
