@@ -27,7 +27,12 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, r
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, headers={"Content-Type": CONTENT_TYPE})
+    return raw_json_response(orjson.dumps(body), status)
+
+
+def raw_json_response(body: bytes, status: int = 200) -> web.Response:
+    """A response whose JSON body is already serialised."""
+    return web.Response(body=body, status=status, headers={"Content-Type": CONTENT_TYPE})
 
 
 def ok(service: str = PRESENCE, **fields: Any) -> web.Response:

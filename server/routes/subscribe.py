@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from server.context import BUS, CLOCK, SETTINGS, STORE
-from server.http import bad_request, json_response
+from server.http import bad_request, raw_json_response
 from server.params import path_name, path_names, query_json_object, query_names, query_seconds, query_uuid
 from server.routes.presence import heartbeat_states
 from server.store import Delivery, Subscription, timetoken_at
@@ -110,7 +110,9 @@ async def subscribe(request: web.Request) -> web.Response:
             waiter.event.clear()
             result = await store.read(sub_key, subscription, cursor, limit=PAGE, fresh_after=marker)
             if result.deliveries:
-                return _reply(result.cursor, result.deliveries, sub_key)
+                if result.body is None:  # a publish to a busy channel: render once, answer everyone
+                    result.body = _render(result.cursor, result.deliveries, sub_key)
+                return raw_json_response(result.body)
             present = max(int(result.latest), int(timetoken_at(clock())) - 1)
             if int(cursor) > present:
                 # A cursor from the future (another clock, a restarted in-memory server): nothing
@@ -151,7 +153,11 @@ def _cursor(request: web.Request) -> str:
 
 
 def _reply(cursor: str, found: list[Delivery], sub_key: str) -> web.Response:
-    return json_response({"t": {"t": cursor, "r": REGION}, "m": [envelope(d, sub_key) for d in found]})
+    return raw_json_response(_render(cursor, found, sub_key))
+
+
+def _render(cursor: str, found: list[Delivery], sub_key: str) -> bytes:
+    return orjson.dumps({"t": {"t": cursor, "r": REGION}, "m": [envelope(d, sub_key) for d in found]})
 
 
 def envelope(delivery: Delivery, sub_key: str) -> dict[str, Any]:

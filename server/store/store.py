@@ -66,6 +66,17 @@ class LogEntry:
         return None if raw is None else cast("dict[str, Any]", orjson.loads(raw))
 
 
+class _SharedRead:
+    """A subscription read under way, which identical reads may join (see PresenceStore.read)."""
+
+    __slots__ = ("sent", "seq", "task")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.sent = False
+        self.task: asyncio.Future[ReadResult]
+
+
 def timetoken_at(now: float) -> str:
     """The 17-digit PubNub timetoken (100 ns units) of a Unix time."""
     return str(int(now * 10_000_000))
@@ -116,7 +127,7 @@ class PresenceStore:
         self._keysets_due = keysets_due(prefix)
         self._keysets_known = keysets_known(prefix)
         self.wake_channel = wake_channel(prefix)
-        self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[ReadResult]]] = {}
+        self._reads: dict[tuple[Any, ...], _SharedRead] = {}
         self._reads_started = 0
         self.counts: collections.Counter[str] = collections.Counter()
         self._batch = ScriptBatcher(redis)
@@ -309,33 +320,35 @@ class PresenceStore:
         """The first ``limit`` entries after the cursor over everything the subscription matches, in
         timetoken order, the cursor to read from next, and the logs that were read.
 
-        Identical reads share one Redis round trip while it is under way (a publish wakes every
-        subscriber of a channel at once), but only with reads that started after ``fresh_after``:
-        a poll woken for an entry must not take the answer of a read that began before it.
+        Identical reads share one Redis round trip (a publish wakes every subscriber of a channel at
+        once, and they all poll again at once), but only with a read that started after
+        ``fresh_after`` or that has not sent anything to Redis yet: a poll woken for an entry must
+        not take the answer of a read that was already on its way before the entry was written.
         """
         key = (sub_key, tuple(t.name for t in subscription.direct), tuple(t.name for t in subscription.groups),
                tuple(t.name for t in subscription.wildcards), after, limit)
         shared = self._reads.get(key)
-        if shared is not None and (fresh_after is None or shared[0] > fresh_after):
-            return await asyncio.shield(shared[1])
+        if shared is not None and (fresh_after is None or shared.seq > fresh_after or not shared.sent):
+            return await asyncio.shield(shared.task)
         self._reads_started += 1
-        task = asyncio.ensure_future(self._read(sub_key, subscription, after, limit))
-        entry = (self._reads_started, task)
+        entry = _SharedRead(self._reads_started)
+        entry.task = asyncio.ensure_future(self._read(sub_key, subscription, after, limit, entry))
         self._reads[key] = entry
 
         def forget(_: object) -> None:
             if self._reads.get(key) is entry:
                 del self._reads[key]
 
-        task.add_done_callback(forget)
-        return await asyncio.shield(task)
+        entry.task.add_done_callback(forget)
+        return await asyncio.shield(entry.task)
 
-    async def _read(self, sub_key: str, subscription: Subscription, after: str, limit: int
-                    ) -> ReadResult:
+    async def _read(self, sub_key: str, subscription: Subscription, after: str, limit: int,
+                    entry: _SharedRead) -> ReadResult:
         # The logs are read in one MULTI, so the cursor covers a consistent cut: an entry committed
         # after the read has a later timetoken than everything returned and is found next time.
         # Group members and wildcard matches are read in the same MULTI and the read is repeated
         # when they changed since they were resolved, so a new channel's first entries are not skipped.
+        entry.sent = True  # from here on Redis is asked: later callers must not join this read
         ks = self.keys(sub_key)
         resolved = await self._resolve(ks, subscription) if subscription.needs_resolving else Resolved()
         start = f"({after}-0"

@@ -69,14 +69,15 @@ class Delivery:
     fields: dict[str, str]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class ReadResult:
-    """What one read of a subscription found."""
+    """What one read of a subscription found. Shared by every poll that joined the read."""
 
     deliveries: list[Delivery]
     cursor: str  # where the next read starts: the last delivery's timetoken, else the one read after
     sources: list[Source]  # the logs read (group members and wildcard matches resolved)
     latest: str  # the keyset's last timetoken at the read ("0" for none): tells a cursor from the future
+    body: bytes | None = None  # the subscribe answer, rendered once for all the polls that share it
 
 
 class Subscription:
