@@ -156,3 +156,22 @@ def sweeper_of(client: TestClient) -> Sweeper:  # type: ignore[type-arg]
     assert app is not None
     sweeper: Sweeper = app[SWEEPER]
     return sweeper
+
+
+Client = TestClient[web.Request, web.Application]
+NewClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def new_client(
+    make_app: Callable[..., web.Application],
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> NewClient:
+    """More apps on the test's Redis and prefix, run like the ``client`` fixture's (several apps on one
+    Redis behave as several server processes). ``make_app`` comes first, so its Redis client outlives them."""
+
+    async def new(**overrides: Any) -> Client:
+        return await aiohttp_client(await aiohttp_server(make_app(**overrides), **TEST_SERVER_OPTIONS))
+
+    return new

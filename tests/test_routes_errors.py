@@ -32,17 +32,6 @@ REGISTRY = "channel-registry"
 LONG = "x" * 93  # one over the default limit of 92 (protocol 3)
 
 
-@pytest.fixture
-async def new_client(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> NewClient:
-    """More apps on the test's Redis and prefix, run like the ``client`` fixture's. ``make_app`` comes
-    first, so its Redis client outlives the apps."""
-
-    async def new(**overrides: Any) -> Client:
-        return await aiohttp_client(await aiohttp_server(make_app(**overrides), **TEST_SERVER_OPTIONS))
-
-    return new
-
-
 async def send(client: Client, path: str, method: str = "GET") -> tuple[int, Any]:
     """Send ``path`` byte for byte (already percent-encoded); the answer must be JSON with a
     JSON/JavaScript content type, whatever the status (protocol 1.4)."""

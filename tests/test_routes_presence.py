@@ -19,7 +19,7 @@ from yarl import URL
 
 from server.context import STORE
 from server.store import timetoken_at
-from tests.conftest import START, TEST_SERVER_OPTIONS, FakeClock, sweeper_of
+from tests.conftest import START, FakeClock, sweeper_of
 
 Client = TestClient[web.Request, web.Application]
 AiohttpClient = Callable[..., Awaitable[Client]]
@@ -29,17 +29,6 @@ NewClient = Callable[..., Awaitable[Client]]
 
 P = "/v2/presence/sub-key/demo"
 OK = {"status": 200, "message": "OK", "service": "Presence"}
-
-
-@pytest.fixture
-async def new_client(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> NewClient:
-    """More apps on the test's Redis and prefix, run like the ``client`` fixture's. ``make_app`` comes
-    first, so its Redis client outlives the apps."""
-
-    async def new(**overrides: Any) -> Client:
-        return await aiohttp_client(await aiohttp_server(make_app(**overrides), **TEST_SERVER_OPTIONS))
-
-    return new
 
 
 @dataclasses.dataclass(frozen=True)
