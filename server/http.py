@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,14 @@ def raw_json_response(body: bytes, status: int = 200) -> web.Response:
 
 def ok(service: str = PRESENCE, **fields: Any) -> web.Response:
     """The ``{"status": 200, "message": "OK", "service": ...}`` body most presence calls answer."""
+    if not fields:  # heartbeats: the same bytes every time
+        return raw_json_response(_plain_ok(service))
     return json_response({"status": 200, "message": "OK", "service": service, **fields})
+
+
+@functools.cache
+def _plain_ok(service: str) -> bytes:
+    return orjson.dumps({"status": 200, "message": "OK", "service": service})
 
 
 class PubNubError(Exception):

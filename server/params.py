@@ -70,7 +70,8 @@ _JS_SDK = re.compile(r"PubNub-JS-[A-Za-z-]+/([0-9]+)\.")
 
 
 def whole_list_encoded(request: web.Request) -> bool:
-    match = _JS_SDK.match(request.query.get("pnsdk", ""))
+    # Through the query parsed once per request: request.query would parse all of it again.
+    match = _JS_SDK.match(unquote(_raw_query(request).get("pnsdk", "")))
     return match is not None and int(match.group(1)) < 8
 
 

@@ -38,46 +38,28 @@ def wake_channel(prefix: str) -> str:
 class KeysetKeys:
     """Key names of one keyset (one subscribe key)."""
 
-    __slots__ = ("_base", "sub_key")
+    __slots__ = ("_base", "counters", "due", "groups", "intervals", "names", "sub_key", "timetoken")
 
     def __init__(self, prefix: str, sub_key: str) -> None:
         self.sub_key = sub_key
-        self._base = f"{prefix}:{{{_tag(sub_key)}}}:"
+        self._base = base = f"{prefix}:{{{_tag(sub_key)}}}:"
+        # String: the last timetoken handed out in this keyset.
+        self.timetoken = base + "tt"
+        # Sorted set: channel -> earliest deadline (ms) of its occupants; the sweeper's index.
+        self.due = base + "due"
+        # Sorted set: channel in interval mode -> when its next interval event is due (ms).
+        self.intervals = base + "ivl"
+        # Sorted set (all scores 0, read by lex range): every channel that has a log; for wildcards.
+        self.names = base + "names"
+        # Hash: keyset-wide counters kept by the scripts ("occupants": present user-channel pairs).
+        self.counters = base + "counters"
+        # Set: names of the channel groups that have channels.
+        self.groups = base + "groups"
 
     @property
     def match_all(self) -> str:
         """A SCAN MATCH pattern for every key of this keyset (glob characters escaped)."""
         return "".join("\\" + c if c in "*?[]\\" else c for c in self._base) + "*"
-
-    @property
-    def timetoken(self) -> str:
-        """String: the last timetoken handed out in this keyset."""
-        return self._base + "tt"
-
-    @property
-    def due(self) -> str:
-        """Sorted set: channel -> earliest deadline (ms) of its occupants; the sweeper's index."""
-        return self._base + "due"
-
-    @property
-    def intervals(self) -> str:
-        """Sorted set: channel in interval mode -> when its next interval event is due (ms)."""
-        return self._base + "ivl"
-
-    @property
-    def names(self) -> str:
-        """Sorted set (all scores 0, read by lex range): every channel that has a log; for wildcards."""
-        return self._base + "names"
-
-    @property
-    def counters(self) -> str:
-        """Hash: keyset-wide counters kept by the scripts (``occupants``: present user-channel pairs)."""
-        return self._base + "counters"
-
-    @property
-    def groups(self) -> str:
-        """Set: names of the channel groups that have channels."""
-        return self._base + "groups"
 
     def uuid_timeout(self, uuid: str) -> str:
         """String with expiry: the presence timeout a uuid last asked for, when not the default."""

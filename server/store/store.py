@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
@@ -77,6 +78,12 @@ class _SharedRead:
         self.task: asyncio.Future[ReadResult]
 
 
+@functools.lru_cache(maxsize=4096)
+def _keyset_keys(prefix: str, sub_key: str) -> KeysetKeys:
+    # Key names are built on every call: a keyset's fixed ones are built once here.
+    return KeysetKeys(prefix, sub_key)
+
+
 def timetoken_at(now: float) -> str:
     """The 17-digit PubNub timetoken (100 ns units) of a Unix time."""
     return str(int(now * 10_000_000))
@@ -141,7 +148,7 @@ class PresenceStore:
         self._group_remove = _load_script(redis, "group_remove", with_common=False)
 
     def keys(self, sub_key: str) -> KeysetKeys:
-        return KeysetKeys(self.prefix, sub_key)
+        return _keyset_keys(self.prefix, sub_key)
 
     async def ping(self) -> None:
         """Raise unless Redis answers."""
