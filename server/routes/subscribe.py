@@ -71,13 +71,16 @@ async def subscribe(request: web.Request) -> web.Response:
     present_on = heartbeat_call(subscription)
     states = heartbeat_states(query_json_object(request, "state"), *present_on)
     timeout = None if timeout is None else settings.clamp_timeout(timeout)
+    # A poll that says what the last one said (JS repeats its state on every poll) need not run
+    # the heartbeat script again within the memo's window.
+    memo_key = (sub_key, uuid, *map(tuple, present_on), timeout, tuple(sorted(states.items())))
 
     if cursor == "0":
         # Handshake: the cursor is taken before the join, so the subscriber's own join comes after it.
         handshake = await store.cursor(sub_key, now=clock())
         if present_on[0] or present_on[1]:
             await store.heartbeat(sub_key, uuid, *present_on, now=clock(), timeout=timeout, states=states)
-            app[REFRESH_MEMO].due((sub_key, uuid, *map(tuple, present_on), timeout), clock())
+            app[REFRESH_MEMO].due(memo_key, clock())
             # JS sends its join heartbeat in parallel with the handshake (protocol 3): when the
             # heartbeat won, the join is already logged before our cursor. Start just before a join
             # of this uuid from the last few seconds, so the subscriber still sees its own join.
@@ -88,9 +91,7 @@ async def subscribe(request: web.Request) -> web.Response:
                     handshake = str(int(own_join) - 1)
         return _reply(handshake, [], sub_key)
 
-    if (present_on[0] or present_on[1]) and (
-        states or app[REFRESH_MEMO].due((sub_key, uuid, *map(tuple, present_on), timeout), clock())
-    ):
+    if (present_on[0] or present_on[1]) and app[REFRESH_MEMO].due(memo_key, clock()):
         await store.heartbeat(sub_key, uuid, *present_on, now=clock(), timeout=timeout, states=states)
 
     loop = asyncio.get_running_loop()
