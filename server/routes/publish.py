@@ -9,20 +9,13 @@ import orjson
 from aiohttp import web
 
 from server.context import CLOCK, SETTINGS, STORE
-from server.http import PubNubError, json_response
-from server.params import path_name, query_flag, query_json_object, raw_path_value
+from server.http import PubNubError, bad_request, json_response
+from server.params import dump_json, path_name, query_flag, query_json_object, query_value, raw_path_value
 from server.store import timetoken_at
-from server.store.subscription import is_wildcard
+from server.store.subscription import is_presence_name, is_wildcard
 
 MAX_MESSAGE = 32 * 1024
 SIGNAL = 1
-
-
-class PublishError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -38,30 +31,26 @@ async def _send(request: web.Request, *, kind: int | None) -> web.Response:
     now = app[CLOCK]()
     try:
         limit = app[SETTINGS].max_name_length
-        try:
-            sub_key = path_name(request, "sub_key", "subscribe key", limit)
-            channel = path_name(request, "channel", "channel", limit)
-            path_name(request, "pub_key", "publish key", limit)
-        except PubNubError as exc:
-            raise PublishError(exc.status, exc.message) from None
-        if is_wildcard(channel) or channel.endswith("-pnpres"):
-            raise PublishError(400, "Invalid channel: cannot publish to a wildcard or presence channel")
+        sub_key = path_name(request, "sub_key", "subscribe key", limit)
+        channel = path_name(request, "channel", "channel", limit)
+        path_name(request, "pub_key", "publish key", limit)
+        if is_wildcard(channel) or is_presence_name(channel):
+            raise bad_request("Invalid channel: cannot publish to a wildcard or presence channel")
         message = await _message(request)
-        try:
-            meta = query_json_object(request, "meta")
-        except PubNubError as exc:
-            raise PublishError(400, exc.message) from None
-        custom_type = request.query.get("custom_message_type") or None
+        meta = query_json_object(request, "meta")
+        custom_type = query_value(request, "custom_message_type") or None
         if custom_type is not None and not 3 <= len(custom_type) <= 50:
-            raise PublishError(400, "Invalid custom_message_type: 3 to 50 characters")
-    except PublishError as exc:
+            raise bad_request("Invalid custom_message_type: 3 to 50 characters")
+        publisher = query_value(request, "uuid") or None
+    except PubNubError as exc:
+        # Publish errors are arrays, not the error object of other services (protocol 2.9).
         return json_response([0, exc.message, timetoken_at(now)], exc.status)
     if query_flag(request, "norep"):
         # Fire (norep=true): meant for server-side handlers only, never replicated to subscribers.
         return json_response([1, "Sent", timetoken_at(now)])
     timetoken = await app[STORE].publish(
-        sub_key, channel, message, now=now, publisher=request.query.get("uuid") or None,
-        meta=None if meta is None else orjson.dumps(meta).decode(), kind=kind, custom_type=custom_type,
+        sub_key, channel, message, now=now, publisher=publisher,
+        meta=None if meta is None else dump_json(meta), kind=kind, custom_type=custom_type,
     )
     return json_response([1, "Sent", timetoken])
 
@@ -76,17 +65,17 @@ async def _message(request: web.Request) -> str:
             try:
                 raw = inflater.decompress(raw, MAX_MESSAGE + 1)
             except zlib.error:
-                raise PublishError(400, "Invalid compressed body") from None
+                raise bad_request("Invalid compressed body") from None
         text = raw
     else:
         try:
             text = unquote(raw_path_value(request, "message"), errors="strict").encode()
         except UnicodeDecodeError:
-            raise PublishError(400, "Invalid message: not UTF-8") from None
+            raise bad_request("Invalid message: not UTF-8") from None
     if len(text) > MAX_MESSAGE:
-        raise PublishError(413, "Message Too Large")
+        raise PubNubError(413, "Message Too Large")
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise PublishError(400, "Invalid JSON") from None
+        raise bad_request("Invalid JSON") from None
     return orjson.dumps(value).decode()

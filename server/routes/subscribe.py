@@ -12,11 +12,19 @@ from aiohttp import web
 
 from server.context import BUS, CLOCK, SETTINGS, STORE
 from server.http import bad_request, raw_json_response
-from server.params import path_name, path_names, query_json_object, query_names, query_seconds, query_uuid
+from server.params import (
+    path_name,
+    path_names,
+    query_json_object,
+    query_names,
+    query_seconds,
+    query_uuid,
+    query_value,
+)
 from server.routes.presence import heartbeat_states
 from server.store import Delivery, Subscription, timetoken_at
 from server.store.bus import GROUP_CHANGED
-from server.store.subscription import split_presence
+from server.store.subscription import is_wildcard, split_presence
 
 REGION = 1  # t.r must be a non-zero integer: JS stops subscribing on 0 (protocol 2.2.2).
 MAX_NAMES = 500
@@ -68,7 +76,7 @@ async def subscribe(request: web.Request) -> web.Response:
     timeout = query_seconds(request, "heartbeat")
     subscription = Subscription(channels, groups)
     # Presence rides on subscribe: the subscriber is present on each non-presence channel and group.
-    present_on = heartbeat_call(subscription)
+    present_on = subscription.presence_channels, subscription.presence_groups
     states = heartbeat_states(query_json_object(request, "state"), *present_on)
     timeout = None if timeout is None else settings.clamp_timeout(timeout)
     # A poll that says what the last one said (JS repeats its state on every poll) need not run
@@ -96,7 +104,7 @@ async def subscribe(request: web.Request) -> web.Response:
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.longpoll_hold
-    change_names = [GROUP_CHANGED + split_presence(t.name)[0] for t in subscription.groups]
+    change_names = [GROUP_CHANGED + t.base for t in subscription.groups]
     prefixes = [t.prefix for t in subscription.wildcards]
     with app[BUS].waiter(sub_key) as waiter:
         # Watch before reading, so a wake-up between the read and the wait is never lost; when the
@@ -131,23 +139,18 @@ async def subscribe(request: web.Request) -> web.Response:
                 return _reply(cursor, [], sub_key)
 
 
-def heartbeat_call(subscription: Subscription) -> tuple[list[str], list[str]]:
-    return subscription.presence_channels, subscription.presence_groups
-
-
 def _check_names(channels: list[str], groups: list[str]) -> None:
     if not channels and not groups:
         raise bad_request("Missing channels and channel groups: name at least one")
     if len(channels) + len(groups) > MAX_NAMES:
         raise bad_request(f"Too many channels and channel groups: at most {MAX_NAMES}")
     for name in channels:
-        base = split_presence(name)[0]
-        if base.endswith(".*") and base.count(".") > MAX_WILDCARD_DOTS:
+        if is_wildcard(name) and split_presence(name)[0].count(".") > MAX_WILDCARD_DOTS:
             raise bad_request("Wildcard maximum depth exceeded")
 
 
 def _cursor(request: web.Request) -> str:
-    raw = request.query.get("tt", "") or "0"
+    raw = query_value(request, "tt") or "0"
     if not TIMETOKEN.fullmatch(raw):
         raise bad_request(f"Invalid timetoken: {raw!r}")
     return str(int(raw))

@@ -5,7 +5,6 @@ from server.store.store import (
     HereNowChannel,
     LogEntry,
     PresenceStore,
-    StoreUnavailable,
     timetoken_at,
 )
 from server.store.subscription import Delivery, Source, Subscription
@@ -17,7 +16,6 @@ __all__ = [
     "LogEntry",
     "PresenceStore",
     "Source",
-    "StoreUnavailable",
     "Subscription",
     "WakeBus",
     "open_redis",

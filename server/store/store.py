@@ -17,17 +17,11 @@ from redis.commands.core import AsyncScript
 from server.store.batch import ScriptBatcher
 from server.store.bus import GROUP_CHANGED
 from server.store.keys import KeysetKeys, clock_offset, keysets_due, keysets_known, wake_channel
-from server.store.subscription import Delivery, ReadResult, Resolved, Subscription
-
-PRESENCE_SUFFIX = "-pnpres"
+from server.store.subscription import Delivery, ReadResult, Resolved, Subscription, is_presence_name
 
 
 class GroupCapExceeded(Exception):
     """Adding the channels would grow a channel group past its cap."""
-
-
-class StoreUnavailable(Exception):
-    """Redis cannot be reached."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,11 +81,6 @@ def _keyset_keys(prefix: str, sub_key: str) -> KeysetKeys:
 def timetoken_at(now: float) -> str:
     """The 17-digit PubNub timetoken (100 ns units) of a Unix time."""
     return str(int(now * 10_000_000))
-
-
-def is_presence_name(name: str) -> bool:
-    """``<channel>-pnpres`` names are where presence events are read, never where anyone is present."""
-    return name.endswith(PRESENCE_SUFFIX)
 
 
 def _load_script(redis: aioredis.Redis, name: str, *, with_common: bool) -> AsyncScript:

@@ -16,6 +16,11 @@ def split_presence(name: str) -> tuple[str, bool]:
     return name, False
 
 
+def is_presence_name(name: str) -> bool:
+    """``<channel>-pnpres`` names are where presence events are read, never where anyone is present."""
+    return name.endswith(PRESENCE_SUFFIX)
+
+
 def is_wildcard(name: str) -> bool:
     return split_presence(name)[0].endswith(WILDCARD_SUFFIX)
 
