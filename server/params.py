@@ -20,7 +20,13 @@ def raw_path_value(request: web.Request, name: str) -> str:
     channels) would look alike; channel lists must be split on literal commas first (protocol 1.2).
     """
     canonical = request.match_info.route.resource.canonical  # type: ignore[union-attr]
-    return request.raw_path.partition("?")[0].split("/")[_position(canonical, name)]
+    return _segments(request.raw_path.partition("?")[0])[_position(canonical, name)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _segments(raw_path: str) -> tuple[str, ...]:
+    # Clients repeat their paths (a heartbeat names the same channels every time): split once each.
+    return tuple(raw_path.split("/"))
 
 
 @functools.cache
@@ -55,12 +61,19 @@ def split_names(raw: str, what: str, max_length: int, service: str = PRESENCE, *
     With ``whole_list_encoded`` the list was percent-encoded as one string, so an encoded comma
     separates names too (and a name cannot contain one).
     """
+    return list(_split_names(raw, what, max_length, service, whole_list_encoded))
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_names(raw: str, what: str, max_length: int, service: str, whole_list_encoded: bool) -> tuple[str, ...]:
+    # Cached: the same lists come back with every heartbeat and poll. A refused list raises, and
+    # exceptions are not cached.
     names = [_decode(part, what, service) for part in raw.split(",") if part]
     if whole_list_encoded:
         names = [name for joined in names for name in joined.split(",") if name]
     for name in names:
         check_name(name, what, max_length, service)
-    return list(dict.fromkeys(names))
+    return tuple(dict.fromkeys(names))
 
 
 # JavaScript SDKs before 8 (pubnub@7.3.3 among them) percent-encode a channel list as one string,
@@ -76,8 +89,10 @@ def whole_list_encoded(request: web.Request) -> bool:
 
 
 def path_names(request: web.Request, name: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
-    return split_names(raw_path_value(request, name), what, max_length, service,
-                       whole_list_encoded=whole_list_encoded(request))
+    raw = raw_path_value(request, name)
+    # Only an encoded comma reads differently for those clients.
+    whole = ("%2C" in raw or "%2c" in raw) and whole_list_encoded(request)
+    return split_names(raw, what, max_length, service, whole_list_encoded=whole)
 
 
 def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str | None:

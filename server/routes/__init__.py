@@ -15,13 +15,15 @@ REGISTRY = f"/v1/channel-registration/sub-key/{{sub_key:{N}}}/channel-group"
 
 
 def setup_routes(app: web.Application) -> None:
+    # aiohttp tries the patterns that share a static prefix in the order they were added, so the
+    # call every client makes most often comes first.
+    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/heartbeat", presence.heartbeat)
     app.router.add_get("/time/0", meta.time)
     app.router.add_get("/health", meta.health)
     app.router.add_get("/ready", meta.health)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get(PRESENCE, presence.here_now_global)
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}", presence.here_now)
-    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/heartbeat", presence.heartbeat)
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/leave", presence.leave)
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}", presence.get_state)
     app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}/data", presence.set_state)
