@@ -3,20 +3,63 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from server.http import REDIS_DOWN, handle_errors
 from server.store import PresenceStore, WakeBus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SAMPLE_EVERY = 5.0
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 300)
+# The `le` labels, spelt as prometheus-client spells them ("1.0", "+Inf").
+_LE = [floatToGoString(bound) for bound in (*LATENCY_BUCKETS, float("inf"))]  # type: ignore[no-untyped-call]
+
+
+class RequestStats(Collector):
+    """Requests by route, method and status, and latency by route.
+
+    Counted in plain dicts and turned into metric families at scrape time: prometheus-client's
+    Counter and Histogram take a lock on every update, a cost every heartbeat paid. The server
+    runs one event loop, so nothing else updates these concurrently.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        # Per route: a count per bucket (the last for above every bound), and the sum of seconds.
+        self.latency: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        entry = self.latency.get(route)
+        if entry is None:
+            entry = self.latency[route] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+        entry[0][bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        entry[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("presence_http_requests", "HTTP requests by route and status",
+                                       labels=["route", "method", "status"])
+        for (route, method, status), count in sorted(self.counts.items()):
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily("presence_http_request_duration_seconds", "HTTP request latency by route",
+                                        labels=["route"])
+        for route, (counts, total) in sorted(self.latency.items()):
+            cumulative, buckets = 0, []
+            for le, count in zip(_LE, counts, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            latency.add_metric([route], buckets, total[0])
+        yield latency
 
 
 class _StoreCounters(Collector):
@@ -41,11 +84,8 @@ class Metrics:
     def __init__(self, store: PresenceStore, bus: WakeBus) -> None:
         self.store = store
         self.registry = CollectorRegistry()
-        self.requests = Counter("presence_http_requests", "HTTP requests by route and status",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("presence_http_request_duration_seconds", "HTTP request latency by route",
-                                 ["route"], registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 300))
+        self.requests = RequestStats()
+        self.registry.register(self.requests)
         self.redis_errors = Counter("presence_redis_errors", "Requests that failed because Redis was unreachable",
                                     registry=self.registry)
         held = Gauge("presence_longpolls_held", "Subscribe long-polls waiting in this process", registry=self.registry)
@@ -58,18 +98,7 @@ class Metrics:
                               registry=self.registry)
         self.registry.register(_StoreCounters(store))
         self._sampled_at = float("-inf")
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        # labels() looks its child up under a lock each time; the handful of children are kept here.
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(route, method, str(status)), self.latency.labels(route),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        self.observe = self.requests.observe
 
     async def sample(self) -> None:
         """Refresh the presence gauges, at most once every few seconds (a few commands per keyset)."""

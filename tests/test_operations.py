@@ -26,12 +26,13 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
 from server.config import Settings
 from server.context import STORE
-from server.metrics import METRICS
+from server.metrics import METRICS, RequestStats
 from server.store import open_redis
 from tests.conftest import START, TEST_SERVER_OPTIONS, FakeClock, free_port, sweeper_of
 from tests.test_routes_subscribe import (
@@ -152,6 +153,24 @@ async def test_request_counter_and_latency_histogram_move_with_requests(client: 
     assert after.value(f"{histogram}_bucket", route=HEARTBEAT_ROUTE, le="300.0") == count
     # Labels name routes, never channels or keys: the series count stays bounded.
     assert not [key for key in after.samples if any("ch-a" in value or "demo" in value for _, value in key[1])]
+
+
+def test_latency_buckets_count_a_request_at_their_bound_and_below() -> None:
+    registry = CollectorRegistry()
+    stats = RequestStats()
+    registry.register(stats)
+    for seconds in (0.0005, 0.001, 0.0011, 7.0, 400.0):
+        stats.observe("/r", "GET", 200, seconds)
+    found = parse_metrics(generate_latest(registry).decode())
+    bucket = "presence_http_request_duration_seconds_bucket"
+    assert found.value(bucket, route="/r", le="0.001") == 2  # le: less than or equal
+    assert found.value(bucket, route="/r", le="0.0025") == 3
+    assert found.value(bucket, route="/r", le="2.5") == 3
+    assert found.value(bucket, route="/r", le="10.0") == 4
+    assert found.value(bucket, route="/r", le="300.0") == 4
+    assert found.value(bucket, route="/r", le="+Inf") == 5
+    assert found.value("presence_http_request_duration_seconds_sum", route="/r") == pytest.approx(407.0026)
+    assert found.value("presence_http_requests_total", route="/r", method="GET", status="200") == 5
 
 
 async def test_event_and_message_counters_follow_the_store(client: Client, clock: FakeClock) -> None:
