@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import random
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -70,6 +71,40 @@ async def test_a_shorter_timeout_moves_the_sweep_earlier(store: PresenceStore, c
     clock.now = at(10_000)
     assert await Sweeper(store, clock, 1.0).run_once() == 1
     assert await timeouts_logged(store, "a") == ["u1"]
+
+
+async def test_the_due_index_stays_a_lower_bound_and_a_sweep_makes_it_exact(store: PresenceStore) -> None:
+    # Heartbeats only ever lower a channel's entry in the due index; whatever the mix of uuids,
+    # timeouts and lapses, it must never pass the channel's earliest deadline (or a timeout would
+    # be late), and a sweep that visits the channel puts the exact earliest deadline in place.
+    rng = random.Random(7)
+    ks = store.keys(SUB)
+
+    async def earliest(channel: str) -> float:
+        found = await store.redis.zrange(ks.occupants(channel), 0, 0, withscores=True)
+        return float(cast("list[tuple[str, float]]", found)[0][1])
+
+    for step in range(300):
+        timeout = rng.choice([None, 5, 10, 20, 300])
+        await store.heartbeat(SUB, f"u{rng.randrange(8)}", ["a", "b"], now=at(step * 250), timeout=timeout)
+        for channel in ("a", "b"):
+            due = await store.redis.zscore(ks.due, channel)
+            assert due is not None and due <= await earliest(channel), (step, channel)
+            if step % 50 == 49:
+                await store.sweep(now=at(step * 250))
+                assert await store.redis.zscore(ks.due, channel) == await earliest(channel), (step, channel)
+
+
+async def test_a_refresh_of_the_first_to_expire_costs_the_sweeper_one_visit(store: PresenceStore) -> None:
+    await store.heartbeat(SUB, "u1", ["a"], now=T, timeout=10)
+    await store.heartbeat(SUB, "u2", ["a"], now=at(1000), timeout=10)
+    await store.heartbeat(SUB, "u1", ["a"], now=at(2000), timeout=10)  # u1 was first; u2 is now
+    # The entry still says T + 10 s: the sweep then finds nobody due and moves it to u2's deadline.
+    assert await store.sweep(now=at(10_000)) == 0
+    assert await store.redis.zscore(store.keys(SUB).due, "a") == T_MS + 11_000
+    assert await store.redis.zscore(keysets_due(store.prefix), SUB) == T_MS + 11_000
+    assert await store.sweep(now=at(11_000)) == 1
+    assert await timeouts_logged(store, "a") == ["u2"]
 
 
 async def test_two_concurrent_sweepers_report_each_timeout_once(redis_client: aioredis.Redis, prefix: str) -> None:

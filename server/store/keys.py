@@ -16,7 +16,8 @@ def _tag(sub_key: str) -> str:
 
 
 def keysets_due(prefix: str) -> str:
-    """Sorted set: keyset (subscribe key) -> earliest deadline (ms) of anyone present in it."""
+    """Sorted set: keyset (subscribe key) -> when (ms) the sweeper must next look at it: no later
+    than the earliest deadline of anyone present in it, or its next interval event."""
     return f"{prefix}:keysets:due"
 
 
@@ -45,7 +46,8 @@ class KeysetKeys:
         self._base = base = f"{prefix}:{{{_tag(sub_key)}}}:"
         # String: the last timetoken handed out in this keyset.
         self.timetoken = base + "tt"
-        # Sorted set: channel -> earliest deadline (ms) of its occupants; the sweeper's index.
+        # Sorted set: occupied channel -> a time (ms) no later than its occupants' earliest deadline
+        # (heartbeats only lower it; a sweep visiting the channel makes it exact); the sweeper's index.
         self.due = base + "due"
         # Sorted set: channel in interval mode -> when its next interval event is due (ms).
         self.intervals = base + "ivl"

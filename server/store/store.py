@@ -440,7 +440,7 @@ class PresenceStore:
                 break
         # The keyset's entry in the global index may only be raised here. A join that lowered the
         # keyset's next time between our script and this write would be overwritten, so re-read
-        # the keyset's own (exact, atomically kept) indexes afterwards and lower it again.
+        # the keyset's own (atomically kept) indexes afterwards and lower it again.
         if upcoming:
             await self.redis.zadd(self._keysets_due, {sub_key: float(upcoming)})
         else:

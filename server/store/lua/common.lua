@@ -78,6 +78,9 @@ local function occupancy(occ_key)
   return redis.call('ZCOUNT', occ_key, '(' .. NOW_MS, '+inf')
 end
 
+-- Whether this script put a channel in interval mode (the sweeper must then look at the keyset).
+local interval_added = false
+
 -- One presence event. Above ANNOUNCE_MAX occupants, and until the interval event that follows,
 -- joins, leaves and timeouts are not announced one by one: they are kept as net deltas for the
 -- channel's next interval event (emitted by sweep.lua), so a listener that applies the events it
@@ -96,7 +99,9 @@ local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, 
       redis.call('HSET', delta_key, action .. ':' .. uuid, 1)
       redis.call('EXPIRE', delta_key, BACKSTOP)
     end
-    redis.call('ZADD', IVL_KEY, 'NX', NOW_MS + INTERVAL_MS, channel)
+    if redis.call('ZADD', IVL_KEY, 'NX', NOW_MS + INTERVAL_MS, channel) == 1 then
+      interval_added = true
+    end
     return
   end
   local fields = {'a', action, 'u', uuid, 'o', count, 's', NOW_S}
@@ -107,10 +112,11 @@ local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, 
   append(log_key, channel .. PNPRES, channel, fields)
 end
 
--- The due index holds each channel's earliest deadline, so the sweeper visits only channels with
--- someone due. A channel nobody occupies leaves the index and loses its state hash too: state of a
--- user who never joined is kept only while the channel has occupants (or until the backstop).
--- Returns true when the channel's earliest deadline moved earlier.
+-- The due index holds, for each occupied channel, a time no later than its earliest deadline, so
+-- the sweeper visits only channels with someone (possibly) due. Heartbeats only lower it; this
+-- puts the exact earliest deadline in place. A channel nobody occupies leaves the index and loses
+-- its state hash too: state of a user who never joined is kept only while the channel has
+-- occupants (or until the backstop). Returns true when the channel's entry moved earlier.
 local function refresh_due(channel, occ_key, state_key)
   local before = redis.call('ZSCORE', DUE_KEY, channel)
   local first = redis.call('ZRANGE', occ_key, 0, 0, 'WITHSCORES')

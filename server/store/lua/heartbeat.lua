@@ -20,7 +20,6 @@ end
 local deadline = NOW_MS + math.floor(timeout * 1000)
 local joins = 0
 local earlier = false
-local ivl_before = redis.call('ZCARD', IVL_KEY)
 
 for i = 1, channel_count() do
   local occ_key, state_key, log_key, delta_key = channel_keys(i)
@@ -33,7 +32,11 @@ for i = 1, channel_count() do
   end
   redis.call('ZADD', occ_key, deadline, uuid)
   redis.call('EXPIRE', occ_key, BACKSTOP)
-  local old_state = redis.call('HGET', state_key, uuid)
+  -- The old state matters for a join (its event carries it) and for a new state (is it a change?).
+  local old_state = false
+  if not present or new_state ~= '' then
+    old_state = redis.call('HGET', state_key, uuid)
+  end
   local state = old_state
   if new_state == '{}' then
     redis.call('HDEL', state_key, uuid)
@@ -50,13 +53,17 @@ for i = 1, channel_count() do
   elseif (state or '{}') ~= (old_state or '{}') then
     log_presence(channel, occ_key, log_key, delta_key, 'state-change', uuid, state or '{}')
   end
-  if refresh_due(channel, occ_key, state_key) then
+  -- The due index needs a lower bound of the channel's deadlines, so a heartbeat only ever lowers
+  -- it (or adds the channel): no re-read of the channel's earliest deadline. A refresh of whoever
+  -- was first to expire leaves the old, earlier figure; the sweep that finds nobody due then puts
+  -- the exact one in place (refresh_due), about once per timeout per channel.
+  if redis.call('ZADD', DUE_KEY, 'LT', 'CH', deadline, channel) == 1 then
     earlier = true
   end
 end
 
 publish_wakes()
-if redis.call('ZCARD', IVL_KEY) > ivl_before then
+if interval_added then
   earlier = true
 end
 return {joins, earlier and keyset_next() or ''}
