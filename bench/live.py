@@ -604,7 +604,7 @@ def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis
     members = members_of(0, opts.users, None, opts.channels)
     asyncio.run(with_store(open_redis(url), lambda store: populate_store(store, members, time.time())))
     server_b, port_b = start_server(children, "server-b", url)
-    plan = LoadPlan("wrk", opts.seconds, opts.warmup, opts.connections, opts.users, opts.channels)
+    plan = LoadPlan("wrk", opts.seconds, opts.warmup, opts.connections, opts.users, opts.channels, opts.repeats)
     halves = dataclasses.replace(plan, connections=half)
     ones: list[Spent] = []
     twos: list[Spent] = []
