@@ -62,7 +62,8 @@ async def subscribe(request: web.Request) -> web.Response:
     event = state.event
     state.held += 1
     try:
-        await asyncio.wait_for(event.wait(), request.app[HOLD])
+        async with asyncio.timeout(request.app[HOLD]):  # no task of its own, unlike wait_for before 3.12
+            await event.wait()
     except TimeoutError:
         return empty(cursor)
     finally:

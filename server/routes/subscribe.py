@@ -22,9 +22,9 @@ from server.params import (
     query_value,
 )
 from server.routes.presence import heartbeat_states
-from server.store import Delivery, Subscription, timetoken_at
+from server.store import Delivery, timetoken_at
 from server.store.bus import GROUP_CHANGED
-from server.store.subscription import is_wildcard, split_presence
+from server.store.subscription import is_wildcard, split_presence, subscription_of
 
 REGION = 1  # t.r must be a non-zero integer: JS stops subscribing on 0 (protocol 2.2.2).
 MAX_NAMES = 500
@@ -74,7 +74,7 @@ async def subscribe(request: web.Request) -> web.Response:
     _check_names(channels, groups)
     cursor = _cursor(request)
     timeout = query_seconds(request, "heartbeat")
-    subscription = Subscription(channels, groups)
+    subscription = subscription_of(tuple(channels), tuple(groups))
     # Presence rides on subscribe: the subscriber is present on each non-presence channel and group.
     present_on = subscription.presence_channels, subscription.presence_groups
     states = heartbeat_states(query_json_object(request, "state"), *present_on)
@@ -111,13 +111,19 @@ async def subscribe(request: web.Request) -> web.Response:
         # read finds logs not yet watched (group members), watch them too and read once more.
         watched = sorted({t.name for t in subscription.direct} | set(change_names))
         waiter.watch(watched, prefixes)
+        waiter.read_ahead(
+            store.read_key(sub_key, subscription, cursor, PAGE),
+            lambda marker: store.read(sub_key, subscription, cursor, limit=PAGE, fresh_after=marker),
+        )
         while True:
             # After a wake-up, any read that started after it was dispatched sees the new entry:
-            # every poll woken by one publish shares the first one's read.
+            # the bus made that read for every poll woken by one publish, or the poll makes it.
             marker = store.read_marker() if waiter.marker is None else waiter.marker
             waiter.marker = None
             waiter.event.clear()
-            result = await store.read(sub_key, subscription, cursor, limit=PAGE, fresh_after=marker)
+            result = waiter.take_result()
+            if result is None:
+                result = await store.read(sub_key, subscription, cursor, limit=PAGE, fresh_after=marker)
             if result.deliveries:
                 if result.body is None:  # a publish to a busy channel: render once, answer everyone
                     result.body = _render(result.cursor, result.deliveries, sub_key)

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -35,10 +36,25 @@ class Waiter:
         self.prefixes: tuple[str, ...] = ()
         self.event = asyncio.Event()
         self.marker: int | None = None  # the store's read marker when a wake-up set the event
+        # What the poll will read once woken: waiters with equal keys are read for once, by the
+        # bus, before they are woken (see WakeBus.notify); the result waits in ``result``.
+        self.read_key: Hashable | None = None
+        self.reader: Callable[[int], Awaitable[Any]] | None = None
+        self.result: Any = None
 
-    def wake(self, marker: int) -> None:
+    def wake(self, marker: int, result: Any = None) -> None:
         self.marker = marker
+        self.result = result
         self.event.set()
+
+    def read_ahead(self, key: Hashable, reader: Callable[[int], Awaitable[Any]]) -> None:
+        """Let the bus do this poll's next read when it wakes it: ``reader(marker)`` must read
+        everything written before the wake-up; polls with an equal ``key`` share one call."""
+        self.read_key, self.reader = key, reader
+
+    def take_result(self) -> Any:
+        result, self.result = self.result, None
+        return result
 
     def watch(self, names: Iterable[str], prefixes: Iterable[str] = ()) -> None:
         """Replace what this waiter is woken for."""
@@ -50,7 +66,10 @@ class Waiter:
     async def wait(self, seconds: float) -> bool:
         """Wait until woken or ``seconds`` pass; True when woken."""
         try:
-            await asyncio.wait_for(self.event.wait(), seconds)
+            # Not wait_for: before Python 3.12 it runs the wait in a task of its own, one more
+            # task step for each of thousands of polls woken by one publish.
+            async with asyncio.timeout(seconds):
+                await self.event.wait()
         except TimeoutError:
             return False
         return True
@@ -77,6 +96,7 @@ class WakeBus:
         self.stopped = False
         self.on_clock: Callable[[float], None] | None = None
         self.on_connect: Callable[[], Awaitable[None]] | None = None
+        self._reads: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         """Shutting down: wake every waiting poll so it answers now and its client reconnects elsewhere."""
@@ -87,17 +107,42 @@ class WakeBus:
         return Waiter(self, sub_key)
 
     def notify(self, sub_key: str, names: Iterable[str]) -> None:
-        """Wake every local waiter that reads one of ``names`` in the keyset."""
+        """Wake every local waiter that reads one of ``names`` in the keyset.
+
+        Waiters that said what they will read (``Waiter.read_ahead``) are read for first, once per
+        distinct read, and woken with the result: a publish to a channel thousands of polls hold
+        then costs one read and one task step per poll, not a wake-up, a read and another wake-up.
+        """
         prefixed = self._by_prefix.get(sub_key, ())
         marker = self.read_marker()  # reads started after this see every entry the wake-up is for
+        woken: set[Waiter] = set()
         for name in names:
-            for waiter in self._by_name.get((sub_key, name), ()):
-                waiter.wake(marker)
+            woken.update(self._by_name.get((sub_key, name), ()))
             if prefixed:
                 base = split_presence(name)[0]
-                for waiter in prefixed:
-                    if any(base.startswith(p) for p in waiter.prefixes):
-                        waiter.wake(marker)
+                woken.update(waiter for waiter in prefixed if any(base.startswith(p) for p in waiter.prefixes))
+        groups: dict[Hashable, list[Waiter]] = {}
+        for waiter in woken:
+            if waiter.event.is_set() or waiter.read_key is None or waiter.reader is None:
+                # Woken already and not yet read: it now reads for itself, after this marker, and
+                # so sees both entries (a result waiting for it might lack the newer one).
+                waiter.wake(marker)
+            else:
+                groups.setdefault(waiter.read_key, []).append(waiter)
+        for group in groups.values():
+            reader = group[0].reader
+            assert reader is not None
+            task = asyncio.ensure_future(self._read_then_wake(reader, marker, group))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+
+    async def _read_then_wake(self, reader: Callable[[int], Awaitable[Any]], marker: int, group: list[Waiter]) -> None:
+        try:
+            result = await reader(marker)
+        except Exception:  # each poll reads for itself and meets the error there
+            result = None
+        for waiter in group:
+            waiter.wake(marker, result)
 
     def wake_all(self) -> None:
         for waiters in self._by_name.values():

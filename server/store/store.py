@@ -311,6 +311,11 @@ class PresenceStore:
         """A mark to pass as ``read(fresh_after=...)``: only reads started after it are shared."""
         return self._reads_started
 
+    @staticmethod
+    def read_key(sub_key: str, subscription: Subscription, after: str, limit: int) -> tuple[Any, ...]:
+        """Equal for reads that return the same thing."""
+        return (sub_key, subscription.names, after, limit)
+
     async def read(self, sub_key: str, subscription: Subscription, after: str, *, limit: int = 100,
                    fresh_after: int | None = None) -> ReadResult:
         """The first ``limit`` entries after the cursor over everything the subscription matches, in
@@ -321,8 +326,7 @@ class PresenceStore:
         ``fresh_after`` or that has not sent anything to Redis yet: a poll woken for an entry must
         not take the answer of a read that was already on its way before the entry was written.
         """
-        key = (sub_key, tuple(t.name for t in subscription.direct), tuple(t.name for t in subscription.groups),
-               tuple(t.name for t in subscription.wildcards), after, limit)
+        key = self.read_key(sub_key, subscription, after, limit)
         shared = self._reads.get(key)
         if shared is not None and (fresh_after is None or shared.seq > fresh_after or not shared.sent):
             return await asyncio.shield(shared.task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 PRESENCE_SUFFIX = "-pnpres"
@@ -86,23 +87,20 @@ class ReadResult:
 
 
 class Subscription:
+    """What one subscribe request names. Built once per distinct request (``subscription_of``): a
+    client repeats the same names on every poll, so nothing here changes after construction."""
+
     def __init__(self, channels: Sequence[str], groups: Sequence[str]) -> None:
         self.direct = [Target(name) for name in channels if not is_wildcard(name)]
         self.wildcards = [Target(name) for name in channels if is_wildcard(name)]
         self.groups = [Target(name) for name in groups]
-
-    @property
-    def needs_resolving(self) -> bool:
-        return bool(self.groups or self.wildcards)
-
-    @property
-    def presence_channels(self) -> list[str]:
-        """Channels the subscriber becomes present on: direct, non-presence, non-wildcard names."""
-        return [t.name for t in self.direct if not t.presence]
-
-    @property
-    def presence_groups(self) -> list[str]:
-        return [t.name for t in self.groups if not t.presence]
+        self.needs_resolving = bool(self.groups or self.wildcards)
+        # Channels the subscriber becomes present on: direct, non-presence, non-wildcard names.
+        self.presence_channels = tuple(t.name for t in self.direct if not t.presence)
+        self.presence_groups = tuple(t.name for t in self.groups if not t.presence)
+        # Equal for subscriptions that read the same logs.
+        self.names = (tuple(t.name for t in self.direct), tuple(t.name for t in self.groups),
+                      tuple(t.name for t in self.wildcards))
 
     def sources(self, resolved: Resolved) -> list[Source]:
         """Every log to read, once each: a direct subscription wins over a group, a group over a wildcard."""
@@ -116,3 +114,8 @@ class Subscription:
             for channel in matches:
                 out.setdefault((channel, target.presence), Source(channel, target.presence, target.name))
         return list(out.values())
+
+
+@functools.lru_cache(maxsize=4096)
+def subscription_of(channels: tuple[str, ...], groups: tuple[str, ...]) -> Subscription:
+    return Subscription(channels, groups)
