@@ -6,11 +6,13 @@ store's millisecond deadlines and the boundaries asserted here are exact.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from server.store import GroupCapExceeded, LogEntry, PresenceStore, timetoken_at
 from tests.conftest import START
@@ -459,3 +461,30 @@ async def test_log_is_bounded(redis_client: aioredis.Redis, prefix: str, log_siz
     # What is kept is the newest entries, contiguous.
     kept = [entry.data for entry in entries]
     assert kept == [{"n": n} for n in range(changes - len(entries), changes)]
+
+
+# -- coalesced script calls ------------------------------------------------------------------------
+
+
+async def test_calls_coalesced_into_one_batch_each_get_their_own_reply_or_error(store: PresenceStore) -> None:
+    # A key of the wrong type makes one call of the batch fail in Redis; the calls around it must
+    # get their own replies (the reply stream stays in step), and the connection stays usable.
+    await store.redis.set(store.keys(SUB).occupants("broken"), "not a sorted set")
+    channels = ["a", "b", "broken", "c", "d"]
+    batches = store._batch.batches
+    outcomes = await asyncio.gather(
+        *(store.heartbeat(SUB, f"u-{ch}", [ch], now=T) for ch in channels), return_exceptions=True
+    )
+    assert store._batch.batches == batches + 1  # one pipeline for the five calls
+    assert [isinstance(o, redis.exceptions.ResponseError) for o in outcomes] == [False, False, True, False, False]
+    for ch in ("a", "b", "c", "d"):
+        assert await occupants(store, ch, T) == [f"u-{ch}"]
+    assert await store.heartbeat(SUB, "later", ["a"], now=T) == 1
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(store: PresenceStore) -> None:
+    await store.heartbeat(SUB, "u1", ["a"], now=T)
+    await store.redis.script_flush()  # as after a Redis restart or failover
+    joins = await asyncio.gather(*(store.heartbeat(SUB, f"u{i}", ["a"], now=T) for i in range(2, 6)))
+    assert joins == [1, 1, 1, 1]
+    assert await occupants(store, "a", T) == ["u1", "u2", "u3", "u4", "u5"]
