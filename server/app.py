@@ -15,8 +15,8 @@ from server.clock import Clock
 from server.config import Settings
 from server.context import BUS, CLOCK, SETTINGS, STORE
 from server.http import ON_REDIS_ERROR, PubNubError, json_response
-from server.metrics import METRICS, Metrics, metrics_middleware
-from server.routes import setup_admin_routes, setup_routes
+from server.metrics import METRICS, Metrics, instrumented
+from server.routes import Router, setup_admin_routes, setup_routes
 from server.routes.subscribe import REFRESH_MEMO, RefreshMemo
 from server.store import PresenceStore, WakeBus, open_redis, timetoken_at
 from server.sweeper import Sweeper
@@ -44,19 +44,23 @@ def create_app(
     """Build the server. ``redis`` injects a client the caller keeps ownership of; ``clock`` injects
     time; ``sweeper=False`` leaves expiry to explicit ``Sweeper.run_once`` calls (tests)."""
     settings = settings or Settings.from_env()
-    middlewares = [metrics_middleware]
-    if settings.keyset_pairs():
-        middlewares.append(keyset_middleware)
-    app = web.Application(middlewares=middlewares)
+    app = web.Application()
     app[SETTINGS] = settings
     app[CLOCK] = clock if clock is not None else Clock()
     app.cleanup_ctx.append(_store_ctx(redis))
     if sweeper:
         app.cleanup_ctx.append(_sweeper_ctx)
     app.on_shutdown.append(_answer_held_polls)
-    setup_routes(app)
+    listed = bool(settings.keyset_pairs())
+
+    def wrap(handler: Handler, route: str) -> Handler:
+        return instrumented(keyset_checked(handler) if listed else handler, route)
+
+    router = Router(app, wrap)
+    setup_routes(router)
     if settings.admin:
-        setup_admin_routes(app)
+        setup_admin_routes(router)
+    router.finish()
     return app
 
 
@@ -121,16 +125,19 @@ async def _answer_held_polls(app: web.Application) -> None:
         app[BUS].close()
 
 
-@web.middleware
-async def keyset_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def keyset_checked(handler: Handler) -> Handler:
     """With PRESENCE_KEYSETS, only the listed keysets are served, each isolated from the others."""
-    pairs = request.app[SETTINGS].keyset_pairs()
-    info = request.match_info
-    sub_key, pub_key = info.get("sub_key"), info.get("pub_key")
-    if sub_key is not None and sub_key not in {sub for _, sub in pairs}:
-        if pub_key is not None:
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        pairs = request.app[SETTINGS].keyset_pairs()
+        info = request.match_info
+        sub_key, pub_key = info.get("sub_key"), info.get("pub_key")
+        if sub_key is not None and sub_key not in {sub for _, sub in pairs}:
+            if pub_key is not None:
+                return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
+            raise PubNubError(400, "Invalid Subscribe Key", "Access Manager")
+        if pub_key is not None and (pub_key, sub_key) not in pairs:
             return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
-        raise PubNubError(400, "Invalid Subscribe Key", "Access Manager")
-    if pub_key is not None and (pub_key, sub_key) not in pairs:
-        return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
-    return await handler(request)
+        return await handler(request)
+
+    return checked

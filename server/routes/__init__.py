@@ -3,9 +3,12 @@ refuses ``{``/``}``, which may appear in names once percent-decoded."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Callable
 
-from server.metrics import metrics_handler
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from server.metrics import UNMATCHED, metrics_handler
 from server.routes import admin, groups, meta, presence, publish, subscribe
 
 N = "[^/]+"
@@ -14,30 +17,71 @@ SEND = f"{{pub_key:{N}}}/{{sub_key:{N}}}/{{signature:{N}}}/{{channel:{N}}}/{{cal
 REGISTRY = f"/v1/channel-registration/sub-key/{{sub_key:{N}}}/channel-group"
 
 
-def setup_routes(app: web.Application) -> None:
+# Wraps a route's handler once, when it is added: errors, metrics, keyset checks (server.app).
+Wrap = Callable[[Handler, str], Handler]
+
+
+class Router:
+    """Adds routes with their handlers wrapped, and answers what no route serves (JSON 404/405)."""
+
+    def __init__(self, app: web.Application, wrap: Wrap) -> None:
+        self.app = app
+        self.wrap = wrap
+
+    def add_get(self, path: str, handler: Handler) -> None:
+        resource = self.app.router.add_resource(path)
+        wrapped = self.wrap(handler, resource.canonical)
+        resource.add_route("HEAD", wrapped)
+        resource.add_route("GET", wrapped)
+
+    def add_post(self, path: str, handler: Handler) -> None:
+        resource = self.app.router.add_resource(path)
+        resource.add_route("POST", self.wrap(handler, resource.canonical))
+
+    def finish(self) -> None:
+        """After every route: a wrong method on a known path is a 405, any other path a 404."""
+        for resource in list(self.app.router.resources()):
+            if isinstance(resource, web.Resource):
+                allowed = {route.method for route in resource}
+                resource.add_route("*", self.wrap(_method_not_allowed(allowed), UNMATCHED))
+        self.app.router.add_route("*", "/{tail:.*}", self.wrap(_not_found, UNMATCHED))
+
+
+def _method_not_allowed(allowed: set[str]) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    return handler
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
+
+
+def setup_routes(app: Router) -> None:
     # aiohttp tries the patterns that share a static prefix in the order they were added, so the
     # call every client makes most often comes first.
-    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/heartbeat", presence.heartbeat)
-    app.router.add_get("/time/0", meta.time)
-    app.router.add_get("/health", meta.health)
-    app.router.add_get("/ready", meta.health)
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get(PRESENCE, presence.here_now_global)
-    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}", presence.here_now)
-    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/leave", presence.leave)
-    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}", presence.get_state)
-    app.router.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}/data", presence.set_state)
-    app.router.add_get(f"{PRESENCE}/uuid/{{uuid:{N}}}", presence.where_now)
-    app.router.add_get(f"/v2/subscribe/{{sub_key:{N}}}/{{channels:{N}}}/{{callback:{N}}}", subscribe.subscribe)
-    app.router.add_get(f"/publish/{SEND}/{{message:{N}}}", publish.publish)
-    app.router.add_post(f"/publish/{SEND}", publish.publish)
-    app.router.add_get(f"/signal/{SEND}/{{message:{N}}}", publish.signal)
-    app.router.add_get(REGISTRY, groups.list_groups)
-    app.router.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list)
-    app.router.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete)
+    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/heartbeat", presence.heartbeat)
+    app.add_get("/time/0", meta.time)
+    app.add_get("/health", meta.health)
+    app.add_get("/ready", meta.health)
+    app.add_get("/metrics", metrics_handler)
+    app.add_get(PRESENCE, presence.here_now_global)
+    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}", presence.here_now)
+    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/leave", presence.leave)
+    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}", presence.get_state)
+    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}/data", presence.set_state)
+    app.add_get(f"{PRESENCE}/uuid/{{uuid:{N}}}", presence.where_now)
+    app.add_get(f"/v2/subscribe/{{sub_key:{N}}}/{{channels:{N}}}/{{callback:{N}}}", subscribe.subscribe)
+    app.add_get(f"/publish/{SEND}/{{message:{N}}}", publish.publish)
+    app.add_post(f"/publish/{SEND}", publish.publish)
+    app.add_get(f"/signal/{SEND}/{{message:{N}}}", publish.signal)
+    app.add_get(REGISTRY, groups.list_groups)
+    app.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list)
+    app.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete)
 
 
-def setup_admin_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/clock/advance", admin.advance_clock)
-    app.router.add_post(f"/admin/keysets/{{sub_key:{N}}}/reset", admin.reset_keyset)
-    app.router.add_get(f"/admin/keysets/{{sub_key:{N}}}/snapshot", admin.snapshot)
+def setup_admin_routes(app: Router) -> None:
+    app.add_post("/admin/clock/advance", admin.advance_clock)
+    app.add_post(f"/admin/keysets/{{sub_key:{N}}}/reset", admin.reset_keyset)
+    app.add_get(f"/admin/keysets/{{sub_key:{N}}}/snapshot", admin.snapshot)
