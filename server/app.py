@@ -104,6 +104,8 @@ def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
             bus.stopped = True
             listener.cancel()
             await asyncio.wait({listener}, timeout=2.0)
+            await bus.aclose()
+            await store.aclose()
             if injected is None:
                 await client.aclose()
 

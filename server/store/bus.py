@@ -144,6 +144,15 @@ class WakeBus:
         for waiter in group:
             waiter.wake(marker, result)
 
+    async def aclose(self) -> None:
+        """Stop the reads made for woken polls (at shutdown, before the Redis client closes): a read
+        still under way would otherwise open a connection on a client that is being closed."""
+        reads = list(self._reads)
+        for task in reads:
+            task.cancel()
+        if reads:
+            await asyncio.wait(reads, timeout=2.0)
+
     def wake_all(self) -> None:
         for waiters in self._by_name.values():
             for waiter in waiters:

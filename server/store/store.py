@@ -136,6 +136,10 @@ class PresenceStore:
         self._group_add = _load_script(redis, "group_add", with_common=False)
         self._group_remove = _load_script(redis, "group_remove", with_common=False)
 
+    async def aclose(self) -> None:
+        """Hand the connections the script batcher keeps back to the client's pool."""
+        await self._batch.aclose()
+
     def keys(self, sub_key: str) -> KeysetKeys:
         return _keyset_keys(self.prefix, sub_key)
 
