@@ -116,7 +116,10 @@ class ScriptBatcher:
         return fresh
 
     async def aclose(self) -> None:
-        """Hand the kept connections back to the pool (before the client closes it)."""
+        """Let the batches under way finish, then hand the kept connections back to the pool
+        (before the client closes it)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         idle, self._idle = self._idle, []
         for connection in idle:
             await self.redis.connection_pool.release(connection)
