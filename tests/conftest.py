@@ -27,6 +27,13 @@ from server.config import Settings
 from server.store import PresenceStore, open_redis
 from server.sweeper import Sweeper
 
+# The types of aiohttp's test fixtures, as the test modules annotate them.
+Client = TestClient[web.Request, web.Application]
+AiohttpClient = Callable[..., Awaitable[Client]]
+AiohttpServer = Callable[..., Awaitable[TestServer]]
+MakeApp = Callable[..., web.Application]
+NewClient = Callable[..., Awaitable[Client]]
+
 START = 1_800_000_000.0
 
 # The runner options the server runs with, for aiohttp_server(app, **TEST_SERVER_OPTIONS): TestServer's
@@ -157,9 +164,6 @@ def sweeper_of(client: TestClient) -> Sweeper:  # type: ignore[type-arg]
     sweeper: Sweeper = app[SWEEPER]
     return sweeper
 
-
-Client = TestClient[web.Request, web.Application]
-NewClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture

@@ -23,14 +23,20 @@ from server.clock import Clock
 from server.config import Settings
 from server.context import STORE
 from server.store import PresenceStore, open_redis
-from tests.conftest import START, TEST_SERVER_OPTIONS, FakeClock, free_port, sweeper_of
+from tests.conftest import (
+    START,
+    TEST_SERVER_OPTIONS,
+    AiohttpClient,
+    AiohttpServer,
+    Client,
+    FakeClock,
+    free_port,
+    sweeper_of,
+)
 from tests.test_operations import redis_server
 from tests.test_routes_subscribe import (
     EARLY,
     LONG_HOLD,
-    AiohttpClient,
-    AiohttpServer,
-    Client,
     add_to_group,
     get,
     handshake,

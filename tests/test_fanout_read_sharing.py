@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from server.context import STORE
-from tests.test_routes_subscribe import Client, handshake, held, messages, poll, publish, until, waiting
+from tests.conftest import Client
+from tests.test_routes_subscribe import handshake, held, messages, poll, publish, until, waiting
 
 __all__ = ["held"]
 

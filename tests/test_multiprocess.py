@@ -20,15 +20,11 @@ import orjson
 from yarl import URL
 
 from server.app import SWEEPER
-from tests.conftest import START, FakeClock, free_port
+from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, free_port
 from tests.test_routes_subscribe import (
     EARLY,
     HOLD,
     LONG_HOLD,
-    AiohttpClient,
-    AiohttpServer,
-    Client,
-    MakeApp,
     handshake,
     heartbeat,
     messages,

@@ -34,22 +34,18 @@ from server.config import Settings
 from server.context import STORE
 from server.metrics import METRICS, RequestStats
 from server.store import open_redis
-from tests.conftest import START, TEST_SERVER_OPTIONS, FakeClock, free_port, sweeper_of
-from tests.test_routes_subscribe import (
-    LONG_HOLD,
+from tests.conftest import (
+    START,
+    TEST_SERVER_OPTIONS,
     AiohttpClient,
     AiohttpServer,
     Client,
+    FakeClock,
     MakeApp,
-    get,
-    handshake,
-    heartbeat,
-    ok_body,
-    poll,
-    publish,
-    until,
-    waiting,
+    free_port,
+    sweeper_of,
 )
+from tests.test_routes_subscribe import LONG_HOLD, get, handshake, heartbeat, ok_body, poll, publish, until, waiting
 
 ROOT = Path(__file__).resolve().parents[1]
 P = "/v2/presence/sub-key/demo"

@@ -4,26 +4,18 @@ store left exactly as it was (protocol 1.4, 1.5, 7). Also Redis outages and unkn
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from server.app import create_app
 from server.config import Settings
 from server.store import open_redis
-from tests.conftest import TEST_SERVER_OPTIONS, FakeClock
-
-Client = TestClient[web.Request, web.Application]
-AiohttpClient = Callable[..., Awaitable[Client]]
-MakeApp = Callable[..., web.Application]
-AiohttpServer = Callable[..., Awaitable[TestServer]]
-NewClient = Callable[..., Awaitable[Client]]
+from tests.conftest import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock, NewClient
 
 P = "/v2/presence/sub-key/demo"
 CG = "/v1/channel-registration/sub-key/demo/channel-group"

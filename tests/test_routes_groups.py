@@ -7,11 +7,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from yarl import URL
 
-Client = TestClient[web.Request, web.Application]
+from tests.conftest import Client
 
 P = "/v2/presence/sub-key/demo"
 CG = "/v1/channel-registration/sub-key/demo/channel-group"

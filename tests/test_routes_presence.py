@@ -7,25 +7,17 @@ tests also cover what only newer clients send: ``limit``/``offset``, ``ee``, fla
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from server.context import STORE
 from server.store import timetoken_at
-from tests.conftest import START, FakeClock, sweeper_of
-
-Client = TestClient[web.Request, web.Application]
-AiohttpClient = Callable[..., Awaitable[Client]]
-MakeApp = Callable[..., web.Application]
-AiohttpServer = Callable[..., Awaitable[TestServer]]
-NewClient = Callable[..., Awaitable[Client]]
+from tests.conftest import START, Client, FakeClock, NewClient, sweeper_of
 
 P = "/v2/presence/sub-key/demo"
 OK = {"status": 200, "message": "OK", "service": "Presence"}

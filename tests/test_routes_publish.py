@@ -14,13 +14,10 @@ from urllib.parse import quote
 import orjson
 import pytest
 
+from tests.conftest import AiohttpClient, AiohttpServer, Client, MakeApp
 from tests.test_routes_subscribe import (
     HOLD,
     PUB,
-    AiohttpClient,
-    AiohttpServer,
-    Client,
-    MakeApp,
     Reply,
     check_json,
     get,

@@ -14,24 +14,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from server.app import RUNNER_OPTIONS
 from server.context import BUS
-from tests.conftest import START, FakeClock, sweeper_of
-
-Client = TestClient[web.Request, web.Application]
-AiohttpClient = Callable[..., Awaitable[Client]]
-AiohttpServer = Callable[..., Awaitable[TestServer]]
-MakeApp = Callable[..., web.Application]
+from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, sweeper_of
 
 HOLD = 0.2  # seconds a poll with nothing to deliver is held by the `client` fixture's server
 LONG_HOLD = 5.0  # for tests that show an answer came early

@@ -22,22 +22,19 @@ from server.app import create_app
 from server.config import Settings
 from server.context import BUS, STORE
 from server.store import PresenceStore
-from tests.conftest import START, TEST_SERVER_OPTIONS, FakeClock, free_port, sweeper_of
-from tests.test_operations import parse_metrics, server_env, server_process, wait_answering
-from tests.test_routes_subscribe import (
-    EARLY,
+from tests.conftest import (
+    START,
+    TEST_SERVER_OPTIONS,
     AiohttpClient,
     AiohttpServer,
     Client,
+    FakeClock,
     MakeApp,
-    add_to_group,
-    handshake,
-    heartbeat,
-    ok_body,
-    target,
-    until,
-    waiting,
+    free_port,
+    sweeper_of,
 )
+from tests.test_operations import parse_metrics, server_env, server_process, wait_answering
+from tests.test_routes_subscribe import EARLY, add_to_group, handshake, heartbeat, ok_body, target, until, waiting
 
 HOLD = 30.0
 P = "/v2/presence/sub-key/demo"
