@@ -51,10 +51,10 @@ def create_app(
     if sweeper:
         app.cleanup_ctx.append(_sweeper_ctx)
     app.on_shutdown.append(_answer_held_polls)
-    listed = bool(settings.keyset_pairs())
+    pairs = settings.keyset_pairs()
 
     def wrap(handler: Handler, route: str) -> Handler:
-        return instrumented(keyset_checked(handler) if listed else handler, route)
+        return instrumented(keyset_checked(handler, pairs) if pairs else handler, route)
 
     router = Router(app, wrap)
     setup_routes(router)
@@ -127,18 +127,19 @@ async def _answer_held_polls(app: web.Application) -> None:
         app[BUS].close()
 
 
-def keyset_checked(handler: Handler) -> Handler:
-    """With PRESENCE_KEYSETS, only the listed keysets are served, each isolated from the others."""
+def keyset_checked(handler: Handler, pairs: list[tuple[str, str]]) -> Handler:
+    """With PRESENCE_KEYSETS (``pairs``), only the listed keysets are served, each isolated from
+    the others."""
+    listed, subs = set(pairs), {sub for _, sub in pairs}
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        pairs = request.app[SETTINGS].keyset_pairs()
         info = request.match_info
         sub_key, pub_key = info.get("sub_key"), info.get("pub_key")
-        if sub_key is not None and sub_key not in {sub for _, sub in pairs}:
+        if sub_key is not None and sub_key not in subs:
             if pub_key is not None:
                 return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
             raise PubNubError(400, "Invalid Subscribe Key", "Access Manager")
-        if pub_key is not None and (pub_key, sub_key) not in pairs:
+        if pub_key is not None and (pub_key, sub_key) not in listed:
             return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
         return await handler(request)
 

@@ -98,7 +98,6 @@ class Metrics:
                               registry=self.registry)
         self.registry.register(_StoreCounters(store))
         self._sampled_at = float("-inf")
-        self.observe = self.requests.observe
 
     async def sample(self) -> None:
         """Refresh the presence gauges, at most once every few seconds (a few commands per keyset)."""
@@ -144,7 +143,7 @@ def instrumented(handler: Handler, route: str) -> Handler:
         finally:
             metrics = request.app.get(METRICS)
             if metrics is not None:
-                metrics.observe(route, request.method, status, time.perf_counter() - started)
+                metrics.requests.observe(route, request.method, status, time.perf_counter() - started)
 
     return handle
 

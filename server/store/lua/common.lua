@@ -116,17 +116,15 @@ end
 -- the sweeper visits only channels with someone (possibly) due. Heartbeats only lower it; this
 -- puts the exact earliest deadline in place. A channel nobody occupies leaves the index and loses
 -- its state hash too: state of a user who never joined is kept only while the channel has
--- occupants (or until the backstop). Returns true when the channel's entry moved earlier.
+-- occupants (or until the backstop).
 local function refresh_due(channel, occ_key, state_key)
-  local before = redis.call('ZSCORE', DUE_KEY, channel)
   local first = redis.call('ZRANGE', occ_key, 0, 0, 'WITHSCORES')
   if first[2] then
     redis.call('ZADD', DUE_KEY, first[2], channel)
-    return (not before) or tonumber(first[2]) < tonumber(before)
+    return
   end
   redis.call('ZREM', DUE_KEY, channel)
   redis.call('DEL', state_key)
-  return false
 end
 
 -- When the sweeper must next look at this keyset: its earliest deadline or interval, '' for never.
