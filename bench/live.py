@@ -34,6 +34,7 @@ from typing import IO, Any
 import orjson
 import redis
 
+from bench import cpucap
 from bench.presence import (
     ROOT,
     SUB_KEY,
@@ -594,37 +595,45 @@ def run_spent(rcli: redis.Redis, work: Callable[[], list[Load]], idle: Child | N
     return spent
 
 
-def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis, server_a: Child,
-                  port_a: int) -> list[tuple[str, bool]]:
-    cores = os.cpu_count() or 1
+def server_share(opts: Options, cores: int) -> float:
+    """The share of a core each server is held to in the capped runs (1 = no capped runs).
+
+    Two servers, Redis and wrk need about four cores to run side by side without taking CPU from each
+    other; on fewer, each server gets a quarter of the machine, which leaves about half of it for Redis
+    and wrk while both servers run flat out.
+    """
+    if opts.server_cpu is not None:
+        return opts.server_cpu
+    return 1.0 if cores >= 4 else cores / 4
+
+
+def throughput_pairs(opts: Options, rcli: redis.Redis, servers: tuple[Child, Child], ports: tuple[int, int],
+                     tag: str) -> tuple[list[Spent], list[Spent]]:
+    """``opts.repeats`` times: wrk on A alone, then wrk split over A and B, the same connections in all."""
+    (server_a, server_b), (port_a, port_b) = servers, ports
     half = opts.connections // 2
-    say(f"\n== 3. heartbeat throughput, one server process against two on the same Redis (wrk, "
-        f"{opts.connections} connections in all, each run {opts.warmup:g} s warm-up then {opts.seconds:g} s, one "
-        f"then two, {opts.repeats} times; {opts.users} uuids on {opts.channels} channels, all already present)")
-    members = members_of(0, opts.users, None, opts.channels)
-    asyncio.run(with_store(open_redis(url), lambda store: populate_store(store, members, time.time())))
-    server_b, port_b = start_server(children, "server-b", url)
     plan = LoadPlan("wrk", opts.seconds, opts.warmup, opts.connections, opts.users, opts.channels, opts.repeats)
     halves = dataclasses.replace(plan, connections=half)
     ones: list[Spent] = []
     twos: list[Spent] = []
-    try:
-        for repeat in range(opts.repeats):
-            if opts.warmup > 0:
-                drive(plan, port_a, opts.warmup, server_a, None)
-            with py_spy(opts.py_spy if repeat == 0 else None, "one-process", [server_a.proc.pid]):
-                ones.append(run_spent(rcli, lambda: [drive(plan, port_a, opts.seconds, server_a, None)], server_b))
-            say(ones[-1].line(f"one process (wrk -c{opts.connections} on A)"))
-            if opts.warmup > 0:
-                drive_both(halves, [port_a, port_b], [server_a, server_b], opts.warmup)
-            with py_spy(opts.py_spy if repeat == 0 else None, "two-processes",
-                        [server_a.proc.pid, server_b.proc.pid]):
-                twos.append(run_spent(rcli, lambda: drive_both(halves, [port_a, port_b], [server_a, server_b],
-                                                               opts.seconds)))
-            say(twos[-1].line(f"two processes (wrk -c{half} on A, -c{half} on B)"))
-    finally:
-        children.stop(server_b)
+    for repeat in range(opts.repeats):
+        if opts.warmup > 0:
+            drive(plan, port_a, opts.warmup, server_a, None)
+        with py_spy(opts.py_spy if repeat == 0 else None, f"one-process{tag}", [server_a.proc.pid]):
+            ones.append(run_spent(rcli, lambda: [drive(plan, port_a, opts.seconds, server_a, None)], server_b))
+        say(ones[-1].line(f"one process (wrk -c{opts.connections} on A)"))
+        if opts.warmup > 0:
+            drive_both(halves, [port_a, port_b], [server_a, server_b], opts.warmup)
+        with py_spy(opts.py_spy if repeat == 0 else None, f"two-processes{tag}",
+                    [server_a.proc.pid, server_b.proc.pid]):
+            twos.append(run_spent(rcli, lambda: drive_both(halves, [port_a, port_b], [server_a, server_b],
+                                                           opts.seconds)))
+        say(twos[-1].line(f"two processes (wrk -c{half} on A, -c{half} on B)"))
+    return ones, twos
 
+
+def judge_pairs(ones: list[Spent], twos: list[Spent], cores: int) -> tuple[float, bool, bool]:
+    """Prints the ratio of the pairs and what the machine allowed; returns (ratio, passed, saturated)."""
     one_rps = statistics_mean([x.rps for x in ones])
     two_rps = statistics_mean([x.rps for x in twos])
     errors = sum(x.errors for x in ones + twos)
@@ -652,13 +661,51 @@ def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis
         f"~{ceiling / one_rps if one_rps else 0:.2f}). During the two-process runs the machine was busy "
         f"{machine:.2f} of {cores} cores: {ours:.2f} for these processes, {max(0.0, machine - ours):.2f} for other "
         f"work (this bench and py-spy included; load average now {load_average()})")
-    if machine > 0.9 * cores:
+    saturated = machine > 0.9 * cores
+    if saturated:
         say(f"    -> the machine was saturated: two server processes, Redis and wrk (and any other work) shared "
-            f"{cores} cores, so this ratio is bounded by the machine, not by the server; a core per server process "
-            "plus room for Redis and the load generator would show how the server itself scales")
+            f"{cores} cores, so this ratio is bounded by the machine, not by the server")
     else:
-        say(f"    -> the machine had CPU to spare ({cores - machine:.2f} cores idle): the ratio is the server's own")
-    return [("two server processes >= 1.4x one (heartbeats)", ok)]
+        say(f"    -> the machine had CPU to spare ({cores - machine:.2f} cores idle): the ratio is the servers' own")
+    return ratio, ok, saturated
+
+
+def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis, server_a: Child,
+                  port_a: int) -> list[tuple[str, bool]]:
+    cores = os.cpu_count() or 1
+    share = server_share(opts, cores)
+    name = "two server processes >= 1.4x one (heartbeats)"
+    say(f"\n== 3. heartbeat throughput, one server process against two on the same Redis (wrk, "
+        f"{opts.connections} connections in all, each run {opts.warmup:g} s warm-up then {opts.seconds:g} s, one "
+        f"then two, {opts.repeats} times; {opts.users} uuids on {opts.channels} channels, all already present)")
+    members = members_of(0, opts.users, None, opts.channels)
+    asyncio.run(with_store(open_redis(url), lambda store: populate_store(store, members, time.time())))
+    server_b, port_b = start_server(children, "server-b", url)
+    servers, ports = (server_a, server_b), (port_a, port_b)
+    try:
+        say("  3a. each server may use a whole core")
+        _, ok, saturated = judge_pairs(*throughput_pairs(opts, rcli, servers, ports, ""), cores)
+        if share >= 1:
+            return [(name, ok)]
+        say(f"\n  3b. each server held to {share:g} of a core (a cgroup CPU quota), in the one-process runs and "
+            f"the two-process runs alike, so that two servers, Redis and wrk fit in {cores} cores: the ratio then "
+            "shows how the servers scale on one Redis, not how much CPU 3a left over")
+        try:
+            with cpucap.capped([server_a.proc.pid, server_b.proc.pid], share):
+                ones, twos = throughput_pairs(opts, rcli, servers, ports, "-capped")
+        except cpucap.CapUnavailable as error:
+            say(f"  !! no capped runs: {error}. Run as root (or in a delegated cgroup) for them; the verdict is "
+                f"3a's{', which the machine bounded' if saturated else ''}")
+            return [(name, ok)]
+        for spent in ones + twos:
+            for load in spent.loads:
+                if load.target_cpu > 1.05 * share * load.seconds:
+                    say(f"  !! a server used {load.target_cpu / load.seconds:.2f} of a core, over its quota")
+        _, capped_ok, _ = judge_pairs(ones, twos, cores)
+        say(f"  verdict from 3b: 3a {'was bounded by the machine' if saturated else 'is printed beside it'}")
+        return [(f"{name}, each held to {share:g} of a core", capped_ok)]
+    finally:
+        children.stop(server_b)
 
 
 # -- a look inside the server -----------------------------------------------------------------------
@@ -740,6 +787,7 @@ class Options:
     phases: list[str]
     redis_server: str
     py_spy: Path | None
+    server_cpu: float | None
 
 
 PHASES = ("fanout", "presence", "processes")
@@ -756,7 +804,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--seconds", type=float, default=10.0, help="each throughput run (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured run before each (default 2)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections in all (default 64)")
-    parser.add_argument("--repeats", type=int, default=2, help="one-then-two throughput pairs (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="one-then-two throughput pairs (default 3)")
+    parser.add_argument("--server-cpu", type=float, metavar="SHARE",
+                        help="share of a core each server gets in the capped throughput runs (default: a quarter "
+                             "of the machine's cores below 4 cores, else no capped runs; 1 = none)")
     parser.add_argument("--users", type=int, default=10_000, help="uuids heartbeating (default 10000)")
     parser.add_argument("--channels", type=int, default=4, help="channels they heartbeat (default 4)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
@@ -770,9 +821,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     if min(args.subscribers, args.generators, args.rounds, args.samples, args.repeats) < 1 or args.connections < 2:
         parser.error("--subscribers, --generators, --rounds, --samples and --repeats must be positive, "
                      "--connections at least 2")
+    if args.server_cpu is not None and args.server_cpu <= 0:
+        parser.error("--server-cpu must be positive")
     return Options(args.subscribers, args.generators, args.rounds, args.spacing, args.hold, args.samples,
                    args.seconds, args.warmup, args.connections, args.repeats, args.users, args.channels, phases,
-                   args.redis_server, args.py_spy)
+                   args.redis_server, args.py_spy, args.server_cpu)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
