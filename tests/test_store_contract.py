@@ -488,3 +488,14 @@ async def test_scripts_flushed_from_redis_are_loaded_again(store: PresenceStore)
     joins = await asyncio.gather(*(store.heartbeat(SUB, f"u{i}", ["a"], now=T) for i in range(2, 6)))
     assert joins == [1, 1, 1, 1]
     assert await occupants(store, "a", T) == ["u1", "u2", "u3", "u4", "u5"]
+
+
+# -- load ------------------------------------------------------------------------------------------
+
+
+async def test_more_calls_in_flight_than_connections_wait_for_one(store: PresenceStore) -> None:
+    # open_redis keeps at most 100 connections; past that a call waits for one. On the embedded
+    # engine a burst of handshakes once failed with "Too many connections" instead.
+    cursors = await asyncio.gather(*(store.cursor(SUB, now=T) for _ in range(300)))
+    assert len(cursors) == 300
+    assert all(cursor.isdigit() for cursor in cursors)
