@@ -120,7 +120,7 @@ async def subscribe(request: web.Request) -> web.Response:
             # the bus made that read for every poll woken by one publish, or the poll makes it.
             marker = store.read_marker() if waiter.marker is None else waiter.marker
             waiter.marker = None
-            waiter.event.clear()
+            waiter.clear()
             result = waiter.take_result()
             if result is None:
                 result = await store.read(sub_key, subscription, cursor, limit=PAGE, fresh_after=marker)

@@ -27,14 +27,15 @@ GROUP_CHANGED = "\x00group:"
 
 
 class Waiter:
-    """One waiting poll: the names it reads, the wildcard prefixes it matches, and its event."""
+    """One waiting poll: the names it reads, the wildcard prefixes it matches, and whether it was woken."""
 
     def __init__(self, bus: WakeBus, sub_key: str) -> None:
         self._bus = bus
         self.sub_key = sub_key
         self.names: frozenset[str] = frozenset()
         self.prefixes: tuple[str, ...] = ()
-        self.event = asyncio.Event()
+        self.woken = False  # set by a wake-up, cleared by the poll before it reads again
+        self._future: asyncio.Future[bool] | None = None  # while the poll waits
         self.marker: int | None = None  # the store's read marker when a wake-up set the event
         # What the poll will read once woken: waiters with equal keys are read for once, by the
         # bus, before they are woken (see WakeBus.notify); the result waits in ``result``.
@@ -45,7 +46,17 @@ class Waiter:
     def wake(self, marker: int, result: Any = None) -> None:
         self.marker = marker
         self.result = result
-        self.event.set()
+        self.signal()
+
+    def signal(self) -> None:
+        """Woken: a wait under way returns True now, the next one at once."""
+        self.woken = True
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(True)
+
+    def clear(self) -> None:
+        self.woken = False
 
     def read_ahead(self, key: Hashable, reader: Callable[[int], Awaitable[Any]]) -> None:
         """Let the bus do this poll's next read when it wakes it: ``reader(marker)`` must read
@@ -64,15 +75,23 @@ class Waiter:
         self._bus._register(self)
 
     async def wait(self, seconds: float) -> bool:
-        """Wait until woken or ``seconds`` pass; True when woken."""
+        """Wait until woken or ``seconds`` pass; True when woken.
+
+        A bare future and one timer: neither wait_for (a task of its own before Python 3.12) nor an
+        Event under asyncio.timeout (a context object, a deque and a future), paid by each of the
+        thousands of polls one publish wakes.
+        """
+        if self.woken:
+            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._future = future
+        expiry = loop.call_later(seconds, _expire, future)
         try:
-            # Not wait_for: before Python 3.12 it runs the wait in a task of its own, one more
-            # task step for each of thousands of polls woken by one publish.
-            async with asyncio.timeout(seconds):
-                await self.event.wait()
-        except TimeoutError:
-            return False
-        return True
+            return await future
+        finally:
+            expiry.cancel()
+            self._future = None
 
     def __enter__(self) -> Waiter:
         return self
@@ -81,6 +100,11 @@ class Waiter:
                  tb: TracebackType | None) -> None:
         # Runs on cancellation too (client went away): the poll's registration goes with it.
         self._bus._unregister(self)
+
+
+def _expire(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
 
 
 class WakeBus:
@@ -123,7 +147,7 @@ class WakeBus:
                 woken.update(waiter for waiter in prefixed if any(base.startswith(p) for p in waiter.prefixes))
         groups: dict[Hashable, list[Waiter]] = {}
         for waiter in woken:
-            if waiter.event.is_set() or waiter.read_key is None or waiter.reader is None:
+            if waiter.woken or waiter.read_key is None or waiter.reader is None:
                 # Woken already and not yet read: it now reads for itself, after this marker, and
                 # so sees both entries (a result waiting for it might lack the newer one).
                 waiter.wake(marker)
@@ -156,10 +180,10 @@ class WakeBus:
     def wake_all(self) -> None:
         for waiters in self._by_name.values():
             for waiter in waiters:
-                waiter.event.set()
+                waiter.signal()
         for waiters in self._by_prefix.values():
             for waiter in waiters:
-                waiter.event.set()
+                waiter.signal()
 
     async def announce_clock(self, offset: float) -> None:
         """Tell every process the admin clock's new offset."""
