@@ -36,7 +36,7 @@ class Waiter:
         self.prefixes: tuple[str, ...] = ()
         self.woken = False  # set by a wake-up, cleared by the poll before it reads again
         self._future: asyncio.Future[bool] | None = None  # while the poll waits
-        self.marker: int | None = None  # the store's read marker when a wake-up set the event
+        self.marker: int | None = None  # the store's read marker when a wake-up came
         # What the poll will read once woken: waiters with equal keys are read for once, by the
         # bus, before they are woken (see WakeBus.notify); the result waits in ``result``.
         self.read_key: Hashable | None = None
