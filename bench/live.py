@@ -632,8 +632,8 @@ def throughput_pairs(opts: Options, rcli: redis.Redis, servers: tuple[Child, Chi
     return ones, twos
 
 
-def judge_pairs(ones: list[Spent], twos: list[Spent], cores: int) -> tuple[float, bool, bool]:
-    """Prints the ratio of the pairs and what the machine allowed; returns (ratio, passed, saturated)."""
+def judge_pairs(ones: list[Spent], twos: list[Spent], cores: int) -> tuple[bool, bool]:
+    """Prints the ratio of the pairs and what the machine allowed; returns (passed, saturated)."""
     one_rps = statistics_mean([x.rps for x in ones])
     two_rps = statistics_mean([x.rps for x in twos])
     errors = sum(x.errors for x in ones + twos)
@@ -667,7 +667,7 @@ def judge_pairs(ones: list[Spent], twos: list[Spent], cores: int) -> tuple[float
             f"{cores} cores, so this ratio is bounded by the machine, not by the server")
     else:
         say(f"    -> the machine had CPU to spare ({cores - machine:.2f} cores idle): the ratio is the servers' own")
-    return ratio, ok, saturated
+    return ok, saturated
 
 
 def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis, server_a: Child,
@@ -684,7 +684,7 @@ def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis
     servers, ports = (server_a, server_b), (port_a, port_b)
     try:
         say("  3a. each server may use a whole core")
-        _, ok, saturated = judge_pairs(*throughput_pairs(opts, rcli, servers, ports, ""), cores)
+        ok, saturated = judge_pairs(*throughput_pairs(opts, rcli, servers, ports, ""), cores)
         if share >= 1:
             return [(name, ok)]
         say(f"\n  3b. each server held to {share:g} of a core (a cgroup CPU quota), in the one-process runs and "
@@ -701,7 +701,7 @@ def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis
             for load in spent.loads:
                 if load.target_cpu > 1.05 * share * load.seconds:
                     say(f"  !! a server used {load.target_cpu / load.seconds:.2f} of a core, over its quota")
-        _, capped_ok, _ = judge_pairs(ones, twos, cores)
+        capped_ok, _ = judge_pairs(ones, twos, cores)
         say(f"  verdict from 3b: 3a {'was bounded by the machine' if saturated else 'is printed beside it'}")
         return [(f"{name}, each held to {share:g} of a core", capped_ok)]
     finally:

@@ -81,7 +81,7 @@ async def subscribe(request: web.Request) -> web.Response:
     timeout = None if timeout is None else settings.clamp_timeout(timeout)
     # A poll that says what the last one said (JS repeats its state on every poll) need not run
     # the heartbeat script again within the memo's window.
-    memo_key = (sub_key, uuid, *map(tuple, present_on), timeout, tuple(sorted(states.items())))
+    memo_key = (sub_key, uuid, *present_on, timeout, tuple(sorted(states.items())))
 
     if cursor == "0":
         # Handshake: the cursor is taken before the join, so the subscriber's own join comes after it.
