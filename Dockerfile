@@ -20,7 +20,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Only what the wheel is made of: the package metadata (pyproject.toml names README.md) and the package.
 COPY pyproject.toml README.md ./
-COPY server ./server
+COPY presence_server ./presence_server
 # Our wheel and a wheel of every runtime dependency (no test extras) land in /wheels.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -62,7 +62,7 @@ from bench.presence import (
     workspace,
 )
 from bench.rawhttp import HttpClient, connect, raise_fd_limit
-from server.store import open_redis
+from presence_server.store import open_redis
 
 # Targets of issue 3.
 FANOUT_P99_MS = 250.0
@@ -755,7 +755,7 @@ def print_profile(path: Path, pid: int, seconds: float, top: int = 10) -> None:
         frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
         own[frames[-1]] += int(weight)
         for frame in set(frames):
-            if "(server/" in frame and "(server/cli.py)" not in frame and "(server/__main__.py)" not in frame:
+            if "(presence_server/" in frame and "(presence_server/cli.py)" not in frame and "(presence_server/__main__.py)" not in frame:
                 inclusive[frame] += int(weight)
         samples += int(weight)
     say(f"  py-spy, pid {pid}, {seconds:.1f} s: {samples} busy samples at 100 Hz = ~{samples / max(1, seconds):.0f} % "

@@ -37,12 +37,12 @@ from aiohttp import web
 from redis.asyncio.connection import Connection
 from redis.utils import HIREDIS_AVAILABLE
 
-import server
-from server.app import create_app
-from server.config import Settings
-from server.context import STORE
-from server.store import PresenceStore, open_redis
-from server.store.keys import keysets_due
+import presence_server
+from presence_server.app import create_app
+from presence_server.config import Settings
+from presence_server.context import STORE
+from presence_server.store import PresenceStore, open_redis
+from presence_server.store.keys import keysets_due
 
 T = TypeVar("T")
 
@@ -187,7 +187,7 @@ def start_redis(children: Children, binary: str) -> tuple[Child, int, redis.Redi
 def start_server(children: Children, name: str, redis_url: str) -> tuple[Child, int]:
     port = free_port()
     env = dict(os.environ, PRESENCE_KEY_PREFIX=PREFIX, PRESENCE_HOST="127.0.0.1")
-    child = children.start(name, [sys.executable, "-m", "server", "--port", str(port), "--redis-url", redis_url],
+    child = children.start(name, [sys.executable, "-m", "presence_server", "--port", str(port), "--redis-url", redis_url],
                            env=env)
     wait_http(child, port)
     return child, port
@@ -815,7 +815,7 @@ def describe_machine(generator: str) -> None:
     parser = "hiredis" if HIREDIS_AVAILABLE else "pure Python (no hiredis)"
     say(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
         f"aiohttp {aiohttp.__version__}, redis-py {redis.__version__} with the {parser} reply parser")
-    say(f"server code: {Path(server.__file__).parent} (git {revision}); generator: {version or generator}")
+    say(f"server code: {Path(presence_server.__file__).parent} (git {revision}); generator: {version or generator}")
     say(f"load average before the run: {load_average()} (other work on the machine skews every figure)")
 
 

@@ -12,7 +12,7 @@ import pytest
 from pubnub.pnconfiguration import PNConfiguration
 from pubnub.pubnub_asyncio import PubNubAsyncio
 
-from server.pytest_plugin import PresenceServer
+from presence_server.pytest_plugin import PresenceServer
 
 
 def client(server: PresenceServer, user: str) -> PubNubAsyncio:

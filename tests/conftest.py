@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import RUNNER_OPTIONS, SWEEPER, create_app
-from server.config import Settings
-from server.store import PresenceStore, open_redis
-from server.sweeper import Sweeper
+from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
+from presence_server.config import Settings
+from presence_server.store import PresenceStore, open_redis
+from presence_server.sweeper import Sweeper
 
 # The types of aiohttp's test fixtures, as the test modules annotate them.
 Client = TestClient[web.Request, web.Application]

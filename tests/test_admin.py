@@ -1,6 +1,6 @@
 """The admin API for use as a test double (PRESENCE_ADMIN=1): clock advance, keyset reset, snapshot.
 
-Apps here get a ``server.clock.Clock`` built on the test's FakeClock, as the admin API needs: the
+Apps here get a ``presence_server.clock.Clock`` built on the test's FakeClock, as the admin API needs: the
 FakeClock is the wall clock, the admin API moves the offset on top of it, so no test waits for time.
 """
 
@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from server.app import create_app
-from server.clock import Clock
-from server.config import Settings
-from server.context import STORE
-from server.store import PresenceStore, open_redis
+from presence_server.app import create_app
+from presence_server.clock import Clock
+from presence_server.config import Settings
+from presence_server.context import STORE
+from presence_server.store import PresenceStore, open_redis
 from tests.conftest import (
     START,
     TEST_SERVER_OPTIONS,

@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.app import RUNNER_OPTIONS, create_app
-from server.config import Settings
-from server.store import open_redis
+from presence_server.app import RUNNER_OPTIONS, create_app
+from presence_server.config import Settings
+from presence_server.store import open_redis
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def check_final_stage_installs_only_wheels_without_cache(text: str) -> None:
         assert "--no-index" in command and "/wheels" in command, f"not an install of the built wheels: {command}"
         assert "/opt/venv" in command, f"not an install into the venv: {command}"
     copied = " ".join(ins.args for ins in only(stage, "COPY") + only(stage, "ADD"))
-    assert "server" not in copied and "pyproject" not in copied, "the final stage copies the source tree"
+    assert "presence_server" not in copied and "pyproject" not in copied, "the final stage copies the source tree"
     runs = " ".join(ins.args for ins in only(stage, "RUN"))
     for tool in ("apt-get", "gcc", "build-essential"):
         assert tool not in runs, f"the final stage installs build tools ({tool})"
@@ -393,7 +393,7 @@ MUTANTS: list[tuple[str, Callable[[str], None], str]] = [
      replace(DOCKERFILE, "PIP_NO_CACHE_DIR=1", "PIP_NO_CACHE_DIR=")),
     ("from the index", check_final_stage_installs_only_wheels_without_cache, replace(DOCKERFILE, "--no-index ", "")),
     ("source copied", check_final_stage_installs_only_wheels_without_cache,
-     replace(DOCKERFILE, "\nEXPOSE", "\nCOPY server /app/server\nEXPOSE")),
+     replace(DOCKERFILE, "\nEXPOSE", "\nCOPY presence_server /app/presence_server\nEXPOSE")),
     ("build tools", check_final_stage_installs_only_wheels_without_cache,
      replace(DOCKERFILE, "\nUSER", "\nRUN apt-get install -y --no-install-recommends gcc\nUSER")),
     ("no USER", check_final_stage_runs_as_non_root, drop_instruction(DOCKERFILE, "USER")),
@@ -423,7 +423,7 @@ MUTANTS: list[tuple[str, Callable[[str], None], str]] = [
     ("node_modules kept", check_dockerignore, replace(DOCKERIGNORE, "\n**/node_modules\n", "\n")),
     ("caches kept", check_dockerignore, replace(DOCKERIGNORE, "\n**/__pycache__\n", "\n")),
     ("tests re-included", check_dockerignore, DOCKERIGNORE + "!tests\n"),
-    ("server dropped", check_dockerignore, DOCKERIGNORE + "server\n"),
+    ("server dropped", check_dockerignore, DOCKERIGNORE + "presence_server\n"),
     ("README dropped", check_dockerignore, DOCKERIGNORE + "*.md\n"),
     ("redis 6", check_redis_service, replace(COMPOSE, "    image: redis:7\n", "    image: redis:6\n")),
     ("no redis", check_redis_service, remove_yaml_block(COMPOSE, "  redis:")),

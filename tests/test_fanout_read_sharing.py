@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.context import STORE
+from presence_server.context import STORE
 from tests.conftest import Client
 from tests.test_routes_subscribe import handshake, held, messages, poll, publish, until, waiting
 

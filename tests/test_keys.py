@@ -10,9 +10,9 @@ import pytest
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 
-from server.store import PresenceStore
-from server.store.keys import KeysetKeys
-from server.store.subscription import Subscription
+from presence_server.store import PresenceStore
+from presence_server.store.keys import KeysetKeys
+from presence_server.store.subscription import Subscription
 from tests.conftest import START
 
 # Names that try to break hash tags: braces anywhere, the escape character, separators, unicode.

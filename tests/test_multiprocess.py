@@ -2,7 +2,7 @@
 
 First as two apps in this process sharing one Redis client, key prefix and FakeClock (so presence
 time is injected and both sweepers can run at the same instant); then as two real server processes
-(`python -m server`) on the real redis-server, which is what a deployment runs.
+(`python -m presence_server`) on the real redis-server, which is what a deployment runs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from server.app import SWEEPER
+from presence_server.app import SWEEPER
 from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, free_port
 from tests.test_routes_subscribe import (
     EARLY,
@@ -192,12 +192,12 @@ async def test_each_timeout_and_each_interval_event_is_delivered_once(
 
 @contextlib.asynccontextmanager
 async def server_process(redis_url: str, prefix: str, log: Path) -> AsyncIterator[str]:
-    """``python -m server`` on a free port; yields its base URL once /health answers."""
+    """``python -m presence_server`` on a free port; yields its base URL once /health answers."""
     port = free_port()
     env = {**os.environ, "PRESENCE_KEY_PREFIX": prefix, "PRESENCE_LONGPOLL_HOLD": "2"}
     with log.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", "--port", str(port), "--redis-url", redis_url,
+            sys.executable, "-m", "presence_server", "--port", str(port), "--redis-url", redis_url,
             cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
         )
         try:

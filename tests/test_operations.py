@@ -1,7 +1,7 @@
 """Operating the server: /metrics, /health and /ready, the keyset allow-list, settings and logs.
 
 Metrics are read the way Prometheus reads them (the text format, parsed by prometheus-client's own
-parser). Settings and logs are checked on real ``python -m server`` processes, since what matters
+parser). Settings and logs are checked on real ``python -m presence_server`` processes, since what matters
 there is what an operator sees: the exit code and the lines on stderr.
 """
 
@@ -29,11 +29,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app
-from server.config import Settings
-from server.context import STORE
-from server.metrics import METRICS, RequestStats
-from server.store import open_redis
+from presence_server.app import create_app
+from presence_server.config import Settings
+from presence_server.context import STORE
+from presence_server.metrics import METRICS, RequestStats
+from presence_server.store import open_redis
 from tests.conftest import (
     START,
     TEST_SERVER_OPTIONS,
@@ -450,9 +450,9 @@ def server_env(**variables: str) -> dict[str, str]:
 
 
 def run_server(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m server`` expected to stop at once; a server that starts instead fails the test."""
+    """``python -m presence_server`` expected to stop at once; a server that starts instead fails the test."""
     try:
-        return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, env=dict(env), capture_output=True,
+        return subprocess.run([sys.executable, "-m", "presence_server", *args], cwd=ROOT, env=dict(env), capture_output=True,
                               text=True, timeout=20, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"the server started instead of refusing its settings: {exc.stderr!r}") from None
@@ -527,15 +527,15 @@ def test_the_settings_summary_never_contains_the_redis_password(url: str) -> Non
 @contextlib.asynccontextmanager
 async def server_process(env: Mapping[str, str], stderr: int | Path = subprocess.PIPE,
                          ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m server`` as an operator runs it; terminated (SIGTERM) when the block ends."""
+    """``python -m presence_server`` as an operator runs it; terminated (SIGTERM) when the block ends."""
     if isinstance(stderr, Path):
         with stderr.open("wb") as sink:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "server", cwd=ROOT, env=dict(env),
+                sys.executable, "-m", "presence_server", cwd=ROOT, env=dict(env),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=sink)
     else:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", cwd=ROOT, env=dict(env),
+            sys.executable, "-m", "presence_server", cwd=ROOT, env=dict(env),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
     try:
         yield proc
@@ -591,7 +591,7 @@ async def test_text_log_format_is_plain_lines_without_access_lines_by_default() 
     async with server_process(env) as proc:
         assert proc.stderr is not None
         first = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
-        assert " INFO server: starting on 127.0.0.1:" in first
+        assert " INFO presence_server: starting on 127.0.0.1:" in first
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(first)
         await wait_answering(f"http://127.0.0.1:{port}", "/time/0", 200, proc)
@@ -599,7 +599,7 @@ async def test_text_log_format_is_plain_lines_without_access_lines_by_default() 
         rest = (await asyncio.wait_for(proc.stderr.read(), 20)).decode()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert "/time/0" not in rest and "aiohttp.access" not in rest, rest
-    assert rest.rstrip().endswith("INFO server: stopped"), rest
+    assert rest.rstrip().endswith("INFO presence_server: stopped"), rest
 
 
 async def test_logs_of_a_server_whose_redis_has_a_password_never_show_it(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from server.store import PresenceStore
-from server.store.keys import keysets_due
+from presence_server.store import PresenceStore
+from presence_server.store.keys import keysets_due
 from tests.conftest import START
 
 

@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 from yarl import URL
 
-from server.app import create_app
-from server.config import Settings
-from server.store import open_redis
+from presence_server.app import create_app
+from presence_server.config import Settings
+from presence_server.store import open_redis
 from tests.conftest import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock, NewClient
 
 P = "/v2/presence/sub-key/demo"

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from yarl import URL
 
-from server.context import STORE
-from server.store import timetoken_at
+from presence_server.context import STORE
+from presence_server.store import timetoken_at
 from tests.conftest import START, Client, FakeClock, NewClient, sweeper_of
 
 P = "/v2/presence/sub-key/demo"

@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from server.app import RUNNER_OPTIONS
-from server.context import BUS
+from presence_server.app import RUNNER_OPTIONS
+from presence_server.context import BUS
 from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, sweeper_of
 
 HOLD = 0.2  # seconds a poll with nothing to deliver is held by the `client` fixture's server

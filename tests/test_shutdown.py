@@ -18,10 +18,10 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
-from server.app import create_app
-from server.config import Settings
-from server.context import BUS, STORE
-from server.store import PresenceStore
+from presence_server.app import create_app
+from presence_server.config import Settings
+from presence_server.context import BUS, STORE
+from presence_server.store import PresenceStore
 from tests.conftest import (
     START,
     TEST_SERVER_OPTIONS,

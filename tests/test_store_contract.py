@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from server.store import GroupCapExceeded, LogEntry, PresenceStore, timetoken_at
+from presence_server.store import GroupCapExceeded, LogEntry, PresenceStore, timetoken_at
 from tests.conftest import START
 
 SUB = "demo"

@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server.store import PresenceStore, open_redis
-from server.store.keys import keysets_due
-from server.sweeper import Sweeper
+from presence_server.store import PresenceStore, open_redis
+from presence_server.store.keys import keysets_due
+from presence_server.sweeper import Sweeper
 from tests.conftest import START, FakeClock
 
 SUB = "demo"
@@ -282,7 +282,7 @@ async def test_run_loop_survives_a_failing_store_and_cancels_cleanly(caplog: pyt
         return T
 
     sweeper = Sweeper(store, clock, interval=0.001)
-    caplog.set_level(logging.INFO, logger="server.sweeper")
+    caplog.set_level(logging.INFO, logger="presence_server.sweeper")
     task = asyncio.create_task(sweeper.run())
     try:
         # A guard against a hang, not a way to let time pass: the loop sets the event itself.
@@ -296,5 +296,5 @@ async def test_run_loop_survives_a_failing_store_and_cancels_cleanly(caplog: pyt
 
     assert task.cancelled()
     assert sweeper.sweeps == 0
-    warnings = [r for r in caplog.records if r.name == "server.sweeper" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "presence_server.sweeper" and r.levelno == logging.WARNING]
     assert len(warnings) == 1  # logged when it starts failing, not at every retry

@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server.app import RUNNER_OPTIONS, SWEEPER, create_app
-from server.config import Settings
-from server.context import STORE
-from server.store import PresenceStore
+from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
+from presence_server.config import Settings
+from presence_server.context import STORE
+from presence_server.store import PresenceStore
 from tests.conftest import FakeClock
 
 # Long-polls are held this long (real seconds) by live servers unless a test says otherwise, so

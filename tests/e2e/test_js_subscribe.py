@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from server.context import BUS, SETTINGS
+from presence_server.context import BUS, SETTINGS
 from tests.e2e.conftest import LiveServer
 from tests.e2e.test_js_sdk import JS_DIR, node  # noqa: F401  (the session fixture that checks pubnub 7.3.3)
 

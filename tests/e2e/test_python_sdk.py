@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pubnub.enums import PNStatusCategory
 
-from server.context import STORE
+from presence_server.context import STORE
 from tests.e2e.conftest import LiveServer
 from tests.e2e.pysdk import SUB_KEY, Clients, leave, ok, refused
 

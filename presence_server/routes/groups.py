@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.context import SETTINGS, STORE
-from server.http import CHANNEL_REGISTRY, PubNubError, bad_request, json_response
-from server.params import path_name, query_names
-from server.store import GroupCapExceeded
+from presence_server.context import SETTINGS, STORE
+from presence_server.http import CHANNEL_REGISTRY, PubNubError, bad_request, json_response
+from presence_server.params import path_name, query_names
+from presence_server.store import GroupCapExceeded
 
 # PubNub's documented limits: 200 channels per add call, 2,000 channels per group.
 MAX_CHANNELS_PER_CALL = 200

@@ -8,11 +8,11 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import web
 
-from server.context import CLOCK, SETTINGS, STORE
-from server.http import PubNubError, bad_request, json_response
-from server.params import dump_json, path_name, query_flag, query_json_object, query_value, raw_path_value
-from server.store import timetoken_at
-from server.store.subscription import is_presence_name, is_wildcard
+from presence_server.context import CLOCK, SETTINGS, STORE
+from presence_server.http import PubNubError, bad_request, json_response
+from presence_server.params import dump_json, path_name, query_flag, query_json_object, query_value, raw_path_value
+from presence_server.store import timetoken_at
+from presence_server.store.subscription import is_presence_name, is_wildcard
 
 MAX_MESSAGE = 32 * 1024
 SIGNAL = 1

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server.context import BUS, CLOCK, SETTINGS, STORE
-from server.http import bad_request, raw_json_response
-from server.params import (
+from presence_server.context import BUS, CLOCK, SETTINGS, STORE
+from presence_server.http import bad_request, raw_json_response
+from presence_server.params import (
     path_name,
     path_names,
     query_json_object,
@@ -21,10 +21,10 @@ from server.params import (
     query_uuid,
     query_value,
 )
-from server.routes.presence import heartbeat_states
-from server.store import Delivery, timetoken_at
-from server.store.bus import GROUP_CHANGED
-from server.store.subscription import is_wildcard, split_presence, subscription_of
+from presence_server.routes.presence import heartbeat_states
+from presence_server.store import Delivery, timetoken_at
+from presence_server.store.bus import GROUP_CHANGED
+from presence_server.store.subscription import is_wildcard, split_presence, subscription_of
 
 REGION = 1  # t.r must be a non-zero integer: JS stops subscribing on 0 (protocol 2.2.2).
 MAX_NAMES = 500

@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from server.store.subscription import split_presence
+from presence_server.store.subscription import split_presence
 
-log = logging.getLogger("server.bus")
+log = logging.getLogger("presence_server.bus")
 
 GROUP_CHANGED = "\x00group:"
 

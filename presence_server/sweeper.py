@@ -10,9 +10,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from server.store import PresenceStore
+from presence_server.store import PresenceStore
 
-log = logging.getLogger("server.sweeper")
+log = logging.getLogger("presence_server.sweeper")
 
 MAX_BACKOFF = 30.0
 RECONCILE_EVERY = 60  # sweeps between repairs of the global due index (PresenceStore.reconcile)

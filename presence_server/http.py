@@ -11,7 +11,7 @@ import orjson
 import redis.exceptions
 from aiohttp import hdrs, web
 
-log = logging.getLogger("server")
+log = logging.getLogger("presence_server")
 
 # What the real service sends; both SDKs require "json" or "javascript" in it (protocol 1.4).
 CONTENT_TYPE = 'text/javascript; charset="UTF-8"'
@@ -21,6 +21,14 @@ CHANNEL_REGISTRY = "channel-registry"
 
 # Called once for each request that failed because Redis could not be reached (metrics count them).
 ON_REDIS_ERROR: web.AppKey[Callable[[], None]] = web.AppKey("on_redis_error")
+
+# Server options every way of running the app uses: held long-polls are cancelled when their client
+# goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, protocol 8).
+# A GET publish carries its message in the path: 32 KiB of JSON, percent-encoded, exceeds aiohttp's
+# 8 KiB request line; a longer line would get aiohttp's plain-text 400 instead of our JSON 413.
+RUNNER_OPTIONS: dict[str, object] = {
+    "handler_cancellation": True, "auto_decompress": False, "max_line_size": 128 * 1024,
+}
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
 

@@ -6,10 +6,10 @@ import ipaddress
 
 from aiohttp import web
 
-from server.context import BUS, CLOCK, SETTINGS, STORE
-from server.http import PubNubError, json_response
-from server.params import path_name, query_seconds
-from server.routes.subscribe import REFRESH_MEMO
+from presence_server.context import BUS, CLOCK, SETTINGS, STORE
+from presence_server.http import PubNubError, json_response
+from presence_server.params import path_name, query_seconds
+from presence_server.routes.subscribe import REFRESH_MEMO
 
 ADMIN = "Admin"
 def _is_loopback(remote: str | None) -> bool:

@@ -1,13 +1,13 @@
-from server.store.bus import WakeBus
-from server.store.connect import open_redis
-from server.store.store import (
+from presence_server.store.bus import WakeBus
+from presence_server.store.connect import open_redis
+from presence_server.store.store import (
     GroupCapExceeded,
     HereNowChannel,
     LogEntry,
     PresenceStore,
     timetoken_at,
 )
-from server.store.subscription import Delivery, Source, Subscription
+from presence_server.store.subscription import Delivery, Source, Subscription
 
 __all__ = [
     "Delivery",

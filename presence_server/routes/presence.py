@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from server.context import CLOCK, SETTINGS, STORE
-from server.http import bad_request, ok
-from server.params import (
+from presence_server.context import CLOCK, SETTINGS, STORE
+from presence_server.http import bad_request, ok
+from presence_server.params import (
     dump_json,
     path_name,
     path_names,
@@ -20,7 +20,7 @@ from server.params import (
     query_seconds,
     query_uuid,
 )
-from server.store import HereNowChannel
+from presence_server.store import HereNowChannel
 
 MAX_PAGE = 1000
 

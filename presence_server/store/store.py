@@ -14,10 +14,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from server.store.batch import ScriptBatcher
-from server.store.bus import GROUP_CHANGED
-from server.store.keys import KeysetKeys, clock_offset, keysets_due, keysets_known, wake_channel
-from server.store.subscription import Delivery, ReadResult, Resolved, Subscription, is_presence_name
+from presence_server.store.batch import ScriptBatcher
+from presence_server.store.bus import GROUP_CHANGED
+from presence_server.store.keys import KeysetKeys, clock_offset, keysets_due, keysets_known, wake_channel
+from presence_server.store.subscription import Delivery, ReadResult, Resolved, Subscription, is_presence_name
 
 
 class GroupCapExceeded(Exception):
@@ -84,7 +84,7 @@ def timetoken_at(now: float) -> str:
 
 
 def _load_script(redis: aioredis.Redis, name: str, *, with_common: bool) -> AsyncScript:
-    lua = resources.files("server.store") / "lua"
+    lua = resources.files("presence_server.store") / "lua"
     body = (lua / f"{name}.lua").read_text()
     if with_common:
         body = (lua / "common.lua").read_text() + "\n" + body

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
-from server.app import RUNNER_OPTIONS, SWEEPER, create_app
-from server.clock import Clock
-from server.config import Settings
-from server.context import STORE
+from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
+from presence_server.clock import Clock
+from presence_server.config import Settings
+from presence_server.context import STORE
 
 T = TypeVar("T")
 

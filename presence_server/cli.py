@@ -9,11 +9,11 @@ import sys
 
 from aiohttp import web
 
-from server.app import RUNNER_OPTIONS, create_app
-from server.config import Settings, SettingsError
-from server.logs import setup_logging
+from presence_server.app import RUNNER_OPTIONS, create_app
+from presence_server.config import Settings, SettingsError
+from presence_server.logs import setup_logging
 
-log = logging.getLogger("server")
+log = logging.getLogger("presence_server")
 
 # Allocations between two collections of the youngest generation (Python's default is 700).
 GC_YOUNG_THRESHOLD = 20_000

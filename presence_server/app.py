@@ -11,27 +11,23 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from server.clock import Clock
-from server.config import Settings
-from server.context import BUS, CLOCK, SETTINGS, STORE
-from server.http import ON_REDIS_ERROR, PubNubError, json_response
-from server.metrics import METRICS, Metrics, instrumented
-from server.routes import Router, setup_admin_routes, setup_routes
-from server.routes.subscribe import REFRESH_MEMO, RefreshMemo
-from server.store import PresenceStore, WakeBus, open_redis, timetoken_at
-from server.sweeper import Sweeper
+from presence_server.clock import Clock
+from presence_server.config import Settings
+from presence_server.context import BUS, CLOCK, SETTINGS, STORE
+from presence_server.http import ON_REDIS_ERROR, RUNNER_OPTIONS
+from presence_server.keysets import keyset_checked
+from presence_server.metrics import METRICS, Metrics, instrumented
+from presence_server.routes import Router, setup_admin_routes, setup_routes
+from presence_server.routes.subscribe import REFRESH_MEMO, RefreshMemo
+from presence_server.store import PresenceStore, WakeBus, open_redis
+from presence_server.sweeper import Sweeper
 
-log = logging.getLogger("server")
+log = logging.getLogger("presence_server")
+
+__all__ = ["RUNNER_OPTIONS", "SWEEPER", "create_app"]
 
 SWEEPER = web.AppKey("sweeper", Sweeper)
 
-# Server options every way of running the app uses: held long-polls are cancelled when their client
-# goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, protocol 8).
-# A GET publish carries its message in the path: 32 KiB of JSON, percent-encoded, exceeds aiohttp's
-# 8 KiB request line; a longer line would get aiohttp's plain-text 400 instead of our JSON 413.
-RUNNER_OPTIONS: dict[str, object] = {
-    "handler_cancellation": True, "auto_decompress": False, "max_line_size": 128 * 1024,
-}
 
 
 def create_app(
@@ -125,22 +121,3 @@ async def _answer_held_polls(app: web.Application) -> None:
     # long-polls answer now with their cursor, so clients reconnect elsewhere without a gap.
     if BUS in app:
         app[BUS].close()
-
-
-def keyset_checked(handler: Handler, pairs: list[tuple[str, str]]) -> Handler:
-    """With PRESENCE_KEYSETS (``pairs``), only the listed keysets are served, each isolated from
-    the others."""
-    listed, subs = set(pairs), {sub for _, sub in pairs}
-
-    async def checked(request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        sub_key, pub_key = info.get("sub_key"), info.get("pub_key")
-        if sub_key is not None and sub_key not in subs:
-            if pub_key is not None:
-                return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
-            raise PubNubError(400, "Invalid Subscribe Key", "Access Manager")
-        if pub_key is not None and (pub_key, sub_key) not in listed:
-            return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)
-        return await handler(request)
-
-    return checked

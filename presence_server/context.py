@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from server.config import Settings
-from server.store import PresenceStore, WakeBus
+from presence_server.config import Settings
+from presence_server.store import PresenceStore, WakeBus
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", PresenceStore)

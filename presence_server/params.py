@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import orjson
 from aiohttp import web
 
-from server.http import PRESENCE, bad_request
+from presence_server.http import PRESENCE, bad_request
 
 
 def raw_path_value(request: web.Request, name: str) -> str:

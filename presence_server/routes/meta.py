@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.context import CLOCK, STORE
-from server.http import REDIS_DOWN, json_response
-from server.store import timetoken_at
+from presence_server.context import CLOCK, STORE
+from presence_server.http import REDIS_DOWN, json_response
+from presence_server.store import timetoken_at
 
 
 async def time(request: web.Request) -> web.Response:

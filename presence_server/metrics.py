@@ -13,8 +13,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from server.http import REDIS_DOWN, error_response
-from server.store import PresenceStore, WakeBus
+from presence_server.http import REDIS_DOWN, error_response
+from presence_server.store import PresenceStore, WakeBus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SAMPLE_EVERY = 5.0

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from server.metrics import UNMATCHED, metrics_handler
-from server.routes import admin, groups, meta, presence, publish, subscribe
+from presence_server.metrics import UNMATCHED, metrics_handler
+from presence_server.routes import admin, groups, meta, presence, publish, subscribe
 
 N = "[^/]+"
 PRESENCE = f"/v2/presence/sub-key/{{sub_key:{N}}}"
@@ -17,7 +17,7 @@ SEND = f"{{pub_key:{N}}}/{{sub_key:{N}}}/{{signature:{N}}}/{{channel:{N}}}/{{cal
 REGISTRY = f"/v1/channel-registration/sub-key/{{sub_key:{N}}}/channel-group"
 
 
-# Wraps a route's handler once, when it is added: errors, metrics, keyset checks (server.app).
+# Wraps a route's handler once, when it is added: errors, metrics, keyset checks (presence_server.app).
 Wrap = Callable[[Handler, str], Handler]
 
 

@@ -1,0 +1,3 @@
+from presence_server.cli import main
+
+main()
