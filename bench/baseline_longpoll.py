@@ -33,8 +33,7 @@ class Channel:
     def publish(self, sub_key: str, channel: str, message: bytes) -> int:
         self.timetoken += 1
         tt = str(self.timetoken)
-        envelope = {"a": "1", "f": 0, "p": {"t": tt, "r": 1}, "k": sub_key, "c": channel,
-                    "d": orjson.Fragment(message)}
+        envelope = {"a": "1", "f": 0, "p": {"t": tt, "r": 1}, "k": sub_key, "c": channel, "d": orjson.Fragment(message)}
         self.answer = orjson.dumps({"t": {"t": tt, "r": 1}, "m": [envelope]})
         self.event.set()
         self.event = asyncio.Event()
@@ -102,8 +101,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hold", type=float, default=60.0)
     args = parser.parse_args()
-    web.run_app(create_app(args.hold), host="127.0.0.1", port=args.port, access_log=None, print=None,
-                handler_cancellation=True)
+    web.run_app(
+        create_app(args.hold), host="127.0.0.1", port=args.port, access_log=None, print=None, handler_cancellation=True
+    )
 
 
 if __name__ == "__main__":

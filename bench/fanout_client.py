@@ -218,10 +218,18 @@ class Crowd:
         latencies, self.latencies = self.latencies, []
         delays, self.read_delays = sorted(self.read_delays), []
         return {
-            "event": "stats", "cpu": time.process_time(), "lag_ms": summary_ms(lag.take()),
-            "read_delay_ms": summary_ms(delays), "kernel_stamps": self.stamps,
-            "latencies": [[r, 1000 * s] for r, s in latencies], "open": self.open, "handshaken": self.handshaken,
-            "empty": self.empty, "errors": self.errors, "lost": self.lost, "duplicates": self.duplicates,
+            "event": "stats",
+            "cpu": time.process_time(),
+            "lag_ms": summary_ms(lag.take()),
+            "read_delay_ms": summary_ms(delays),
+            "kernel_stamps": self.stamps,
+            "latencies": [[r, 1000 * s] for r, s in latencies],
+            "open": self.open,
+            "handshaken": self.handshaken,
+            "empty": self.empty,
+            "errors": self.errors,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
             "error_sample": self.error_sample,
         }
 
@@ -243,8 +251,13 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.wait_for(crowd.connect(), args.connect_timeout)
         await asyncio.wait_for(crowd.ready.wait(), max(1.0, args.connect_timeout - (time.monotonic() - started)))
     except (TimeoutError, OSError) as exc:
-        emit({"event": "error", "text": f"{crowd.handshaken}/{args.count} handshakes after "
-              f"{time.monotonic() - started:.1f} s: {exc!r} {crowd.error_sample}"})
+        emit(
+            {
+                "event": "error",
+                "text": f"{crowd.handshaken}/{args.count} handshakes after "
+                f"{time.monotonic() - started:.1f} s: {exc!r} {crowd.error_sample}",
+            }
+        )
         crowd.close()
         return 1
     emit({"event": "ready", "count": crowd.handshaken, "seconds": time.monotonic() - started})

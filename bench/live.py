@@ -161,8 +161,9 @@ class Feed:
                 return self.events[kind].get(timeout=0.05)
             except queue.Empty:
                 if self.child.proc.poll() is not None:
-                    raise RuntimeError(f"{self.child.name} exited with {self.child.proc.returncode}:\n"
-                                       f"{self.child.log_tail()}") from None
+                    raise RuntimeError(
+                        f"{self.child.name} exited with {self.child.proc.returncode}:\n{self.child.log_tail()}"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.child.name}: no {kind!r} event within {limit:.0f} s") from None
 
@@ -181,8 +182,9 @@ def start_feed(children: Children, name: str, argv: Sequence[str]) -> Feed:
     """Start a generator with pipes, registered with ``children`` so it is stopped on the way out."""
     log_path = children.workdir / f"{name}.log"
     log_file: IO[bytes] = log_path.open("wb")
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT, start_new_session=True
+    )
     child = Child(name, proc, log_path, log_file)
     children.running.append(child)
     return Feed(child)
@@ -215,13 +217,18 @@ class Round:
 
     def line(self) -> str:
         lat = self.latencies
-        return (f"  round {self.number:>2}: p50 {percentile(lat, 0.5):6.1f}  p99 {percentile(lat, 0.99):6.1f}  "
-                f"max {lat[-1]:6.1f} ms | last at {1000 * self.window:5.0f} ms, all held again at "
-                f"{1000 * self.reheld:5.0f} ms, publish answered in {self.publish_ms:5.1f} ms | CPU s: "
-                f"target {self.target_cpu:.2f}, redis {self.redis_cpu:.2f}, generators "
-                + "+".join(f"{c:.2f}" for c in self.generator_cpu)
-                + " | generator loop lag max " + "/".join(f"{lag:.1f}" for lag in self.generator_lag_ms)
-                + " ms, read delay max " + "/".join(f"{d:.1f}" for d in self.read_delay_ms) + " ms")
+        return (
+            f"  round {self.number:>2}: p50 {percentile(lat, 0.5):6.1f}  p99 {percentile(lat, 0.99):6.1f}  "
+            f"max {lat[-1]:6.1f} ms | last at {1000 * self.window:5.0f} ms, all held again at "
+            f"{1000 * self.reheld:5.0f} ms, publish answered in {self.publish_ms:5.1f} ms | CPU s: "
+            f"target {self.target_cpu:.2f}, redis {self.redis_cpu:.2f}, generators "
+            + "+".join(f"{c:.2f}" for c in self.generator_cpu)
+            + " | generator loop lag max "
+            + "/".join(f"{lag:.1f}" for lag in self.generator_lag_ms)
+            + " ms, read delay max "
+            + "/".join(f"{d:.1f}" for d in self.read_delay_ms)
+            + " ms"
+        )
 
 
 @dataclasses.dataclass
@@ -245,22 +252,27 @@ class FanoutRun:
 
 def publish_path(channel: str, round_no: int, sent: float) -> str:
     message = orjson.dumps({"r": round_no, "t": sent}).decode()
-    return (f"/publish/{PUB_KEY}/{SUB_KEY}/0/{channel}/0/{urllib.parse.quote(message, safe='')}"
-            "?uuid=bench-publisher")
+    return f"/publish/{PUB_KEY}/{SUB_KEY}/0/{channel}/0/{urllib.parse.quote(message, safe='')}?uuid=bench-publisher"
 
 
 def fanout(children: Children, opts: Options, port: int, server: Child, rcli: redis.Redis) -> list[tuple[str, bool]]:
     total = opts.subscribers
-    say(f"\n== 1. fan-out: {total} long-polling subscribers on one channel ({opts.generators} generator processes "
+    say(
+        f"\n== 1. fan-out: {total} long-polling subscribers on one channel ({opts.generators} generator processes "
         f"of raw asyncio connections, each subscriber a uuid of its own re-polling at once with the cursor it "
-        f"got), 1 warm-up round then {opts.rounds} publishes, each {opts.spacing:g} s after all are held again")
+        f"got), 1 warm-up round then {opts.rounds} publishes, each {opts.spacing:g} s after all are held again"
+    )
     baseline_port = free_port()
-    baseline_child = children.start("baseline-longpoll", [sys.executable, "-m", "bench.baseline_longpoll",
-                                                          "--port", str(baseline_port), "--hold", f"{opts.hold:g}"])
+    baseline_child = children.start(
+        "baseline-longpoll",
+        [sys.executable, "-m", "bench.baseline_longpoll", "--port", str(baseline_port), "--hold", f"{opts.hold:g}"],
+    )
     try:
         wait_http(baseline_child, baseline_port)
-        say("  -- baseline: minimal aiohttp long-poll app (bench/baseline_longpoll.py: one asyncio.Event, the "
-            "answer encoded once per publish, no store)")
+        say(
+            "  -- baseline: minimal aiohttp long-poll app (bench/baseline_longpoll.py: one asyncio.Event, the "
+            "answer encoded once per publish, no store)"
+        )
         base = fanout_run(children, opts, Target("baseline", baseline_port, baseline_child, None))
     finally:
         children.stop(baseline_child)
@@ -270,8 +282,10 @@ def fanout(children: Children, opts: Options, port: int, server: Child, rcli: re
     run = fanout_run(children, opts, Target("server", port, server, rcli))
     ok = summarise_fanout(run, total, FANOUT_P99_MS)
     p99 = percentile(run.pooled, 0.99)
-    say(f"  server p99 / baseline p99: {p99 / base_p99 if base_p99 else 0:.1f}x  (baseline p99 {base_p99:.1f} ms: "
-        "what aiohttp alone costs on this machine for the same fan-out)")
+    say(
+        f"  server p99 / baseline p99: {p99 / base_p99 if base_p99 else 0:.1f}x  (baseline p99 {base_p99:.1f} ms: "
+        "what aiohttp alone costs on this machine for the same fan-out)"
+    )
     return [("fan-out to 2,000 long-polls p99 < 250 ms", ok)]
 
 
@@ -281,9 +295,27 @@ def fanout_run(children: Children, opts: Options, target: Target) -> FanoutRun:
     feeds: list[Feed] = []
     first = 0
     for i, size in enumerate(sizes):
-        feeds.append(start_feed(children, f"fanout-{target.label}-{i}", [
-            sys.executable, "-m", "bench.fanout_client", "--port", str(target.port), "--sub-key", SUB_KEY,
-            "--channel", FANOUT_CHANNEL, "--first", str(first), "--count", str(size)]))
+        feeds.append(
+            start_feed(
+                children,
+                f"fanout-{target.label}-{i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.fanout_client",
+                    "--port",
+                    str(target.port),
+                    "--sub-key",
+                    SUB_KEY,
+                    "--channel",
+                    FANOUT_CHANNEL,
+                    "--first",
+                    str(first),
+                    "--count",
+                    str(size),
+                ],
+            )
+        )
         first += size
     conn = Http(target.port)
     try:
@@ -291,8 +323,10 @@ def fanout_run(children: Children, opts: Options, target: Target) -> FanoutRun:
         for feed in feeds:
             feed.next("ready", 90)
         waited = wait_held(conn, total, 60)
-        say(f"  {total} connections ({'+'.join(map(str, sizes))}), handshakes answered and first polls held after "
-            f"{time.monotonic() - started:.1f} s (the last {1000 * waited:.0f} ms waiting for /metrics to show all)")
+        say(
+            f"  {total} connections ({'+'.join(map(str, sizes))}), handshakes answered and first polls held after "
+            f"{time.monotonic() - started:.1f} s (the last {1000 * waited:.0f} ms waiting for /metrics to show all)"
+        )
         rounds: list[Round] = []
         with py_spy(opts.py_spy, f"fanout-{target.label}", [target.child.proc.pid]):
             for number in range(opts.rounds + 1):
@@ -338,10 +372,20 @@ def fanout_round(number: int, feeds: list[Feed], conn: Http, total: int, target:
     latencies = sorted(ms for stats in after for r, ms in stats["latencies"] if r == number)
     if len(latencies) != total:
         raise RuntimeError(f"round {number}: {len(latencies)} deliveries recorded, expected {total}")
-    return Round(number, latencies, last - sent, reheld, publish_ms,
-                 [a["cpu"] - b["cpu"] for a, b in zip(after, before, strict=True)],
-                 [a["lag_ms"]["max"] for a in after], [a["read_delay_ms"]["max"] for a in after], target_cpu,
-                 spent_redis, machine, commands)
+    return Round(
+        number,
+        latencies,
+        last - sent,
+        reheld,
+        publish_ms,
+        [a["cpu"] - b["cpu"] for a, b in zip(after, before, strict=True)],
+        [a["lag_ms"]["max"] for a in after],
+        [a["read_delay_ms"]["max"] for a in after],
+        target_cpu,
+        spent_redis,
+        machine,
+        commands,
+    )
 
 
 def summarise_fanout(run: FanoutRun, total: int, target_ms: float | None) -> bool:
@@ -349,13 +393,17 @@ def summarise_fanout(run: FanoutRun, total: int, target_ms: float | None) -> boo
     p50, p99, worst = percentile(pooled, 0.5), percentile(pooled, 0.99), pooled[-1]
     ok = target_ms is not None and p99 < target_ms and run.clean
     tail = "" if target_ms is None else f"   target p99 < {target_ms:g} ms  {verdict(ok)}"
-    say(f"  delivery latency, publish sent -> answer arrived, {len(pooled)} deliveries ({len(rounds)} rounds x "
-        f"{total}): p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {worst:.1f} ms{tail}")
+    say(
+        f"  delivery latency, publish sent -> answer arrived, {len(pooled)} deliveries ({len(rounds)} rounds x "
+        f"{total}): p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {worst:.1f} ms{tail}"
+    )
     trouble = run.trouble
     sample = next((f["error_sample"] for f in run.finals if f["error_sample"]), "")
-    say(f"  generator trouble: {trouble['errors']} error answers, {trouble['lost']} connections lost, "
+    say(
+        f"  generator trouble: {trouble['errors']} error answers, {trouble['lost']} connections lost, "
         f"{trouble['duplicates']} duplicate deliveries, {trouble['empty']} empty answers (holds that ran out)"
-        + (f"; first error: {sample}" if sample else ""))
+        + (f"; first error: {sample}" if sample else "")
+    )
 
     # Is the generator the bottleneck? Its CPU share of the round, and how long its event loop was
     # ever busy: a response waits in the socket at most that long before it is timestamped.
@@ -368,35 +416,47 @@ def summarise_fanout(run: FanoutRun, total: int, target_ms: float | None) -> boo
     redis_spent = statistics_mean([r.redis_cpu for r in rounds])
     machine = statistics_mean([r.machine_cpu for r in rounds])
     other = machine - target_cpu - redis_spent - generator_cpu
-    say(f"  per round (mean): last delivery {1000 * window:.0f} ms after the publish, all held again after "
+    say(
+        f"  per round (mean): last delivery {1000 * window:.0f} ms after the publish, all held again after "
         f"{1000 * span:.0f} ms; over that span the process under test used {target_cpu:.2f} CPU s "
         f"({100 * target_cpu / span:.0f} % of one core), Redis {redis_spent:.2f} s, the generators "
         f"{generator_cpu:.3f} s in all (busiest process {per_process:.3f} s = {100 * per_process / span:.0f} % "
         f"of one core); the whole machine was busy {machine / span:.2f} cores, {max(0.0, other) / span:.2f} of them "
-        "with other work (this bench process included)")
+        "with other work (this bench process included)"
+    )
     calls: Counter[str] = Counter()
     for r in rounds:
         calls.update(r.commands)
     if calls:
-        say("  Redis commands per round (mean, INFO commandstats, commands inside scripts included): "
-            + ", ".join(f"{name} {count / len(rounds):.0f}" for name, count in calls.most_common(8)))
+        say(
+            "  Redis commands per round (mean, INFO commandstats, commands inside scripts included): "
+            + ", ".join(f"{name} {count / len(rounds):.0f}" for name, count in calls.most_common(8))
+        )
     delay = max(max(r.read_delay_ms) for r in rounds)
     stamps = all(f.get("kernel_stamps") for f in run.finals)
-    say(f"  generators: event-loop lag (5 ms timer) at most {lag:.1f} ms; answers read at most {delay:.1f} ms after "
-        f"they arrived; arrival times from {'kernel receive timestamps' if stamps else 'the reads (no kernel stamps)'}")
+    say(
+        f"  generators: event-loop lag (5 ms timer) at most {lag:.1f} ms; answers read at most {delay:.1f} ms after "
+        f"they arrived; arrival times from {'kernel receive timestamps' if stamps else 'the reads (no kernel stamps)'}"
+    )
     if stamps and per_process < 0.5 * span:
-        say(f"  -> the generators were not the bottleneck: the latencies use the kernel's arrival time of each "
+        say(
+            f"  -> the generators were not the bottleneck: the latencies use the kernel's arrival time of each "
             f"answer, which a busy generator cannot delay (its reads lagged by up to {delay:.1f} ms, which only "
             f"delays its next poll), and each generator process used at most {100 * per_process / span:.0f} % of a "
             f"core; the process under test, at {100 * target_cpu / span:.0f} % of a core, is what this latency "
-            "measures")
+            "measures"
+        )
     elif not stamps and delay < 0.1 * p99 and per_process < 0.5 * span:
-        say(f"  -> the generators were not the bottleneck: no answer waited more than {lag:.1f} ms in a generator "
+        say(
+            f"  -> the generators were not the bottleneck: no answer waited more than {lag:.1f} ms in a generator "
             f"before being read ({100 * lag / p99:.0f} % of the p99), each used at most "
-            f"{100 * per_process / span:.0f} % of a core")
+            f"{100 * per_process / span:.0f} % of a core"
+        )
     else:
-        say(f"  -> the generators may have weighed on these figures: busiest at {100 * per_process / span:.0f} % of a "
-            f"core (they share the machine's cores with the process under test), reads up to {delay:.1f} ms late")
+        say(
+            f"  -> the generators may have weighed on these figures: busiest at {100 * per_process / span:.0f} % of a "
+            f"core (they share the machine's cores with the process under test), reads up to {delay:.1f} ms late"
+        )
     return ok
 
 
@@ -502,23 +562,33 @@ async def presence_latency(port: int, samples: int, warmup: int, limit: float = 
 
 
 def presence(opts: Options, port: int) -> list[tuple[str, bool]]:
-    say(f"\n== 2. presence event latency: a listener holds a poll on {PRESENCE_CHANNEL}-pnpres; another connection "
+    say(
+        f"\n== 2. presence event latency: a listener holds a poll on {PRESENCE_CHANNEL}-pnpres; another connection "
         f"sends a join heartbeat (new uuid each time) then a leave; {opts.samples} samples after 3 unmeasured, "
-        "all from this process")
+        "all from this process"
+    )
     figures = asyncio.run(presence_latency(port, opts.samples, warmup=3))
     join = figures.join_ms
     median = percentile(join, 0.5)
     ok = median < PRESENCE_MEDIAN_MS
-    say(f"  join: heartbeat answer read -> join event read   median {median:6.2f} ms  p99 {percentile(join, 0.99):6.2f}"
-        f" ms  max {join[-1]:6.2f} ms   target median < {PRESENCE_MEDIAN_MS:g} ms  {verdict(ok)}")
-    say(f"    ({figures.early} of {len(join)} join events were read before the heartbeat's own answer: the wake-up "
-        "and the answer race, both after one script call)")
+    say(
+        f"  join: heartbeat answer read -> join event read   median {median:6.2f} ms  p99 {percentile(join, 0.99):6.2f}"
+        f" ms  max {join[-1]:6.2f} ms   target median < {PRESENCE_MEDIAN_MS:g} ms  {verdict(ok)}"
+    )
+    say(
+        f"    ({figures.early} of {len(join)} join events were read before the heartbeat's own answer: the wake-up "
+        "and the answer race, both after one script call)"
+    )
     leave = figures.leave_ms
-    say(f"  leave: leave answer read -> leave event read     median {percentile(leave, 0.5):6.2f} ms  "
-        f"p99 {percentile(leave, 0.99):6.2f} ms")
+    say(
+        f"  leave: leave answer read -> leave event read     median {percentile(leave, 0.5):6.2f} ms  "
+        f"p99 {percentile(leave, 0.99):6.2f} ms"
+    )
     beat = figures.heartbeat_ms
-    say(f"  the heartbeat request itself (send -> answer)     median {percentile(beat, 0.5):6.2f} ms  "
-        f"p99 {percentile(beat, 0.99):6.2f} ms")
+    say(
+        f"  the heartbeat request itself (send -> answer)     median {percentile(beat, 0.5):6.2f} ms  "
+        f"p99 {percentile(beat, 0.99):6.2f} ms"
+    )
     return [("presence event latency median < 20 ms", ok)]
 
 
@@ -535,8 +605,9 @@ def machine_busy() -> float:
 def drive_both(plan: LoadPlan, ports: Sequence[int], servers: Sequence[Child], seconds: float) -> list[Load]:
     """One wrk per server, all at once (threads only wait on the wrk processes)."""
     with concurrent.futures.ThreadPoolExecutor(len(ports)) as pool:
-        runs = [pool.submit(drive, plan, port, seconds, server, None) for port, server in zip(ports, servers,
-                                                                                               strict=True)]
+        runs = [
+            pool.submit(drive, plan, port, seconds, server, None) for port, server in zip(ports, servers, strict=True)
+        ]
         return [run.result() for run in runs]
 
 
@@ -575,14 +646,16 @@ class Spent:
 
     def line(self, label: str) -> str:
         loads = self.loads
-        return (f"  {label:<44} {self.rps:6.0f} req/s ({'+'.join(f'{x.rps:.0f}' for x in loads)}), "
-                f"{self.errors} errors, p50 {'/'.join(f'{x.p50_ms:.1f}' for x in loads)} ms, "
-                f"p99 {'/'.join(f'{x.p99_ms:.1f}' for x in loads)} ms\n"
-                f"  {'':<44} CPU s: server {'+'.join(f'{x.target_cpu:.1f}' for x in loads)}"
-                + (f" (B idle {self.idle_cpu:.1f})" if len(loads) == 1 else "")
-                + f", redis {self.redis_cpu:.1f}, wrk {self.wrk_cpu:.1f}; server CPU per heartbeat "
-                f"{1e6 * self.server_cpu / max(1, self.requests):.0f} µs; machine busy "
-                f"{self.machine_cpu / self.seconds:.2f} cores")
+        return (
+            f"  {label:<44} {self.rps:6.0f} req/s ({'+'.join(f'{x.rps:.0f}' for x in loads)}), "
+            f"{self.errors} errors, p50 {'/'.join(f'{x.p50_ms:.1f}' for x in loads)} ms, "
+            f"p99 {'/'.join(f'{x.p99_ms:.1f}' for x in loads)} ms\n"
+            f"  {'':<44} CPU s: server {'+'.join(f'{x.target_cpu:.1f}' for x in loads)}"
+            + (f" (B idle {self.idle_cpu:.1f})" if len(loads) == 1 else "")
+            + f", redis {self.redis_cpu:.1f}, wrk {self.wrk_cpu:.1f}; server CPU per heartbeat "
+            f"{1e6 * self.server_cpu / max(1, self.requests):.0f} µs; machine busy "
+            f"{self.machine_cpu / self.seconds:.2f} cores"
+        )
 
 
 def run_spent(rcli: redis.Redis, work: Callable[[], list[Load]], idle: Child | None = None) -> Spent:
@@ -607,8 +680,9 @@ def server_share(opts: Options, cores: int) -> float:
     return 1.0 if cores >= 4 else cores / 4
 
 
-def throughput_pairs(opts: Options, rcli: redis.Redis, servers: tuple[Child, Child], ports: tuple[int, int],
-                     tag: str) -> tuple[list[Spent], list[Spent]]:
+def throughput_pairs(
+    opts: Options, rcli: redis.Redis, servers: tuple[Child, Child], ports: tuple[int, int], tag: str
+) -> tuple[list[Spent], list[Spent]]:
     """``opts.repeats`` times: wrk on A alone, then wrk split over A and B, the same connections in all."""
     (server_a, server_b), (port_a, port_b) = servers, ports
     half = opts.connections // 2
@@ -624,10 +698,12 @@ def throughput_pairs(opts: Options, rcli: redis.Redis, servers: tuple[Child, Chi
         say(ones[-1].line(f"one process (wrk -c{opts.connections} on A)"))
         if opts.warmup > 0:
             drive_both(halves, [port_a, port_b], [server_a, server_b], opts.warmup)
-        with py_spy(opts.py_spy if repeat == 0 else None, f"two-processes{tag}",
-                    [server_a.proc.pid, server_b.proc.pid]):
-            twos.append(run_spent(rcli, lambda: drive_both(halves, [port_a, port_b], [server_a, server_b],
-                                                           opts.seconds)))
+        with py_spy(
+            opts.py_spy if repeat == 0 else None, f"two-processes{tag}", [server_a.proc.pid, server_b.proc.pid]
+        ):
+            twos.append(
+                run_spent(rcli, lambda: drive_both(halves, [port_a, port_b], [server_a, server_b], opts.seconds))
+            )
         say(twos[-1].line(f"two processes (wrk -c{half} on A, -c{half} on B)"))
     return ones, twos
 
@@ -640,8 +716,10 @@ def judge_pairs(ones: list[Spent], twos: list[Spent], cores: int) -> tuple[bool,
     ratio = two_rps / one_rps if one_rps else 0.0
     ok = ratio >= TWO_PROCESS_RATIO and errors == 0
     each = ", ".join(f"{t.rps / o.rps:.2f}" for o, t in zip(ones, twos, strict=True) if o.rps)
-    say(f"  mean: one process {one_rps:.0f} req/s, two processes {two_rps:.0f} req/s, {errors} errors; "
-        f"ratio two / one: {ratio:.2f} (each pair: {each})   target >= {TWO_PROCESS_RATIO:g}  {verdict(ok)}")
+    say(
+        f"  mean: one process {one_rps:.0f} req/s, two processes {two_rps:.0f} req/s, {errors} errors; "
+        f"ratio two / one: {ratio:.2f} (each pair: {each})   target >= {TWO_PROCESS_RATIO:g}  {verdict(ok)}"
+    )
 
     # What this machine allows: every request costs CPU in a server, in Redis and in wrk. With
     # `cores` cores and nothing else running, no number of server processes gets much past cores / that.
@@ -655,29 +733,38 @@ def judge_pairs(ones: list[Spent], twos: list[Spent], cores: int) -> tuple[bool,
     two_seconds = sum(x.seconds for x in twos) or 1.0
     machine = sum(x.machine_cpu for x in twos) / two_seconds
     ours = sum(x.server_cpu + x.redis_cpu + x.wrk_cpu for x in twos) / two_seconds
-    say(f"  machine: {cores} cores. One process: {1e6 * per_request:.0f} µs of CPU per heartbeat in all (server "
-        f"{server_us:.0f}, redis {redis_us:.0f}, wrk {wrk_us:.0f}), the server busy {100 * busy_one:.0f} % of a core")
-    say(f"    at that cost {cores} cores serve about {ceiling:.0f} req/s however many processes (a ratio of "
+    say(
+        f"  machine: {cores} cores. One process: {1e6 * per_request:.0f} µs of CPU per heartbeat in all (server "
+        f"{server_us:.0f}, redis {redis_us:.0f}, wrk {wrk_us:.0f}), the server busy {100 * busy_one:.0f} % of a core"
+    )
+    say(
+        f"    at that cost {cores} cores serve about {ceiling:.0f} req/s however many processes (a ratio of "
         f"~{ceiling / one_rps if one_rps else 0:.2f}). During the two-process runs the machine was busy "
         f"{machine:.2f} of {cores} cores: {ours:.2f} for these processes, {max(0.0, machine - ours):.2f} for other "
-        f"work (this bench and py-spy included; load average now {load_average()})")
+        f"work (this bench and py-spy included; load average now {load_average()})"
+    )
     saturated = machine > 0.9 * cores
     if saturated:
-        say(f"    -> the machine was saturated: two server processes, Redis and wrk (and any other work) shared "
-            f"{cores} cores, so this ratio is bounded by the machine, not by the server")
+        say(
+            f"    -> the machine was saturated: two server processes, Redis and wrk (and any other work) shared "
+            f"{cores} cores, so this ratio is bounded by the machine, not by the server"
+        )
     else:
         say(f"    -> the machine had CPU to spare ({cores - machine:.2f} cores idle): the ratio is the servers' own")
     return ok, saturated
 
 
-def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis, server_a: Child,
-                  port_a: int) -> list[tuple[str, bool]]:
+def two_processes(
+    children: Children, opts: Options, url: str, rcli: redis.Redis, server_a: Child, port_a: int
+) -> list[tuple[str, bool]]:
     cores = os.cpu_count() or 1
     share = server_share(opts, cores)
     name = "two server processes >= 1.4x one (heartbeats)"
-    say(f"\n== 3. heartbeat throughput, one server process against two on the same Redis (wrk, "
+    say(
+        f"\n== 3. heartbeat throughput, one server process against two on the same Redis (wrk, "
         f"{opts.connections} connections in all, each run {opts.warmup:g} s warm-up then {opts.seconds:g} s, one "
-        f"then two, {opts.repeats} times; {opts.users} uuids on {opts.channels} channels, all already present)")
+        f"then two, {opts.repeats} times; {opts.users} uuids on {opts.channels} channels, all already present)"
+    )
     members = members_of(0, opts.users, None, opts.channels)
     asyncio.run(with_store(open_redis(url), lambda store: populate_store(store, members, time.time())))
     server_b, port_b = start_server(children, "server-b", url)
@@ -687,15 +774,19 @@ def two_processes(children: Children, opts: Options, url: str, rcli: redis.Redis
         ok, saturated = judge_pairs(*throughput_pairs(opts, rcli, servers, ports, ""), cores)
         if share >= 1:
             return [(name, ok)]
-        say(f"\n  3b. each server held to {share:g} of a core (a cgroup CPU quota), in the one-process runs and "
+        say(
+            f"\n  3b. each server held to {share:g} of a core (a cgroup CPU quota), in the one-process runs and "
             f"the two-process runs alike, so that two servers, Redis and wrk fit in {cores} cores: the ratio then "
-            "shows how the servers scale on one Redis, not how much CPU 3a left over")
+            "shows how the servers scale on one Redis, not how much CPU 3a left over"
+        )
         try:
             with cpucap.capped([server_a.proc.pid, server_b.proc.pid], share):
                 ones, twos = throughput_pairs(opts, rcli, servers, ports, "-capped")
         except cpucap.CapUnavailable as error:
-            say(f"  !! no capped runs: {error}. Run as root (or in a delegated cgroup) for them; the verdict is "
-                f"3a's{', which the machine bounded' if saturated else ''}")
+            say(
+                f"  !! no capped runs: {error}. Run as root (or in a delegated cgroup) for them; the verdict is "
+                f"3a's{', which the machine bounded' if saturated else ''}"
+            )
             return [(name, ok)]
         for spent in ones + twos:
             for load in spent.loads:
@@ -720,10 +811,26 @@ def py_spy(directory: Path | None, name: str, pids: Sequence[int]) -> Iterator[N
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     directory.mkdir(parents=True, exist_ok=True)
     outputs = [directory / f"{name}-{pid}.txt" for pid in pids]
-    spies = [subprocess.Popen([binary, "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
-                               "--nonblocking", "--output", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for pid, out in zip(pids, outputs, strict=True)]
+    spies = [
+        subprocess.Popen(
+            [
+                binary,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid, out in zip(pids, outputs, strict=True)
+    ]
     started = time.monotonic()
     try:
         yield
@@ -755,16 +862,26 @@ def print_profile(path: Path, pid: int, seconds: float, top: int = 10) -> None:
         frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
         own[frames[-1]] += int(weight)
         for frame in set(frames):
-            if "(presence_server/" in frame and "(presence_server/cli.py)" not in frame and "(presence_server/__main__.py)" not in frame:
+            if (
+                "(presence_server/" in frame
+                and "(presence_server/cli.py)" not in frame
+                and "(presence_server/__main__.py)" not in frame
+            ):
                 inclusive[frame] += int(weight)
         samples += int(weight)
-    say(f"  py-spy, pid {pid}, {seconds:.1f} s: {samples} busy samples at 100 Hz = ~{samples / max(1, seconds):.0f} % "
-        f"of a core ({path})")
-    say("    own time: " + "; ".join(f"{100 * hits / max(1, samples):.1f} % {frame}"
-                                     for frame, hits in own.most_common(top)))
+    say(
+        f"  py-spy, pid {pid}, {seconds:.1f} s: {samples} busy samples at 100 Hz = ~{samples / max(1, seconds):.0f} % "
+        f"of a core ({path})"
+    )
+    say(
+        "    own time: "
+        + "; ".join(f"{100 * hits / max(1, samples):.1f} % {frame}" for frame, hits in own.most_common(top))
+    )
     if inclusive:
-        say("    inclusive, server code: " + "; ".join(f"{100 * hits / max(1, samples):.1f} % {frame}"
-                                                      for frame, hits in inclusive.most_common(top)))
+        say(
+            "    inclusive, server code: "
+            + "; ".join(f"{100 * hits / max(1, samples):.1f} % {frame}" for frame, hits in inclusive.most_common(top))
+        )
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -805,27 +922,51 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured run before each (default 2)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections in all (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="one-then-two throughput pairs (default 3)")
-    parser.add_argument("--server-cpu", type=float, metavar="SHARE",
-                        help="share of a core each server gets in the capped throughput runs (default: a quarter "
-                             "of the machine's cores below 4 cores, else no capped runs; 1 = none)")
+    parser.add_argument(
+        "--server-cpu",
+        type=float,
+        metavar="SHARE",
+        help="share of a core each server gets in the capped throughput runs (default: a quarter "
+        "of the machine's cores below 4 cores, else no capped runs; 1 = none)",
+    )
     parser.add_argument("--users", type=int, default=10_000, help="uuids heartbeating (default 10000)")
     parser.add_argument("--channels", type=int, default=4, help="channels they heartbeat (default 4)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
     parser.add_argument("--redis-server", default="redis-server", help="redis-server binary")
-    parser.add_argument("--py-spy", type=Path, metavar="DIR",
-                        help="sample the server with py-spy during fan-out and throughput; raw stacks go to DIR")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="sample the server with py-spy during fan-out and throughput; raw stacks go to DIR",
+    )
     args = parser.parse_args(argv)
     phases = [p for p in args.phases.split(",") if p]
     if not phases or not set(phases) <= set(PHASES):
         parser.error(f"--phases takes {', '.join(PHASES)}")
     if min(args.subscribers, args.generators, args.rounds, args.samples, args.repeats) < 1 or args.connections < 2:
-        parser.error("--subscribers, --generators, --rounds, --samples and --repeats must be positive, "
-                     "--connections at least 2")
+        parser.error(
+            "--subscribers, --generators, --rounds, --samples and --repeats must be positive, --connections at least 2"
+        )
     if args.server_cpu is not None and args.server_cpu <= 0:
         parser.error("--server-cpu must be positive")
-    return Options(args.subscribers, args.generators, args.rounds, args.spacing, args.hold, args.samples,
-                   args.seconds, args.warmup, args.connections, args.repeats, args.users, args.channels, phases,
-                   args.redis_server, args.py_spy, args.server_cpu)
+    return Options(
+        args.subscribers,
+        args.generators,
+        args.rounds,
+        args.spacing,
+        args.hold,
+        args.samples,
+        args.seconds,
+        args.warmup,
+        args.connections,
+        args.repeats,
+        args.users,
+        args.channels,
+        phases,
+        args.redis_server,
+        args.py_spy,
+        args.server_cpu,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -851,8 +992,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += presence(opts, port_a)
         if "processes" in opts.phases:
             results += two_processes(children, opts, url, rcli, server_a, port_a)
-    say(f"\n#### summary ({time.monotonic() - started:.0f} s in all, load average now {load_average()}; "
-        "the machine may be shared with other work)")
+    say(
+        f"\n#### summary ({time.monotonic() - started:.0f} s in all, load average now {load_average()}; "
+        "the machine may be shared with other work)"
+    )
     for name, ok in results:
         say(f"  {verdict(ok)}  {name}")
     return 0

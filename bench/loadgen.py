@@ -20,12 +20,15 @@ STEP = 7919  # the same scattered walk over the uuids as bench/heartbeat.lua
 def heartbeat_path(n: int, sub_key: str, users: int, channels: int, timeout: int) -> str:
     step = 1 if users % STEP == 0 else STEP
     u = (n * step) % users
-    return (f"/v2/presence/sub-key/{sub_key}/channel/room-{u % channels}/heartbeat"
-            f"?heartbeat={timeout}&uuid={u:08x}-0000-4000-8000-{u:012x}")
+    return (
+        f"/v2/presence/sub-key/{sub_key}/channel/room-{u % channels}/heartbeat"
+        f"?heartbeat={timeout}&uuid={u:08x}-0000-4000-8000-{u:012x}"
+    )
 
 
-async def run(origin: str, seconds: float, connections: int, sub_key: str, users: int, channels: int,
-              presence_timeout: int) -> dict[str, float]:
+async def run(
+    origin: str, seconds: float, connections: int, sub_key: str, users: int, channels: int, presence_timeout: int
+) -> dict[str, float]:
     counter = 0
     errors = 0
     latencies: list[float] = []
@@ -71,8 +74,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--timeout", type=int, default=300)
     args = parser.parse_args()
-    result = asyncio.run(run(args.origin, args.seconds, args.connections, args.sub_key, args.users,
-                             args.channels, args.timeout))
+    result = asyncio.run(
+        run(args.origin, args.seconds, args.connections, args.sub_key, args.users, args.channels, args.timeout)
+    )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 

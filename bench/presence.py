@@ -116,8 +116,15 @@ class Children:
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Child:
         log_path = self.workdir / f"{name}.log"
         log_file = log_path.open("wb")
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=ROOT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
         child = Child(name, proc, log_path, log_file)
         self.running.append(child)
         return child
@@ -170,8 +177,22 @@ def wait_http(child: Child, port: int, path: str = "/health", limit: float = 30.
 
 def start_redis(children: Children, binary: str) -> tuple[Child, int, redis.Redis]:
     port = free_port()
-    child = children.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                     "--appendonly", "no", "--dir", str(children.workdir)])
+    child = children.start(
+        "redis",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(children.workdir),
+        ],
+    )
     client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
     deadline = time.monotonic() + 20
     while True:
@@ -187,8 +208,9 @@ def start_redis(children: Children, binary: str) -> tuple[Child, int, redis.Redi
 def start_server(children: Children, name: str, redis_url: str) -> tuple[Child, int]:
     port = free_port()
     env = dict(os.environ, PRESENCE_KEY_PREFIX=PREFIX, PRESENCE_HOST="127.0.0.1")
-    child = children.start(name, [sys.executable, "-m", "presence_server", "--port", str(port), "--redis-url", redis_url],
-                           env=env)
+    child = children.start(
+        name, [sys.executable, "-m", "presence_server", "--port", str(port), "--redis-url", redis_url], env=env
+    )
     wait_http(child, port)
     return child, port
 
@@ -221,10 +243,12 @@ class Load:
     def line(self, label: str) -> str:
         redis_part = "" if self.redis_cpu is None else f", redis {self.redis_cpu:.1f}"
         per_request = self.target_cpu / self.requests * 1e6 if self.requests else 0.0
-        return (f"  {label:<26} {self.rps:8.0f} req/s  ({self.requests} in {self.seconds:.1f} s, "
-                f"{self.errors} errors)  p50 {self.p50_ms:.2f} ms  p99 {self.p99_ms:.2f} ms\n"
-                f"  {'':<26} CPU s: process {self.target_cpu:.1f} ({per_request:.0f} us/request){redis_part}, "
-                f"generator {self.generator_cpu:.1f}")
+        return (
+            f"  {label:<26} {self.rps:8.0f} req/s  ({self.requests} in {self.seconds:.1f} s, "
+            f"{self.errors} errors)  p50 {self.p50_ms:.2f} ms  p99 {self.p99_ms:.2f} ms\n"
+            f"  {'':<26} CPU s: process {self.target_cpu:.1f} ({per_request:.0f} us/request){redis_part}, "
+            f"generator {self.generator_cpu:.1f}"
+        )
 
 
 @dataclasses.dataclass
@@ -277,15 +301,46 @@ def drive(plan: LoadPlan, port: int, seconds: float, target: Child, rcli: redis.
     target_before = cpu_seconds(target.proc.pid)
     redis_before = None if rcli is None else redis_cpu(rcli)
     if plan.generator == "wrk":
-        argv = ["wrk", "-t1", f"-c{plan.connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
-                "--latency", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}",
-                "--", SUB_KEY, str(plan.users), str(plan.channels), str(TIMEOUT)]
+        argv = [
+            "wrk",
+            "-t1",
+            f"-c{plan.connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "5s",
+            "--latency",
+            "-s",
+            str(WRK_SCRIPT),
+            f"http://127.0.0.1:{port}",
+            "--",
+            SUB_KEY,
+            str(plan.users),
+            str(plan.channels),
+            str(TIMEOUT),
+        ]
     else:
-        argv = [sys.executable, "-m", "bench.loadgen", "--origin", f"http://127.0.0.1:{port}",
-                "--seconds", str(seconds), "--connections", str(plan.connections), "--sub-key", SUB_KEY,
-                "--users", str(plan.users), "--channels", str(plan.channels), "--timeout", str(TIMEOUT)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=ROOT, text=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--origin",
+            f"http://127.0.0.1:{port}",
+            "--seconds",
+            str(seconds),
+            "--connections",
+            str(plan.connections),
+            "--sub-key",
+            SUB_KEY,
+            "--users",
+            str(plan.users),
+            "--channels",
+            str(plan.channels),
+            "--timeout",
+            str(TIMEOUT),
+        ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, text=True
+    )
     out, generator_cpu = _wait_with_cpu(proc)
     target_cpu = cpu_seconds(target.proc.pid) - target_before
     redis_spent = None if rcli is None or redis_before is None else redis_cpu(rcli) - redis_before
@@ -325,13 +380,18 @@ async def with_store(client: aioredis.Redis, work: Callable[[PresenceStore], Awa
 # -- population -----------------------------------------------------------------------------------
 
 
-async def populate_store(store: PresenceStore, members: Sequence[tuple[str, str]], now: float,
-                         concurrency: int = POPULATE_CONCURRENCY) -> float:
+async def populate_store(
+    store: PresenceStore, members: Sequence[tuple[str, str]], now: float, concurrency: int = POPULATE_CONCURRENCY
+) -> float:
     """Heartbeat (uuid, channel) pairs straight into the store; returns heartbeats per second."""
     started = time.perf_counter()
     for start in range(0, len(members), concurrency):
-        await asyncio.gather(*(store.heartbeat(SUB_KEY, uuid, [channel], now=now, timeout=TIMEOUT)
-                               for uuid, channel in members[start:start + concurrency]))
+        await asyncio.gather(
+            *(
+                store.heartbeat(SUB_KEY, uuid, [channel], now=now, timeout=TIMEOUT)
+                for uuid, channel in members[start : start + concurrency]
+            )
+        )
     return len(members) / (time.perf_counter() - started)
 
 
@@ -377,8 +437,9 @@ class Latency:
         return percentile(self.samples, 0.99)
 
 
-async def here_now_http(origin: str, channel: str, params: dict[str, str], samples: int, expect: int,
-                        warmup: int = 20) -> Latency:
+async def here_now_http(
+    origin: str, channel: str, params: dict[str, str], samples: int, expect: int, warmup: int = 20
+) -> Latency:
     """Sequential here_now requests; each answer must report the expected occupancy."""
     url = f"{origin}/v2/presence/sub-key/{SUB_KEY}/channel/{channel}"
     times: list[float] = []
@@ -414,8 +475,10 @@ def print_here_now(label: str, latency: Latency, target_ms: float | None) -> boo
     ok = None if target_ms is None else latency.median < target_ms
     tail = "" if target_ms is None else f"   target median < {target_ms:g} ms  {verdict(bool(ok))}"
     size = f", body {latency.body_bytes} B" if latency.body_bytes else ""
-    say(f"  {label:<44} median {latency.median:6.2f} ms  p99 {latency.p99:6.2f} ms"
-        f"  ({len(latency.samples)} requests{size}){tail}")
+    say(
+        f"  {label:<44} median {latency.median:6.2f} ms  p99 {latency.p99:6.2f} ms"
+        f"  ({len(latency.samples)} requests{size}){tail}"
+    )
     return ok
 
 
@@ -492,8 +555,18 @@ async def sweep_figures(store: PresenceStore, rcli: redis.Redis | None, users: i
         longest = max((int(entry["duration"]) for entry in slow), default=0) / 1000
         rcli.config_set("slowlog-log-slower-than", 10_000)
     counted = rcli is not None
-    return SweepFigures(users, removed, seconds, idle_removed, idle_ms, idle_round_trips if counted else None,
-                        idle_commands, script_calls, script_ms, longest)
+    return SweepFigures(
+        users,
+        removed,
+        seconds,
+        idle_removed,
+        idle_ms,
+        idle_round_trips if counted else None,
+        idle_commands,
+        script_calls,
+        script_ms,
+        longest,
+    )
 
 
 def print_sweep(figures: SweepFigures, targets: bool) -> list[tuple[str, bool]]:
@@ -502,8 +575,10 @@ def print_sweep(figures: SweepFigures, targets: bool) -> list[tuple[str, bool]]:
     tail = f"   target < {SWEEP_SECONDS:g} s  {verdict(ok)}" if targets else ""
     say(f"  sweep expiring {figures.users} users: {figures.seconds * 1000:.0f} ms, removed {figures.removed}{tail}")
     if figures.script_calls is not None and figures.script_ms_per_call is not None:
-        say(f"    {figures.script_calls} sweep script calls, {figures.script_ms_per_call:.1f} ms of Redis time each on "
-            f"average, longest {figures.longest_script_ms or 0:.1f} ms (Redis serves nobody else meanwhile)")
+        say(
+            f"    {figures.script_calls} sweep script calls, {figures.script_ms_per_call:.1f} ms of Redis time each on "
+            f"average, longest {figures.longest_script_ms or 0:.1f} ms (Redis serves nobody else meanwhile)"
+        )
     if targets:
         results.append(("sweep of 10,000 expiries < 1 s", ok))
     if figures.idle_round_trips is None:
@@ -511,8 +586,10 @@ def print_sweep(figures: SweepFigures, targets: bool) -> list[tuple[str, bool]]:
     else:
         idle_ok = figures.idle_round_trips == IDLE_SWEEP_ROUND_TRIPS and figures.idle_removed == 0
         tail = f"   target exactly {IDLE_SWEEP_ROUND_TRIPS}  {verdict(idle_ok)}" if targets else ""
-        say(f"  sweep with nothing due ({figures.users} present, none due): {figures.idle_round_trips} round trip(s), "
-            f"{figures.idle_ms:.3f} ms{tail}")
+        say(
+            f"  sweep with nothing due ({figures.users} present, none due): {figures.idle_round_trips} round trip(s), "
+            f"{figures.idle_ms:.3f} ms{tail}"
+        )
         say(f"    Redis commands it ran (INFO commandstats delta): {figures.idle_commands}")
         if targets:
             results.append(("idle sweep = 1 round trip", idle_ok))
@@ -532,18 +609,30 @@ class KeyFigure:
 
 
 def key_length(rcli: redis.Redis, key: str, kind: str) -> int:
-    length = {"zset": rcli.zcard, "hash": rcli.hlen, "stream": rcli.xlen, "set": rcli.scard,
-              "string": rcli.strlen, "list": rcli.llen}.get(kind)
+    length = {
+        "zset": rcli.zcard,
+        "hash": rcli.hlen,
+        "stream": rcli.xlen,
+        "set": rcli.scard,
+        "string": rcli.strlen,
+        "list": rcli.llen,
+    }.get(kind)
     return int(length(key)) if length else 0
 
 
 # What each key of a keyset holds, by the name of the KeysetKeys member that builds it; members
 # that a given server version lacks are skipped, keys without a label are shown by name.
 KEY_LABELS = [
-    ("occupants", "occupants zset", True), ("state", "state hash", True), ("log", "presence log stream", True),
-    ("deltas", "interval deltas hash", True), ("messages", "message stream", True),
-    ("where", "where hash (keyset-wide)", False), ("due", "due index", False), ("intervals", "interval index", False),
-    ("names", "channel-name index", False), ("timetoken", "timetoken", False),
+    ("occupants", "occupants zset", True),
+    ("state", "state hash", True),
+    ("log", "presence log stream", True),
+    ("deltas", "interval deltas hash", True),
+    ("messages", "message stream", True),
+    ("where", "where hash (keyset-wide)", False),
+    ("due", "due index", False),
+    ("intervals", "interval index", False),
+    ("names", "channel-name index", False),
+    ("timetoken", "timetoken", False),
 ]
 
 
@@ -609,8 +698,9 @@ class Options:
     redis_server: str
 
 
-def throughput(children: Children, plan: LoadPlan, server: Child, server_port: int,
-               rcli: redis.Redis | None, label: str) -> tuple[list[Load], list[Load]]:
+def throughput(
+    children: Children, plan: LoadPlan, server: Child, server_port: int, rcli: redis.Redis | None, label: str
+) -> tuple[list[Load], list[Load]]:
     """The baseline and the server under the same load, taking turns for ``plan.rounds`` rounds.
 
     On a shared machine the speed drifts from one minute to the next; runs side by side in time,
@@ -660,40 +750,56 @@ def redis_engine(children: Children, opts: Options, plan: LoadPlan) -> list[tupl
         rcli.flushall()
     results += print_sweep(sweep, targets=True)
 
-    say(f"\n== 4. Redis memory per present user: {opts.crowd} users ({len(uuid_of(0))}-character uuids) "
-        "heartbeating one channel, no state")
-    keys, used, dataset = asyncio.run(with_store(open_redis(url), lambda store: memory_figures(store, rcli,
-                                                                                                opts.crowd)))
+    say(
+        f"\n== 4. Redis memory per present user: {opts.crowd} users ({len(uuid_of(0))}-character uuids) "
+        "heartbeating one channel, no state"
+    )
+    keys, used, dataset = asyncio.run(
+        with_store(open_redis(url), lambda store: memory_figures(store, rcli, opts.crowd))
+    )
     total = sum(k.bytes for k in keys)
     for k in keys:
-        say(f"  {k.label:<28} {k.kind:<7} {k.encoding:<10} {k.length:>7} entries {k.bytes:>10} B"
-            f"  = {k.bytes / opts.crowd:7.1f} B/user")
+        say(
+            f"  {k.label:<28} {k.kind:<7} {k.encoding:<10} {k.length:>7} entries {k.bytes:>10} B"
+            f"  = {k.bytes / opts.crowd:7.1f} B/user"
+        )
     per_user = total / opts.crowd
     say(f"  {'all keys (MEMORY USAGE)':<28} {'':<34} {total:>10} B  = {per_user:7.1f} B/user")
-    say(f"  used_memory delta {used} B = {used / opts.crowd:.1f} B/user; "
-        f"used_memory_dataset delta {dataset} B = {dataset / opts.crowd:.1f} B/user")
+    say(
+        f"  used_memory delta {used} B = {used / opts.crowd:.1f} B/user; "
+        f"used_memory_dataset delta {dataset} B = {dataset / opts.crowd:.1f} B/user"
+    )
     worst = max(per_user, used / opts.crowd)
     ok = worst < BYTES_PER_USER
-    say(f"  per present user (larger of the two estimates): {worst:.1f} B   target < {BYTES_PER_USER:g} B  "
-        f"{verdict(ok)}")
+    say(
+        f"  per present user (larger of the two estimates): {worst:.1f} B   target < {BYTES_PER_USER:g} B  "
+        f"{verdict(ok)}"
+    )
     results.append(("Redis memory < 200 B per present user", ok))
     rcli.flushall()
 
     say(f"\n   populating through PresenceStore.heartbeat (prefix {PREFIX!r}, same Redis as the server) ...")
     now = time.time()
-    members = (members_of(0, opts.users, None, opts.channels) + members_of(1_000_000, opts.crowd, "crowd")
-               + members_of(2_000_000, opts.huge, "huge"))
+    members = (
+        members_of(0, opts.users, None, opts.channels)
+        + members_of(1_000_000, opts.crowd, "crowd")
+        + members_of(2_000_000, opts.huge, "huge")
+    )
     rate = asyncio.run(with_store(open_redis(url), lambda store: populate_store(store, members, now)))
-    say(f"   {opts.users + opts.crowd + opts.huge} heartbeats straight into the store: {rate:.0f}/s "
-        f"({POPULATE_CONCURRENCY} concurrent, this process)")
+    say(
+        f"   {opts.users + opts.crowd + opts.huge} heartbeats straight into the store: {rate:.0f}/s "
+        f"({POPULATE_CONCURRENCY} concurrent, this process)"
+    )
     server_child, server_port = start_server(children, "server-redis", url)
     try:
         say(f"\n== 1. heartbeat throughput ({describe(plan)})")
         bases, loads = throughput(children, plan, server_child, server_port, rcli, "server on redis")
         ratio = median_ratio(bases, loads)
         ok = ratio >= THROUGHPUT_RATIO and not any(load.errors for load in loads)
-        say(f"  ratio server / baseline (median of {len(loads)} rounds): {ratio:.2f}   "
-            f"target >= {THROUGHPUT_RATIO:.2f}  {verdict(ok)}")
+        say(
+            f"  ratio server / baseline (median of {len(loads)} rounds): {ratio:.2f}   "
+            f"target >= {THROUGHPUT_RATIO:.2f}  {verdict(ok)}"
+        )
         results.append(("heartbeat throughput >= 50% of minimal aiohttp", ok))
 
         say("\n== 2. here_now latency (sequential HTTP requests from this process)")
@@ -704,8 +810,9 @@ def redis_engine(children: Children, opts: Options, plan: LoadPlan) -> list[tupl
         count = asyncio.run(here_now_http(origin, "huge", {"disable_uuids": "1"}, opts.samples, opts.huge))
         fast = print_here_now(f"{opts.huge} occupants, disable_uuids=1", count, HERE_NOW_COUNT_MS)
         results.append(("here_now 100k disable_uuids median < 2 ms", bool(fast)))
-        page_store, count_store = asyncio.run(with_store(open_redis(url),
-                                                         lambda store: _store_reads(store, opts.samples)))
+        page_store, count_store = asyncio.run(
+            with_store(open_redis(url), lambda store: _store_reads(store, opts.samples))
+        )
         print_here_now("  same page via PresenceStore (no HTTP)", page_store, None)
         print_here_now("  same count via PresenceStore (no HTTP)", count_store, None)
     finally:
@@ -714,8 +821,10 @@ def redis_engine(children: Children, opts: Options, plan: LoadPlan) -> list[tupl
 
 
 async def _store_reads(store: PresenceStore, samples: int) -> tuple[Latency, Latency]:
-    return (await here_now_store(store, "crowd", samples, with_uuids=True),
-            await here_now_store(store, "huge", samples, with_uuids=False))
+    return (
+        await here_now_store(store, "crowd", samples, with_uuids=True),
+        await here_now_store(store, "huge", samples, with_uuids=False),
+    )
 
 
 def memory_engine(children: Children, opts: Options, plan: LoadPlan) -> None:
@@ -743,8 +852,10 @@ def memory_engine(children: Children, opts: Options, plan: LoadPlan) -> None:
         count = asyncio.run(here_now_http(origin, huge, {"disable_uuids": "1"}, opts.samples, opts.memory_huge))
         print_here_now(f"{opts.memory_huge} occupants, disable_uuids=1", count, None)
         if opts.memory_huge != opts.huge:
-            say(f"    ({opts.memory_huge}, not {opts.huge}: populating memory:// through HTTP runs at the rate above; "
-                "--memory-huge changes it)")
+            say(
+                f"    ({opts.memory_huge}, not {opts.huge}: populating memory:// through HTTP runs at the rate above; "
+                "--memory-huge changes it)"
+            )
     finally:
         children.stop(server_child)
 
@@ -754,9 +865,11 @@ def memory_engine(children: Children, opts: Options, plan: LoadPlan) -> None:
 
 
 def describe(plan: LoadPlan) -> str:
-    return (f"{plan.generator}, {plan.connections} connections, {plan.warmup:g} s warm-up then {plan.rounds} rounds "
-            f"of {plan.seconds:g} s each; "
-            f"{plan.users} uuids on {plan.channels} channels, heartbeat={TIMEOUT}, all already present")
+    return (
+        f"{plan.generator}, {plan.connections} connections, {plan.warmup:g} s warm-up then {plan.rounds} rounds "
+        f"of {plan.seconds:g} s each; "
+        f"{plan.users} uuids on {plan.channels} channels, heartbeat={TIMEOUT}, all already present"
+    )
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -765,17 +878,23 @@ def describe(plan: LoadPlan) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.presence", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="each throughput run (default 5)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="throughput runs of the baseline and the server, taking turns (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="throughput runs of the baseline and the server, taking turns (default 3)"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured run before the first (default 2)")
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
     parser.add_argument("--users", type=int, default=10_000, help="uuids heartbeating (default 10000)")
     parser.add_argument("--channels", type=int, default=4, help="channels they heartbeat (default 4)")
-    parser.add_argument("--crowd", type=int, default=10_000,
-                        help="occupants for here_now limit=1000, the sweep and memory (default 10000)")
+    parser.add_argument(
+        "--crowd",
+        type=int,
+        default=10_000,
+        help="occupants for here_now limit=1000, the sweep and memory (default 10000)",
+    )
     parser.add_argument("--huge", type=int, default=100_000, help="occupants for here_now disable_uuids")
-    parser.add_argument("--memory-huge", type=int, default=10_000,
-                        help="the same on memory://, populated through HTTP (default 10000)")
+    parser.add_argument(
+        "--memory-huge", type=int, default=10_000, help="the same on memory://, populated through HTTP (default 10000)"
+    )
     parser.add_argument("--samples", type=int, default=300, help="here_now requests per figure (default 300)")
     parser.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto")
     parser.add_argument("--engines", default="redis,memory", help="comma list of redis, memory")
@@ -786,8 +905,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--engines takes redis and/or memory")
     if args.rounds < 1:
         parser.error("--rounds takes 1 or more")
-    return Options(args.seconds, args.rounds, args.warmup, args.connections, args.users, args.channels, args.crowd,
-                   args.huge, args.memory_huge, args.samples, args.generator, engines, args.redis_server)
+    return Options(
+        args.seconds,
+        args.rounds,
+        args.warmup,
+        args.connections,
+        args.users,
+        args.channels,
+        args.crowd,
+        args.huge,
+        args.memory_huge,
+        args.samples,
+        args.generator,
+        engines,
+        args.redis_server,
+    )
 
 
 def choose_generator(requested: str) -> str:
@@ -806,15 +938,18 @@ def choose_generator(requested: str) -> str:
 def describe_machine(generator: str) -> None:
     revision = "unknown"
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        revision = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], check=True,
-                                  capture_output=True, text=True).stdout.strip()
+        revision = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], check=True, capture_output=True, text=True
+        ).stdout.strip()
     version = ""
     if generator == "wrk":
         with contextlib.suppress(OSError):
             version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     parser = "hiredis" if HIREDIS_AVAILABLE else "pure Python (no hiredis)"
-    say(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
-        f"aiohttp {aiohttp.__version__}, redis-py {redis.__version__} with the {parser} reply parser")
+    say(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
+        f"aiohttp {aiohttp.__version__}, redis-py {redis.__version__} with the {parser} reply parser"
+    )
     say(f"server code: {Path(presence_server.__file__).parent} (git {revision}); generator: {version or generator}")
     say(f"load average before the run: {load_average()} (other work on the machine skews every figure)")
 
@@ -845,8 +980,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += redis_engine(children, opts, plan)
         if "memory" in opts.engines:
             memory_engine(children, opts, plan)
-    say(f"\n#### summary (redis engine targets; {time.monotonic() - started:.0f} s in all, "
-        f"load average now {load_average()})")
+    say(
+        f"\n#### summary (redis engine targets; {time.monotonic() - started:.0f} s in all, "
+        f"load average now {load_average()})"
+    )
     for name, ok in results:
         say(f"  {verdict(ok)}  {name}")
     return 0

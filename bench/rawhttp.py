@@ -45,7 +45,7 @@ class ResponseParser:
             total = end + 4 + int(length.group(1))
             if len(self._buffer) < total:
                 return done
-            done.append((int(head[9:12]), bytes(self._buffer[end + 4:total])))
+            done.append((int(head[9:12]), bytes(self._buffer[end + 4 : total])))
             del self._buffer[:total]
 
 

@@ -29,7 +29,6 @@ __all__ = ["RUNNER_OPTIONS", "SWEEPER", "create_app"]
 SWEEPER = web.AppKey("sweeper", Sweeper)
 
 
-
 def create_app(
     settings: Settings | None = None,
     *,

@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         log.info("embedded store (memory://): presence lives in this process and a restart forgets everyone")
     tune_gc()
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, print=None,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         **RUNNER_OPTIONS,  # type: ignore[arg-type]
     )

@@ -27,7 +27,9 @@ ON_REDIS_ERROR: web.AppKey[Callable[[], None]] = web.AppKey("on_redis_error")
 # A GET publish carries its message in the path: 32 KiB of JSON, percent-encoded, exceeds aiohttp's
 # 8 KiB request line; a longer line would get aiohttp's plain-text 400 instead of our JSON 413.
 RUNNER_OPTIONS: dict[str, object] = {
-    "handler_cancellation": True, "auto_decompress": False, "max_line_size": 128 * 1024,
+    "handler_cancellation": True,
+    "auto_decompress": False,
+    "max_line_size": 128 * 1024,
 }
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
@@ -69,8 +71,7 @@ class PubNubError(Exception):
         self.payload = payload
 
     def response(self) -> web.Response:
-        body: dict[str, Any] = {"status": self.status, "error": True, "message": self.message,
-                                "service": self.service}
+        body: dict[str, Any] = {"status": self.status, "error": True, "message": self.message, "service": self.service}
         if self.payload is not None:
             body["payload"] = self.payload
         return json_response(body, self.status)

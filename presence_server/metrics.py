@@ -46,13 +46,15 @@ class RequestStats(Collector):
         entry[1][0] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("presence_http_requests", "HTTP requests by route and status",
-                                       labels=["route", "method", "status"])
+        requests = CounterMetricFamily(
+            "presence_http_requests", "HTTP requests by route and status", labels=["route", "method", "status"]
+        )
         for (route, method, status), count in sorted(self.counts.items()):
             requests.add_metric([route, method, str(status)], count)
         yield requests
-        latency = HistogramMetricFamily("presence_http_request_duration_seconds", "HTTP request latency by route",
-                                        labels=["route"])
+        latency = HistogramMetricFamily(
+            "presence_http_request_duration_seconds", "HTTP request latency by route", labels=["route"]
+        )
         for route, (counts, total) in sorted(self.latency.items()):
             cumulative, buckets = 0, []
             for le, count in zip(_LE, counts, strict=True):
@@ -74,10 +76,12 @@ class _StoreCounters(Collector):
             if action in ("join", "leave", "timeout", "state-change"):
                 events.add_metric([action], count)
         yield events
-        yield CounterMetricFamily("presence_messages_published", "Messages and signals published",
-                                  value=self.store.counts["publish"])
-        yield CounterMetricFamily("presence_sweeps", "Expiry sweeps run by this process",
-                                  value=self.store.counts["sweep"])
+        yield CounterMetricFamily(
+            "presence_messages_published", "Messages and signals published", value=self.store.counts["publish"]
+        )
+        yield CounterMetricFamily(
+            "presence_sweeps", "Expiry sweeps run by this process", value=self.store.counts["sweep"]
+        )
 
 
 class Metrics:
@@ -86,16 +90,19 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = RequestStats()
         self.registry.register(self.requests)
-        self.redis_errors = Counter("presence_redis_errors", "Requests that failed because Redis was unreachable",
-                                    registry=self.registry)
+        self.redis_errors = Counter(
+            "presence_redis_errors", "Requests that failed because Redis was unreachable", registry=self.registry
+        )
         held = Gauge("presence_longpolls_held", "Subscribe long-polls waiting in this process", registry=self.registry)
         held.set_function(lambda: bus.waiting)
-        self.present_users = Gauge("presence_present_users",
-                                   "Occupants summed over channels (a user in two channels counts twice), all keysets"
-                                   " (sampled)",
-                                   registry=self.registry)
-        self.channels = Gauge("presence_occupied_channels", "Channels with someone present, all keysets (sampled)",
-                              registry=self.registry)
+        self.present_users = Gauge(
+            "presence_present_users",
+            "Occupants summed over channels (a user in two channels counts twice), all keysets (sampled)",
+            registry=self.registry,
+        )
+        self.channels = Gauge(
+            "presence_occupied_channels", "Channels with someone present, all keysets (sampled)", registry=self.registry
+        )
         self.registry.register(_StoreCounters(store))
         self._sampled_at = float("-inf")
 

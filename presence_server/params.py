@@ -54,8 +54,9 @@ def path_name(request: web.Request, name: str, what: str, max_length: int, servi
     return check_name(_decode(raw_path_value(request, name), what, service), what, max_length, service)
 
 
-def split_names(raw: str, what: str, max_length: int, service: str = PRESENCE, *,
-                whole_list_encoded: bool = False) -> list[str]:
+def split_names(
+    raw: str, what: str, max_length: int, service: str = PRESENCE, *, whole_list_encoded: bool = False
+) -> list[str]:
     """A comma list of individually percent-encoded names; ``,`` alone is the empty list.
 
     With ``whole_list_encoded`` the list was percent-encoded as one string, so an encoded comma
@@ -120,8 +121,7 @@ def _parse_query(raw_query: str) -> dict[str, str]:
     return parsed
 
 
-def query_names(request: web.Request, key: str, what: str, max_length: int,
-                service: str = PRESENCE) -> list[str]:
+def query_names(request: web.Request, key: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
     """A comma list from the query, split after decoding (JS sends the commas as ``%2C``)."""
     value = query_value(request, key, service) or ""
     names = [part for part in value.split(",") if part]

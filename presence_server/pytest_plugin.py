@@ -61,8 +61,16 @@ def presence_server_settings() -> dict[str, Any]:
 @pytest.fixture
 def presence_server(presence_server_settings: dict[str, Any]) -> Iterator[PresenceServer]:
     """A presence server on a free loopback port with the embedded store, fresh for each test."""
-    settings = Settings(**{"host": "127.0.0.1", "port": 0, "redis_url": "memory://", "min_timeout": 1.0,
-                           "longpoll_hold": 20.0, **presence_server_settings})
+    settings = Settings(
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "redis_url": "memory://",
+            "min_timeout": 1.0,
+            "longpoll_hold": 20.0,
+            **presence_server_settings,
+        }
+    )
     clock = Clock()
     loop = asyncio.new_event_loop()
     started: Future[PresenceServer] = Future()

@@ -68,13 +68,13 @@ def real_redis_url() -> Iterator[str]:
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not on PATH: install it (apt-get install redis-server) "
-                           "or set PRESENCE_TEST_REDIS_URL")
+        raise RuntimeError(
+            "redis-server is not on PATH: install it (apt-get install redis-server) or set PRESENCE_TEST_REDIS_URL"
+        )
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir],
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -135,9 +135,7 @@ def store(redis_client: aioredis.Redis, prefix: str) -> PresenceStore:
 
 
 @pytest.fixture
-def make_app(
-    redis_client: aioredis.Redis, settings: Settings, clock: FakeClock
-) -> Callable[..., web.Application]:
+def make_app(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> Callable[..., web.Application]:
     def make(**overrides: Any) -> web.Application:
         current = dataclasses.replace(settings, **overrides)
         return create_app(current, redis=redis_client, clock=clock, sweeper=False)
@@ -163,7 +161,6 @@ def sweeper_of(client: TestClient) -> Sweeper:  # type: ignore[type-arg]
     assert app is not None
     sweeper: Sweeper = app[SWEEPER]
     return sweeper
-
 
 
 @pytest.fixture

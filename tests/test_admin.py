@@ -69,8 +69,11 @@ NewServer = Callable[..., Awaitable[AdminServer]]
 
 @pytest.fixture
 def new_server(
-    redis_client: aioredis.Redis, settings: Settings, clock: FakeClock,
-    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient,
+    redis_client: aioredis.Redis,
+    settings: Settings,
+    clock: FakeClock,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
 ) -> NewServer:
     """Apps on the test's Redis and key prefix with the admin API on, each with its own admin Clock
     over the one FakeClock: like server processes on one machine. ``redis_client`` comes first, so
@@ -111,9 +114,13 @@ async def server_time(client: Client) -> int:
 
 def error(status: int, message: str | None = None) -> Callable[[Any], bool]:
     def check(body: Any) -> bool:
-        return (set(body) == {"status", "error", "message", "service"} and body["status"] == status
-                and body["error"] is True and body["service"] == "Admin"
-                and (message is None or body["message"] == message))
+        return (
+            set(body) == {"status", "error", "message", "service"}
+            and body["status"] == status
+            and body["error"] is True
+            and body["service"] == "Admin"
+            and (message is None or body["message"] == message)
+        )
 
     return check
 
@@ -246,7 +253,10 @@ async def fill(client: Client, sub_key: str) -> str:
 
 
 async def test_reset_empties_one_keyset_and_leaves_the_others(
-    server: AdminServer, new_server: NewServer, redis_client: aioredis.Redis, clock: FakeClock,
+    server: AdminServer,
+    new_server: NewServer,
+    redis_client: aioredis.Redis,
+    clock: FakeClock,
 ) -> None:
     client, store = server.client, server.store
     old_cursor = await fill(client, "demo")
@@ -271,11 +281,16 @@ async def test_reset_empties_one_keyset_and_leaves_the_others(
     assert (await ok_body(client, f"{P}/uuid/u1"))["payload"]["channels"] == []
     assert (await ok_body(client, f"{P}/channel/ch1/uuid/u1"))["payload"] == {}
     assert (await ok_body(client, "/v1/channel-registration/sub-key/demo/channel-group"))["payload"]["groups"] == []
-    assert (await ok_body(client, "/v1/channel-registration/sub-key/demo/channel-group/g1"))[
-        "payload"]["channels"] == []
+    assert (await ok_body(client, "/v1/channel-registration/sub-key/demo/channel-group/g1"))["payload"][
+        "channels"
+    ] == []
     assert await store.read_log("demo", "ch1") == []
     assert (await admin(client, "GET", "/admin/keysets/demo/snapshot"))[1] == {
-        "sub_key": "demo", "now": START, "timetoken": None, "channels": {}, "groups": {},
+        "sub_key": "demo",
+        "now": START,
+        "timetoken": None,
+        "channels": {},
+        "groups": {},
     }
     found, _ = await poll(client, "ch1", old_cursor, uuid="reader")  # makes "reader" present
     assert found == []  # the message went with the keyset
@@ -331,10 +346,13 @@ async def test_snapshot_shape(server: AdminServer, clock: FakeClock) -> None:
         "now": START + 10,
         "timetoken": tt,
         "channels": {
-            "ch1": {"occupancy": 2, "occupants": {
-                "u1": {"deadline": START + 60, "state": {"mood": "ok", "n": 1}},
-                "u2": {"deadline": START + 30, "state": {}},
-            }},
+            "ch1": {
+                "occupancy": 2,
+                "occupants": {
+                    "u1": {"deadline": START + 60, "state": {"mood": "ok", "n": 1}},
+                    "u2": {"deadline": START + 30, "state": {}},
+                },
+            },
             "ch2": {"occupancy": 1, "occupants": {"u2": {"deadline": START + 30, "state": {}}}},
         },
         "groups": {"g1": ["ch1", "ch9"], "g2": ["ch2"]},
@@ -343,21 +361,24 @@ async def test_snapshot_shape(server: AdminServer, clock: FakeClock) -> None:
 
 async def test_snapshot_of_an_unused_keyset(server: AdminServer) -> None:
     status, snap = await admin(server.client, "GET", "/admin/keysets/never-used/snapshot")
-    assert (status, snap) == (200, {"sub_key": "never-used", "now": START, "timetoken": None, "channels": {},
-                                    "groups": {}})
+    assert (status, snap) == (
+        200,
+        {"sub_key": "never-used", "now": START, "timetoken": None, "channels": {}, "groups": {}},
+    )
 
 
 # -- access ----------------------------------------------------------------------------------------
 
 
-ADMIN_CALLS = [("POST", f"{ADVANCE}?seconds=100"), ("POST", "/admin/keysets/demo/reset"),
-               ("GET", "/admin/keysets/demo/snapshot")]
+ADMIN_CALLS = [
+    ("POST", f"{ADVANCE}?seconds=100"),
+    ("POST", "/admin/keysets/demo/reset"),
+    ("GET", "/admin/keysets/demo/snapshot"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
-async def test_admin_routes_do_not_exist_when_admin_is_off(
-    new_server: NewServer, method: str, path: str
-) -> None:
+async def test_admin_routes_do_not_exist_when_admin_is_off(new_server: NewServer, method: str, path: str) -> None:
     server = await new_server(admin=False)
     await heartbeat(server.client, "ch1", "u1", heartbeat=60)
     status, body = await admin(server.client, method, path)
@@ -380,8 +401,11 @@ def remote_address(address: str) -> Middleware:
 
 @pytest.fixture
 def remote_server(
-    redis_client: aioredis.Redis, settings: Settings, clock: FakeClock,
-    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient,
+    redis_client: aioredis.Redis,
+    settings: Settings,
+    clock: FakeClock,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
 ) -> Callable[..., Awaitable[AdminServer]]:
     """An admin app whose requests all seem to come from another address."""
 
@@ -426,7 +450,8 @@ async def test_admin_remote_lets_any_client_in(remote_server: Callable[..., Awai
 
 
 async def test_admin_answers_a_client_on_any_loopback_address(
-    settings: Settings, aiohttp_server: AiohttpServer,
+    settings: Settings,
+    aiohttp_server: AiohttpServer,
 ) -> None:
     # A real connection from 127.0.0.2: the whole of 127.0.0.0/8 is loopback (RFC 1122), not just .1.
     # (One engine is enough here: the embedded store.)

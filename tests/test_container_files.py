@@ -232,7 +232,7 @@ def block(lines: Lines, key: str) -> Lines:
     for index, (indent, content) in enumerate(lines):
         if indent == top and (content == f"{key}:" or content.startswith(f"{key}: ")):
             children = []
-            for child in lines[index + 1:]:
+            for child in lines[index + 1 :]:
                 if child[0] <= indent:
                     break
                 children.append(child)
@@ -246,7 +246,7 @@ def scalar(lines: Lines, key: str) -> str | None:
     top = min(indent for indent, _ in lines)
     for indent, content in lines:
         if indent == top and (content == f"{key}:" or content.startswith(f"{key}: ")):
-            return content[len(key) + 1:].strip().strip("\"'") or None
+            return content[len(key) + 1 :].strip().strip("\"'") or None
     return None
 
 
@@ -363,7 +363,7 @@ def replace(text: str, old: str, new: str) -> str:
 
 def final_of(text: str) -> str:
     """Only the final stage's text (its FROM line onwards)."""
-    return text[text.rindex("\nFROM ") + 1:]
+    return text[text.rindex("\nFROM ") + 1 :]
 
 
 def remove_yaml_block(text: str, header: str) -> str:
@@ -387,37 +387,67 @@ MUTANTS: list[tuple[str, Callable[[str], None], str]] = [
     ("full image", check_multi_stage_on_pinned_slim_base, DOCKERFILE.replace(BASE, BASE.replace("-slim", ""))),
     ("two bases", check_multi_stage_on_pinned_slim_base, DOCKERFILE.replace(BASE, "python:3.11.9-slim", 1)),
     ("no wheel", check_build_stage_makes_a_wheel, replace(DOCKERFILE, "pip wheel", "pip install")),
-    ("pip cache", check_final_stage_installs_only_wheels_without_cache,
-     replace(DOCKERFILE, "--no-cache-dir", "")),
-    ("no PIP_NO_CACHE_DIR", check_final_stage_installs_only_wheels_without_cache,
-     replace(DOCKERFILE, "PIP_NO_CACHE_DIR=1", "PIP_NO_CACHE_DIR=")),
+    ("pip cache", check_final_stage_installs_only_wheels_without_cache, replace(DOCKERFILE, "--no-cache-dir", "")),
+    (
+        "no PIP_NO_CACHE_DIR",
+        check_final_stage_installs_only_wheels_without_cache,
+        replace(DOCKERFILE, "PIP_NO_CACHE_DIR=1", "PIP_NO_CACHE_DIR="),
+    ),
     ("from the index", check_final_stage_installs_only_wheels_without_cache, replace(DOCKERFILE, "--no-index ", "")),
-    ("source copied", check_final_stage_installs_only_wheels_without_cache,
-     replace(DOCKERFILE, "\nEXPOSE", "\nCOPY presence_server /app/presence_server\nEXPOSE")),
-    ("build tools", check_final_stage_installs_only_wheels_without_cache,
-     replace(DOCKERFILE, "\nUSER", "\nRUN apt-get install -y --no-install-recommends gcc\nUSER")),
+    (
+        "source copied",
+        check_final_stage_installs_only_wheels_without_cache,
+        replace(DOCKERFILE, "\nEXPOSE", "\nCOPY presence_server /app/presence_server\nEXPOSE"),
+    ),
+    (
+        "build tools",
+        check_final_stage_installs_only_wheels_without_cache,
+        replace(DOCKERFILE, "\nUSER", "\nRUN apt-get install -y --no-install-recommends gcc\nUSER"),
+    ),
     ("no USER", check_final_stage_runs_as_non_root, drop_instruction(DOCKERFILE, "USER")),
     ("USER root", check_final_stage_runs_as_non_root, replace(DOCKERFILE, "USER 10001:10001", "USER root")),
     ("USER 0", check_final_stage_runs_as_non_root, replace(DOCKERFILE, "USER 10001:10001", "USER 0:0")),
-    ("non-root only while building", check_final_stage_runs_as_non_root,
-     replace(drop_instruction(DOCKERFILE, "USER"), "WORKDIR /src", "WORKDIR /src\nUSER 10001")),
+    (
+        "non-root only while building",
+        check_final_stage_runs_as_non_root,
+        replace(drop_instruction(DOCKERFILE, "USER"), "WORKDIR /src", "WORKDIR /src\nUSER 10001"),
+    ),
     ("no HEALTHCHECK", check_healthcheck_uses_python_on_health, drop_instruction(DOCKERFILE, "HEALTHCHECK")),
-    ("HEALTHCHECK NONE", check_healthcheck_uses_python_on_health,
-     drop_instruction(DOCKERFILE, "HEALTHCHECK") + "HEALTHCHECK NONE\n"),
-    ("curl", check_healthcheck_uses_python_on_health,
-     drop_instruction(DOCKERFILE, "HEALTHCHECK") + 'HEALTHCHECK CMD ["curl", "-f", "http://127.0.0.1:8090/health"]\n'),
+    (
+        "HEALTHCHECK NONE",
+        check_healthcheck_uses_python_on_health,
+        drop_instruction(DOCKERFILE, "HEALTHCHECK") + "HEALTHCHECK NONE\n",
+    ),
+    (
+        "curl",
+        check_healthcheck_uses_python_on_health,
+        drop_instruction(DOCKERFILE, "HEALTHCHECK")
+        + 'HEALTHCHECK CMD ["curl", "-f", "http://127.0.0.1:8090/health"]\n',
+    ),
     ("other path", check_healthcheck_uses_python_on_health, replace(DOCKERFILE, "/health'", "/time/0'")),
     ("no EXPOSE", check_exposes_8090, drop_instruction(DOCKERFILE, "EXPOSE")),
     ("EXPOSE 8080", check_exposes_8090, replace(DOCKERFILE, "EXPOSE 8090", "EXPOSE 8080")),
     ("no ENTRYPOINT", check_entry_point_is_presence_server, drop_instruction(DOCKERFILE, "ENTRYPOINT")),
-    ("other ENTRYPOINT", check_entry_point_is_presence_server,
-     replace(DOCKERFILE, 'ENTRYPOINT ["presence-server"]', 'ENTRYPOINT ["python", "-m", "http.server"]')),
-    ("loopback only", check_listens_on_all_interfaces_on_8090,
-     replace(DOCKERFILE, "PRESENCE_HOST=0.0.0.0", "PRESENCE_HOST=127.0.0.1")),
-    ("no PRESENCE_HOST", check_listens_on_all_interfaces_on_8090,
-     replace(DOCKERFILE, "PRESENCE_HOST=0.0.0.0", "UNRELATED=1")),
-    ("other port", check_listens_on_all_interfaces_on_8090,
-     replace(DOCKERFILE, "PRESENCE_PORT=8090", "PRESENCE_PORT=9000")),
+    (
+        "other ENTRYPOINT",
+        check_entry_point_is_presence_server,
+        replace(DOCKERFILE, 'ENTRYPOINT ["presence-server"]', 'ENTRYPOINT ["python", "-m", "http.server"]'),
+    ),
+    (
+        "loopback only",
+        check_listens_on_all_interfaces_on_8090,
+        replace(DOCKERFILE, "PRESENCE_HOST=0.0.0.0", "PRESENCE_HOST=127.0.0.1"),
+    ),
+    (
+        "no PRESENCE_HOST",
+        check_listens_on_all_interfaces_on_8090,
+        replace(DOCKERFILE, "PRESENCE_HOST=0.0.0.0", "UNRELATED=1"),
+    ),
+    (
+        "other port",
+        check_listens_on_all_interfaces_on_8090,
+        replace(DOCKERFILE, "PRESENCE_PORT=8090", "PRESENCE_PORT=9000"),
+    ),
     (".git kept", check_dockerignore, replace(DOCKERIGNORE, "\n.git\n", "\n")),
     ("tests kept", check_dockerignore, replace(DOCKERIGNORE, "\ntests\n", "\n")),
     ("node_modules kept", check_dockerignore, replace(DOCKERIGNORE, "\n**/node_modules\n", "\n")),
@@ -430,24 +460,38 @@ MUTANTS: list[tuple[str, Callable[[str], None], str]] = [
     ("no redis healthcheck", check_redis_service, remove_yaml_block(COMPOSE, "    healthcheck:")),
     ("no build", check_presence_service, replace(COMPOSE, "    build: .\n", "")),
     ("no ports", check_presence_service, remove_yaml_block(COMPOSE, "    ports:")),
-    ("memory store", check_presence_service,
-     replace(COMPOSE, "PRESENCE_REDIS_URL: redis://redis:6379/0\n", "PRESENCE_REDIS_URL: memory://\n")),
+    (
+        "memory store",
+        check_presence_service,
+        replace(COMPOSE, "PRESENCE_REDIS_URL: redis://redis:6379/0\n", "PRESENCE_REDIS_URL: memory://\n"),
+    ),
     ("no restart", check_presence_service, replace(COMPOSE, "    restart: unless-stopped\n\n# ---", "\n# ---")),
     ("no depends_on", check_presence_waits_for_healthy_redis, remove_yaml_block(COMPOSE, "    depends_on:")),
-    ("service_started", check_presence_waits_for_healthy_redis,
-     replace(COMPOSE, "condition: service_healthy\n    #", "condition: service_started\n    #")),
+    (
+        "service_started",
+        check_presence_waits_for_healthy_redis,
+        replace(COMPOSE, "condition: service_healthy\n    #", "condition: service_started\n    #"),
+    ),
     ("no example", check_scaled_example, replace(COMPOSE, "# BEGIN scaled example", "# scaled example")),
     ("one server", check_scaled_example, replace(COMPOSE, "#   presence-2: *presence\n", "")),
-    ("short proxy timeout", check_scaled_example,
-     replace(COMPOSE, "proxy_read_timeout 310s", "proxy_read_timeout 60s")),
-    ("servers published", check_scaled_example,
-     replace(COMPOSE, "#   presence-1: *presence\n",
-             '#   presence-1:\n#     <<: *presence\n#     ports: ["8091:8090"]\n')),
+    (
+        "short proxy timeout",
+        check_scaled_example,
+        replace(COMPOSE, "proxy_read_timeout 310s", "proxy_read_timeout 60s"),
+    ),
+    (
+        "servers published",
+        check_scaled_example,
+        replace(
+            COMPOSE, "#   presence-1: *presence\n", '#   presence-1:\n#     <<: *presence\n#     ports: ["8091:8090"]\n'
+        ),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("check", "text"), [(check, text) for _, check, text in MUTANTS],
-                         ids=[name for name, _, _ in MUTANTS])
+@pytest.mark.parametrize(
+    ("check", "text"), [(check, text) for _, check, text in MUTANTS], ids=[name for name, _, _ in MUTANTS]
+)
 def test_check_fails_without_the_property(check: Callable[[str], None], text: str) -> None:
     with pytest.raises(AssertionError):
         check(text)
@@ -461,8 +505,11 @@ async def run_healthcheck(port: int) -> int:
     command = only(final_stage(DOCKERFILE), "HEALTHCHECK")[-1].exec_form()
     assert command[0] == "python"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *command[1:], env={**os.environ, "PRESENCE_PORT": str(port)},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        *command[1:],
+        env={**os.environ, "PRESENCE_PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     return await asyncio.wait_for(proc.wait(), timeout=30)
 

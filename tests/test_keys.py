@@ -31,7 +31,7 @@ def hash_tag(key: str) -> str:
     if start >= 0:
         end = key.find("}", start + 1)
         if end > start + 1:
-            return key[start + 1:end]
+            return key[start + 1 : end]
     return key
 
 
@@ -53,8 +53,9 @@ def slot(key: str) -> int:
     return key_slot(key.encode())
 
 
-async def test_every_script_call_keeps_its_keys_in_one_slot(store: PresenceStore,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_every_script_call_keeps_its_keys_in_one_slot(
+    store: PresenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[tuple[str, list[str]]] = []
     registered = {name: value for name, value in vars(store).items() if isinstance(value, AsyncScript)}
     assert set(registered) >= SCRIPTS
@@ -89,9 +90,14 @@ async def test_every_script_call_keeps_its_keys_in_one_slot(store: PresenceStore
     for sub in SUB_KEYS:
         await store.group_add(sub, GROUP, CHANNELS[:4])
         # Concurrently, as requests arrive: this is where calls get coalesced.
-        await asyncio.gather(*(store.heartbeat(sub, uuid, CHANNELS, [GROUP], now=START, timeout=10 + i,
-                                               states={CHANNELS[1]: '{"s":"{x}"}'})
-                               for i, uuid in enumerate(UUIDS)))
+        await asyncio.gather(
+            *(
+                store.heartbeat(
+                    sub, uuid, CHANNELS, [GROUP], now=START, timeout=10 + i, states={CHANNELS[1]: '{"s":"{x}"}'}
+                )
+                for i, uuid in enumerate(UUIDS)
+            )
+        )
         assert sorted(await store.where_now(sub, UUIDS[0], now=START)) == sorted(CHANNELS)
         await store.set_state(sub, UUIDS[0], CHANNELS, [GROUP], '{"t":1}', now=START)
         assert (await store.get_state(sub, UUIDS[0], CHANNELS[-1:]))[CHANNELS[-1]] == {"t": 1}

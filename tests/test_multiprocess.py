@@ -42,8 +42,9 @@ from tests.test_routes_subscribe import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def two(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient,
-              **settings: Any) -> tuple[Client, Client]:
+async def two(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, **settings: Any
+) -> tuple[Client, Client]:
     """Two servers on the same Redis client, key prefix and clock, as two processes would be."""
     first = await serve(aiohttp_server, aiohttp_client, make_app(**settings))
     second = await serve(aiohttp_server, aiohttp_client, make_app(**settings))
@@ -197,8 +198,18 @@ async def server_process(redis_url: str, prefix: str, log: Path) -> AsyncIterato
     env = {**os.environ, "PRESENCE_KEY_PREFIX": prefix, "PRESENCE_LONGPOLL_HOLD": "2"}
     with log.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "presence_server", "--port", str(port), "--redis-url", redis_url,
-            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+            sys.executable,
+            "-m",
+            "presence_server",
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_url,
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -274,10 +285,14 @@ async def test_two_real_server_processes_share_presence_and_messages(
         body = await call(session, b, f"{sub}/ch2,ch2-pnpres/0", {"uuid": "watcher", "tt": cursor})
         got = [(env["c"], env["d"]) for env in body["m"]]
         assert got == [
-            ("ch2-pnpres", {"action": "join", "uuid": "watcher", "occupancy": 1,
-                            "timestamp": body["m"][0]["d"]["timestamp"]}),
-            ("ch2-pnpres", {"action": "join", "uuid": "u2", "occupancy": 2,
-                            "timestamp": body["m"][1]["d"]["timestamp"]}),
+            (
+                "ch2-pnpres",
+                {"action": "join", "uuid": "watcher", "occupancy": 1, "timestamp": body["m"][0]["d"]["timestamp"]},
+            ),
+            (
+                "ch2-pnpres",
+                {"action": "join", "uuid": "u2", "occupancy": 2, "timestamp": body["m"][1]["d"]["timestamp"]},
+            ),
             ("ch2", {"n": 1}),
         ]
         assert body["m"][2]["p"]["t"] == sent[2]
@@ -285,9 +300,7 @@ async def test_two_real_server_processes_share_presence_and_messages(
 
         # A poll held on B is woken by a publish on A (through Redis), before B's 2 s hold ends.
         loop = asyncio.get_running_loop()
-        pending = asyncio.create_task(
-            call(session, b, f"{sub}/ch2/0", {"uuid": "watcher", "tt": cursor})
-        )
+        pending = asyncio.create_task(call(session, b, f"{sub}/ch2/0", {"uuid": "watcher", "tt": cursor}))
         deadline = loop.time() + 5
         while await held_polls(session, b) < 1:
             assert not pending.done(), "the poll was answered before it was held"

@@ -114,8 +114,14 @@ async def test_every_metric_is_exposed_with_its_type(client: Client) -> None:
         "presence_sweeps": "counter",
     }.items() <= found.types.items()
     # The names an operator writes in queries (counters end in _total on the wire).
-    for name in ("presence_redis_errors_total", "presence_longpolls_held", "presence_present_users",
-                 "presence_occupied_channels", "presence_messages_published_total", "presence_sweeps_total"):
+    for name in (
+        "presence_redis_errors_total",
+        "presence_longpolls_held",
+        "presence_present_users",
+        "presence_occupied_channels",
+        "presence_messages_published_total",
+        "presence_sweeps_total",
+    ):
         found.value(name)
     found.value("presence_http_requests_total", route=HEARTBEAT_ROUTE, method="GET", status="200")
     found.value("presence_events_total", action="join")
@@ -131,8 +137,9 @@ async def test_request_counter_and_latency_histogram_move_with_requests(client: 
     after = await scrape(client)
 
     def delta(**labels: str) -> float:
-        return (after.count("presence_http_requests_total", **labels)
-                - before.count("presence_http_requests_total", **labels))
+        return after.count("presence_http_requests_total", **labels) - before.count(
+            "presence_http_requests_total", **labels
+        )
 
     assert delta(route=HEARTBEAT_ROUTE, method="GET", status="200") == 3
     assert delta(route=HEARTBEAT_ROUTE, method="GET", status="400") == 1
@@ -322,8 +329,9 @@ async def test_health_follows_redis_going_away_and_coming_back(
     port = free_port()
     redis = open_redis(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
     try:
-        client = await aiohttp_client(await aiohttp_server(
-            create_app(settings, redis=redis, clock=clock, sweeper=False), **TEST_SERVER_OPTIONS))
+        client = await aiohttp_client(
+            await aiohttp_server(create_app(settings, redis=redis, clock=clock, sweeper=False), **TEST_SERVER_OPTIONS)
+        )
         assert (await get(client, "/ready")).status == 503  # nothing listens yet
         with redis_server(port):
             await wait_for_status(client, "/ready", 200)
@@ -452,8 +460,16 @@ def server_env(**variables: str) -> dict[str, str]:
 def run_server(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m presence_server`` expected to stop at once; a server that starts instead fails the test."""
     try:
-        return subprocess.run([sys.executable, "-m", "presence_server", *args], cwd=ROOT, env=dict(env), capture_output=True,
-                              text=True, timeout=20, stdin=subprocess.DEVNULL, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "presence_server", *args],
+            cwd=ROOT,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"the server started instead of refusing its settings: {exc.stderr!r}") from None
 
@@ -506,16 +522,19 @@ def test_a_refused_redis_url_is_not_echoed_with_its_password() -> None:
     assert "s3cret-pw" not in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("url", [
-    "redis://:s3cret-pw@redis-host:6379/0",
-    "redis://app:s3cret-pw@redis-host:6379/0",
-    "rediss://app:s3cret-pw@redis-host:6380",
-    "redis://app:s3cret%40pw@redis-host:6379/0",
-    "unix://:s3cret-pw@/run/redis.sock?db=0",
-    # redis-py also reads the password from the query string (its documented form for unix sockets).
-    "unix:///run/redis.sock?db=0&password=s3cret-pw",
-    "redis://redis-host:6379/0?password=s3cret-pw",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret-pw@redis-host:6379/0",
+        "redis://app:s3cret-pw@redis-host:6379/0",
+        "rediss://app:s3cret-pw@redis-host:6380",
+        "redis://app:s3cret%40pw@redis-host:6379/0",
+        "unix://:s3cret-pw@/run/redis.sock?db=0",
+        # redis-py also reads the password from the query string (its documented form for unix sockets).
+        "unix:///run/redis.sock?db=0&password=s3cret-pw",
+        "redis://redis-host:6379/0?password=s3cret-pw",
+    ],
+)
 def test_the_settings_summary_never_contains_the_redis_password(url: str) -> None:
     summary = Settings(redis_url=url, keysets="pub-secret:sub-secret").summary()
     text = repr(summary)
@@ -525,18 +544,34 @@ def test_the_settings_summary_never_contains_the_redis_password(url: str) -> Non
 
 
 @contextlib.asynccontextmanager
-async def server_process(env: Mapping[str, str], stderr: int | Path = subprocess.PIPE,
-                         ) -> AsyncIterator[asyncio.subprocess.Process]:
+async def server_process(
+    env: Mapping[str, str],
+    stderr: int | Path = subprocess.PIPE,
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """``python -m presence_server`` as an operator runs it; terminated (SIGTERM) when the block ends."""
     if isinstance(stderr, Path):
         with stderr.open("wb") as sink:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "presence_server", cwd=ROOT, env=dict(env),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=sink)
+                sys.executable,
+                "-m",
+                "presence_server",
+                cwd=ROOT,
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=sink,
+            )
     else:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "presence_server", cwd=ROOT, env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
+            sys.executable,
+            "-m",
+            "presence_server",
+            cwd=ROOT,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         yield proc
     finally:
@@ -549,8 +584,9 @@ async def server_process(env: Mapping[str, str], stderr: int | Path = subprocess
                 await proc.wait()
 
 
-async def wait_answering(base: str, path: str, status: int, proc: asyncio.subprocess.Process,
-                         within: float = 20.0) -> Any:
+async def wait_answering(
+    base: str, path: str, status: int, proc: asyncio.subprocess.Process, within: float = 20.0
+) -> Any:
     """Poll ``base + path`` until it answers ``status``; returns the JSON body."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -567,8 +603,9 @@ async def wait_answering(base: str, path: str, status: int, proc: asyncio.subpro
 
 async def test_json_log_format_makes_every_line_json() -> None:
     port = free_port()
-    env = server_env(PRESENCE_PORT=str(port), PRESENCE_REDIS_URL="memory://", PRESENCE_LOG_FORMAT="json",
-                     PRESENCE_ACCESS_LOG="1")
+    env = server_env(
+        PRESENCE_PORT=str(port), PRESENCE_REDIS_URL="memory://", PRESENCE_LOG_FORMAT="json", PRESENCE_ACCESS_LOG="1"
+    )
     async with server_process(env) as proc:
         assert proc.stderr is not None
         first = await asyncio.wait_for(proc.stderr.readline(), 20)

@@ -14,9 +14,23 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "test_with_prese
 def test_example_suite_passes_with_the_installed_plugin(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "test_example.py")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
-         "--rootdir", str(tmp_path), str(tmp_path / "test_example.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_example.py"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout

@@ -9,8 +9,9 @@ from presence_server.store.keys import keysets_due
 from tests.conftest import START
 
 
-async def test_reconcile_restores_a_lost_global_entry(store: PresenceStore, redis_client: aioredis.Redis,
-                                                      prefix: str) -> None:
+async def test_reconcile_restores_a_lost_global_entry(
+    store: PresenceStore, redis_client: aioredis.Redis, prefix: str
+) -> None:
     await store.heartbeat("demo", "u1", ["ch"], now=START, timeout=30)
     # The write that follows the heartbeat script is lost (say Redis went away just then).
     await redis_client.zrem(keysets_due(prefix), "demo")

@@ -69,8 +69,11 @@ async def snapshot(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
 
 async def seed(client: Client) -> None:
     """Someone present with state, and a group, so that any accepted call would change something."""
-    for path in (f"{CG}/cg0?add=ch0,ch1", f"{P}/channel/ch0/heartbeat?uuid=u0&heartbeat=60",
-                 f"{P}/channel/ch0/uuid/u0/data?state=%7B%22s%22%3A1%7D"):
+    for path in (
+        f"{CG}/cg0?add=ch0,ch1",
+        f"{P}/channel/ch0/heartbeat?uuid=u0&heartbeat=60",
+        f"{P}/channel/ch0/uuid/u0/data?state=%7B%22s%22%3A1%7D",
+    ):
         status, body = await send(client, path)
         assert status == 200, body
 
@@ -206,8 +209,10 @@ async def test_refused_request_changes_nothing_even_when_valid_parts_came_first(
     # The check that fails is the last one the handler makes; nothing may have been applied before it.
     await seed(client)
     before = await snapshot(redis_client, prefix)
-    for path in (f"{P}/channel/ch0,ch1/heartbeat?uuid=u0&heartbeat=10&channel-group=cg0&state=%5B%5D",
-                 f"{P}/channel/ch0/heartbeat?uuid=u0&state=%7B%22ch0%22%3A%7B%7D%7D&heartbeat=-1"):
+    for path in (
+        f"{P}/channel/ch0,ch1/heartbeat?uuid=u0&heartbeat=10&channel-group=cg0&state=%5B%5D",
+        f"{P}/channel/ch0/heartbeat?uuid=u0&state=%7B%22ch0%22%3A%7B%7D%7D&heartbeat=-1",
+    ):
         status, body = await send(client, path)
         assert_error(status, body, 400, PRESENCE)
     assert await snapshot(redis_client, prefix) == before
@@ -240,13 +245,17 @@ async def test_name_length_limit_follows_the_setting(
 
 
 async def test_redis_unreachable_answers_503_then_a_working_server_answers(
-    client: Client, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, settings: Settings,
+    client: Client,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
     clock: FakeClock,
 ) -> None:
     broken = open_redis("redis://127.0.0.1:1/0")  # port 1 refuses connections
     try:
-        down = await aiohttp_client(await aiohttp_server(
-            create_app(settings, redis=broken, clock=clock, sweeper=False), **TEST_SERVER_OPTIONS))
+        down = await aiohttp_client(
+            await aiohttp_server(create_app(settings, redis=broken, clock=clock, sweeper=False), **TEST_SERVER_OPTIONS)
+        )
         for path, service in (
             (f"{P}/channel/ch1/heartbeat?uuid=u1", PRESENCE),
             (f"{P}/channel/ch1/leave?uuid=u1", PRESENCE),
@@ -277,7 +286,9 @@ async def test_redis_unreachable_answers_503_then_a_working_server_answers(
     assert await send(client, "/health") == (200, {"status": "ok"})
     assert (await send(client, f"{P}/channel/ch1/heartbeat?uuid=u1"))[0] == 200
     assert await send(client, f"{P}/channel/ch1") == (
-        200, {"status": 200, "message": "OK", "service": PRESENCE, "uuids": ["u1"], "occupancy": 1})
+        200,
+        {"status": 200, "message": "OK", "service": PRESENCE, "uuids": ["u1"], "occupancy": 1},
+    )
 
 
 async def test_an_app_closed_right_after_start_stops_its_wake_listener(new_client: NewClient) -> None:

@@ -23,7 +23,8 @@ async def get(client: Client, path: str, params: Mapping[str, object] | None = N
     target = path
     if params:
         target += ("&" if "?" in path else "?") + urlencode(
-            {k: str(v) for k, v in params.items()}, quote_via=quote, safe="")
+            {k: str(v) for k, v in params.items()}, quote_via=quote, safe=""
+        )
     resp = await client.get(URL(target, encoded=True))
     content_type = resp.headers.get("Content-Type", "")
     assert "json" in content_type or "javascript" in content_type, content_type
@@ -41,11 +42,14 @@ def listing(group: str, channels: list[str]) -> dict[str, Any]:
 
 
 def multi(channels: dict[str, Any]) -> dict[str, Any]:
-    return {**OK, "payload": {
-        "channels": channels,
-        "total_channels": len(channels),
-        "total_occupancy": sum(entry["occupancy"] for entry in channels.values()),
-    }}
+    return {
+        **OK,
+        "payload": {
+            "channels": channels,
+            "total_channels": len(channels),
+            "total_occupancy": sum(entry["occupancy"] for entry in channels.values()),
+        },
+    }
 
 
 async def groups_of(client: Client, sub_key: str = "demo") -> list[str]:
@@ -100,7 +104,8 @@ async def test_add_and_remove_lists_in_either_sdk_encoding(client: Client) -> No
 async def test_group_and_channel_names_round_trip(client: Client) -> None:
     await ok_body(client, f"{CG}/g%2F1%20%E2%9C%93%7Bx%7D", {"add": "ch 1/x,{y},a+b,✓"})
     assert await ok_body(client, f"{CG}/g%2F1%20%E2%9C%93%7Bx%7D") == listing(
-        "g/1 ✓{x}", sorted(["ch 1/x", "{y}", "a+b", "✓"]))
+        "g/1 ✓{x}", sorted(["ch 1/x", "{y}", "a+b", "✓"])
+    )
     assert await groups_of(client) == ["g/1 ✓{x}"]
     # The same group named in a presence call's channel-group query.
     await ok_body(client, f"{P}/channel/,/heartbeat", {"uuid": "u1", "channel-group": "g/1 ✓{x}"})
@@ -129,7 +134,8 @@ async def test_heartbeat_here_now_and_leave_through_a_group(client: Client) -> N
     body = await ok_body(client, f"{P}/channel/,/leave", {"uuid": "u1", "channel-group": "cg1"})
     assert body == {**OK, "action": "leave"}
     assert await ok_body(client, f"{P}/channel/,", {"channel-group": "cg1"}) == multi(
-        {"ch2": {"uuids": ["u2"], "occupancy": 1}})
+        {"ch2": {"uuids": ["u2"], "occupancy": 1}}
+    )
     assert await ok_body(client, f"{P}/uuid/u1") == {**OK, "payload": {"channels": []}}
 
 
@@ -141,7 +147,8 @@ async def test_any_group_gets_the_payload_shape(client: Client) -> None:
     assert await ok_body(client, f"{P}/channel/,", {"channel-group": "one"}) == multi(entry)
     assert await ok_body(client, f"{P}/channel/ch1", {"channel-group": "one"}) == multi(entry)
     assert await ok_body(client, f"{P}/channel/,", {"channel-group": "one", "disable_uuids": 1}) == multi(
-        {"ch1": {"occupancy": 1}})
+        {"ch1": {"occupancy": 1}}
+    )
     assert await ok_body(client, f"{P}/channel/,", {"channel-group": "empty-or-missing"}) == multi({})
     assert await ok_body(client, f"{P}/channel/ch9", {"channel-group": "one"}) == multi(entry)
 
@@ -153,8 +160,9 @@ async def test_channel_group_lists_in_either_sdk_encoding(client: Client) -> Non
     await ok_body(client, f"{P}/channel/,/heartbeat?uuid=py&channel-group=cg1,cg2,cg1-pnpres")
     await ok_body(client, f"{P}/channel/,/heartbeat?uuid=js&channel-group=cg1%2Ccg2%2Ccg2-pnpres")
     body = await ok_body(client, f"{P}/channel/,?channel-group=cg1,cg2")
-    assert body == multi({"ch1": {"uuids": ["js", "py"], "occupancy": 2},
-                          "ch2": {"uuids": ["js", "py"], "occupancy": 2}})
+    assert body == multi(
+        {"ch1": {"uuids": ["js", "py"], "occupancy": 2}, "ch2": {"uuids": ["js", "py"], "occupancy": 2}}
+    )
     assert await ok_body(client, f"{P}/channel/,?channel-group=cg1%2Ccg2") == body
 
 
@@ -162,7 +170,8 @@ async def test_a_channel_in_the_path_and_in_a_group_counts_once(client: Client) 
     await ok_body(client, f"{CG}/cg1", {"add": "ch1,ch2"})
     await ok_body(client, f"{P}/channel/ch1/heartbeat", {"uuid": "u1", "channel-group": "cg1"})
     assert await ok_body(client, f"{P}/channel/ch1", {"channel-group": "cg1"}) == multi(
-        {"ch1": {"uuids": ["u1"], "occupancy": 1}, "ch2": {"uuids": ["u1"], "occupancy": 1}})
+        {"ch1": {"uuids": ["u1"], "occupancy": 1}, "ch2": {"uuids": ["u1"], "occupancy": 1}}
+    )
 
 
 async def test_state_through_a_group(client: Client) -> None:
@@ -177,21 +186,32 @@ async def test_state_through_a_group(client: Client) -> None:
     body = await ok_body(client, f"{P}/channel/ch1/uuid/u1", {"channel-group": "cg1"})
     assert body == {**OK, "uuid": "u1", "payload": {"channels": {"ch1": {"a": 1}, "ch2": {"a": 1}}}}
     assert await ok_body(client, f"{P}/channel/ch2/uuid/u1") == {
-        **OK, "uuid": "u1", "channel": "ch2", "payload": {"a": 1}}
+        **OK,
+        "uuid": "u1",
+        "channel": "ch2",
+        "payload": {"a": 1},
+    }
 
 
 async def test_heartbeat_state_keyed_by_group_and_flat_with_groups(client: Client) -> None:
     await ok_body(client, f"{CG}/cg1", {"add": "ch1,ch2"})
-    await ok_body(client, f"{P}/channel/ch3/heartbeat",
-                  {"uuid": "u1", "channel-group": "cg1", "state": '{"cg1":{"via":"group"},"ch3":{"via":"ch"}}'})
+    await ok_body(
+        client,
+        f"{P}/channel/ch3/heartbeat",
+        {"uuid": "u1", "channel-group": "cg1", "state": '{"cg1":{"via":"group"},"ch3":{"via":"ch"}}'},
+    )
     body = await ok_body(client, f"{P}/channel/ch3/uuid/u1", {"channel-group": "cg1"})
     assert body["payload"] == {"channels": {"ch3": {"via": "ch"}, "ch1": {"via": "group"}, "ch2": {"via": "group"}}}
-    await ok_body(client, f"{P}/channel/ch3/heartbeat",
-                  {"uuid": "u1", "channel-group": "cg1", "state": '{"mood":"flat"}'})
+    await ok_body(
+        client, f"{P}/channel/ch3/heartbeat", {"uuid": "u1", "channel-group": "cg1", "state": '{"mood":"flat"}'}
+    )
     body = await ok_body(client, f"{P}/channel/ch3/uuid/u1", {"channel-group": "cg1"})
     assert body["payload"] == {"channels": {name: {"mood": "flat"} for name in ("ch3", "ch1", "ch2")}}
     # A channel's own entry wins over its group's.
-    await ok_body(client, f"{P}/channel/ch1/heartbeat",
-                  {"uuid": "u1", "channel-group": "cg1", "state": '{"cg1":{"g":1},"ch1":{"c":1}}'})
+    await ok_body(
+        client,
+        f"{P}/channel/ch1/heartbeat",
+        {"uuid": "u1", "channel-group": "cg1", "state": '{"cg1":{"g":1},"ch1":{"c":1}}'},
+    )
     body = await ok_body(client, f"{P}/channel/ch1,ch2/uuid/u1")
     assert body["payload"] == {"channels": {"ch1": {"c": 1}, "ch2": {"g": 1}}}

@@ -26,7 +26,8 @@ async def test_own_join_before_the_handshake_is_delivered(client: TestClient) ->
 
 
 async def test_an_old_join_or_someone_elses_does_not_move_the_cursor(
-    client: TestClient, clock: FakeClock  # type: ignore[type-arg]
+    client: TestClient,
+    clock: FakeClock,  # type: ignore[type-arg]
 ) -> None:
     await get(client, f"{P}/channel/lobby/heartbeat", uuid="js-user", heartbeat="300")
     clock.advance(10)  # older than the window: the subscriber joined long ago, nothing to replay

@@ -77,11 +77,14 @@ def single(uuids: list[Any], occupancy: int | None = None) -> dict[str, Any]:
 
 
 def multi(channels: dict[str, Any]) -> dict[str, Any]:
-    return {**OK, "payload": {
-        "channels": channels,
-        "total_channels": len(channels),
-        "total_occupancy": sum(entry["occupancy"] for entry in channels.values()),
-    }}
+    return {
+        **OK,
+        "payload": {
+            "channels": channels,
+            "total_channels": len(channels),
+            "total_occupancy": sum(entry["occupancy"] for entry in channels.values()),
+        },
+    }
 
 
 # -- time, heartbeat, leave --------------------------------------------------------------------
@@ -108,7 +111,9 @@ async def test_leave_answers_the_leave_body_and_removes_the_uuid(client: Client)
     await heartbeat(client, "ch1", "u2")
     reply = await get(client, f"{P}/channel/ch1/leave", {"uuid": "u1"})
     assert (reply.status, reply.body) == (
-        200, {"status": 200, "action": "leave", "message": "OK", "service": "Presence"})
+        200,
+        {"status": 200, "action": "leave", "message": "OK", "service": "Presence"},
+    )
     assert await occupants(client, "ch1") == ["u2"]
     assert await where(client, "u1") == ["ch2"]
     # Leaving where one is not present is not an error (JS leaves every channel it unsubscribes).
@@ -127,8 +132,16 @@ async def test_occupancy_counts_unique_uuids(client: Client) -> None:
 
 
 async def test_unknown_and_ignored_params_change_nothing(client: Client) -> None:
-    ignored = {"pnsdk": "PubNub-JS-Nodejs/12.0.3", "requestid": "6f1e", "instanceid": "pn-1", "tr": "12",
-               "signature": "v2.abc", "timestamp": "1700000000", "auth": "secret", "on-demand": "1"}
+    ignored = {
+        "pnsdk": "PubNub-JS-Nodejs/12.0.3",
+        "requestid": "6f1e",
+        "instanceid": "pn-1",
+        "tr": "12",
+        "signature": "v2.abc",
+        "timestamp": "1700000000",
+        "auth": "secret",
+        "on-demand": "1",
+    }
     await heartbeat(client, "ch1", "u1", ee="1", **ignored)  # Python event engine: ee=1
     await heartbeat(client, "ch2", "u1", ee="", **ignored)  # JS: ee= (empty)
     body = await ok_body(client, f"{P}/channel/ch1,ch2", {"ee": "", **ignored})
@@ -167,8 +180,9 @@ async def test_here_now_with_state_lists_objects_with_state_only_where_set(clien
     body = await ok_body(client, f"{P}/channel/ch1", {"state": 1})
     assert body == single([{"uuid": "u1"}, {"uuid": "u2", "state": {"count": 5, "name": "Alex"}}])
     body = await ok_body(client, f"{P}/channel/ch1,ch2", {"state": 1})
-    assert body == multi({"ch1": {"uuids": [{"uuid": "u1"}, {"uuid": "u2", "state": {"count": 5, "name": "Alex"}}],
-                                  "occupancy": 2}})
+    assert body == multi(
+        {"ch1": {"uuids": [{"uuid": "u1"}, {"uuid": "u2", "state": {"count": 5, "name": "Alex"}}], "occupancy": 2}}
+    )
 
 
 async def test_here_now_payload_shape_for_several_channels_lists_only_occupied_ones(client: Client) -> None:
@@ -199,8 +213,12 @@ async def test_here_now_global(client: Client) -> None:
     body = await ok_body(client, P, {"disable_uuids": 1})
     assert body == multi({"ch1": {"occupancy": 1}, "ch2": {"occupancy": 2}})
     body = await ok_body(client, P, {"state": 1, "limit": 1000})
-    assert body == multi({"ch1": {"uuids": [{"uuid": "u1", "state": {"a": 1}}], "occupancy": 1},
-                          "ch2": {"uuids": [{"uuid": "u1"}, {"uuid": "u2"}], "occupancy": 2}})
+    assert body == multi(
+        {
+            "ch1": {"uuids": [{"uuid": "u1", "state": {"a": 1}}], "occupancy": 1},
+            "ch2": {"uuids": [{"uuid": "u1"}, {"uuid": "u2"}], "occupancy": 2},
+        }
+    )
     assert await ok_body(client, "/v2/presence/sub-key/nobody") == multi({})
     await ok_body(client, f"{P}/channel/ch1,ch2/leave", {"uuid": "u1"})
     assert await ok_body(client, P) == multi({"ch2": {"uuids": ["u2"], "occupancy": 1}})
@@ -252,7 +270,9 @@ async def test_where_now(client: Client) -> None:
     body = await ok_body(client, f"{P}/uuid/u1", {"uuid": "caller"})
     assert body.keys() == {"status", "message", "payload", "service"}
     assert {**body, "payload": {"channels": sorted(body["payload"]["channels"])}} == {
-        **OK, "payload": {"channels": ["ch1", "ch2"]}}
+        **OK,
+        "payload": {"channels": ["ch1", "ch2"]},
+    }
     assert await ok_body(client, f"{P}/uuid/nobody") == {**OK, "payload": {"channels": []}}
 
 
@@ -260,12 +280,19 @@ async def test_get_state_single_and_multi_shapes(client: Client) -> None:
     await heartbeat(client, "ch1,ch2", "u1")
     await ok_body(client, f"{P}/channel/ch1/uuid/u1/data", {"state": '{"count": 5, "name": "Alex"}'})
     assert await ok_body(client, f"{P}/channel/ch1/uuid/u1", {"uuid": "caller"}) == {
-        **OK, "uuid": "u1", "channel": "ch1", "payload": {"count": 5, "name": "Alex"}}
+        **OK,
+        "uuid": "u1",
+        "channel": "ch1",
+        "payload": {"count": 5, "name": "Alex"},
+    }
     # No state: an empty object.
     assert await ok_body(client, f"{P}/channel/ch2/uuid/u1") == {**OK, "uuid": "u1", "channel": "ch2", "payload": {}}
     # Several channels: wrapped in payload.channels, which Python requires (protocol 2.8).
     assert await ok_body(client, f"{P}/channel/ch1,ch2/uuid/u1") == {
-        **OK, "uuid": "u1", "payload": {"channels": {"ch1": {"count": 5, "name": "Alex"}, "ch2": {}}}}
+        **OK,
+        "uuid": "u1",
+        "payload": {"channels": {"ch1": {"count": 5, "name": "Alex"}, "ch2": {}}},
+    }
 
 
 async def test_set_state_echoes_the_flat_state_and_replaces_the_previous_one(client: Client) -> None:
@@ -273,10 +300,13 @@ async def test_set_state_echoes_the_flat_state_and_replaces_the_previous_one(cli
     reply = await get(client, f"{P}/channel/ch1,ch2/uuid/u1/data", {"state": '{"count":5,"name":"Alex"}'})
     assert (reply.status, reply.body) == (200, {**OK, "payload": {"count": 5, "name": "Alex"}})
     assert await state_of(client, "ch1,ch2", "u1") == {
-        "channels": {"ch1": {"count": 5, "name": "Alex"}, "ch2": {"count": 5, "name": "Alex"}}}
+        "channels": {"ch1": {"count": 5, "name": "Alex"}, "ch2": {"count": 5, "name": "Alex"}}
+    }
     # Replaced wholesale, never merged.
     assert await ok_body(client, f"{P}/channel/ch1/uuid/u1/data", {"state": '{"mood": "x"}'}) == {
-        **OK, "payload": {"mood": "x"}}
+        **OK,
+        "payload": {"mood": "x"},
+    }
     assert await state_of(client, "ch1", "u1") == {"mood": "x"}
     assert await state_of(client, "ch2", "u1") == {"count": 5, "name": "Alex"}
     # {} clears it.
@@ -302,7 +332,8 @@ async def test_heartbeat_flat_state_applies_to_every_channel(client: Client) -> 
     # JS setState({withHeartbeat: true}) sends the flat object; Python's json.dumps adds spaces.
     await heartbeat(client, "ch1,ch2", "u1", state='{"mood": "x", "n": [1, 2]}')
     assert await state_of(client, "ch1,ch2", "u1") == {
-        "channels": {"ch1": {"mood": "x", "n": [1, 2]}, "ch2": {"mood": "x", "n": [1, 2]}}}
+        "channels": {"ch1": {"mood": "x", "n": [1, 2]}, "ch2": {"mood": "x", "n": [1, 2]}}
+    }
     # A key naming a channel but holding a non-object makes the whole thing a flat state.
     await heartbeat(client, "ch1,ch2", "u1", state='{"ch1": 5}')
     assert await state_of(client, "ch1,ch2", "u1") == {"channels": {"ch1": {"ch1": 5}, "ch2": {"ch1": 5}}}
@@ -416,12 +447,16 @@ async def test_percent_encoded_names_round_trip_exactly(client: Client) -> None:
     assert await ok_body(client, f"{P}/channel/c") == single([])
     await heartbeat(client, "c,d", "u2")
     assert await ok_body(client, f"{P}/channel/c,d") == multi(
-        {"c": {"uuids": ["u2"], "occupancy": 1}, "d": {"uuids": ["u2"], "occupancy": 1}})
+        {"c": {"uuids": ["u2"], "occupancy": 1}, "d": {"uuids": ["u2"], "occupancy": 1}}
+    )
     assert await ok_body(client, f"{P}/channel/c%2Cd") == single(["u1"])
     # The same names as state keys and in set/get state paths.
     await ok_body(client, f"{P}/channel/ch%201%2Fx/uuid/u1/data", {"state": '{"k": "v"}'})
     assert await ok_body(client, f"{P}/channel/ch%201%2Fx,c%2Cd/uuid/u1") == {
-        **OK, "uuid": "u1", "payload": {"channels": {"ch 1/x": {"k": "v"}, "c,d": {}}}}
+        **OK,
+        "uuid": "u1",
+        "payload": {"channels": {"ch 1/x": {"k": "v"}, "c,d": {}}},
+    }
     await ok_body(client, f"{P}/channel/%7Bbraces%7D,c%2Cd/leave", {"uuid": "u1"})
     assert await where(client, "u1") == sorted(set(decoded) - {"{braces}", "c,d"})
 
@@ -434,7 +469,11 @@ async def test_percent_encoded_uuids_round_trip_exactly(client: Client) -> None:
     assert await where(client, encoded) == ["ch1"]
     await ok_body(client, f"{P}/channel/ch1/uuid/{encoded}/data", {"state": '{"a":1}'})
     assert await ok_body(client, f"{P}/channel/ch1/uuid/{encoded}") == {
-        **OK, "uuid": uuid, "channel": "ch1", "payload": {"a": 1}}
+        **OK,
+        "uuid": uuid,
+        "channel": "ch1",
+        "payload": {"a": 1},
+    }
     await ok_body(client, f"{P}/channel/ch1/leave", {"uuid": uuid})
     assert await where(client, encoded) == []
 

@@ -42,10 +42,15 @@ def path_json(message: Any) -> str:
     return quote(orjson.dumps(message).decode(), safe="")
 
 
-async def post(client: Client, channel: str, body: bytes, headers: dict[str, str] | None = None,
-               **params: str) -> Reply:
-    resp = await client.post(f"{PUB}/{channel}/0", data=body, params={"uuid": "poster", **params},
-                             headers={"Content-Type": "application/json", **(headers or {})})
+async def post(
+    client: Client, channel: str, body: bytes, headers: dict[str, str] | None = None, **params: str
+) -> Reply:
+    resp = await client.post(
+        f"{PUB}/{channel}/0",
+        data=body,
+        params={"uuid": "poster", **params},
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     return check_json(resp.status, resp.headers.get("Content-Type", ""), await resp.read())
 
 
@@ -121,9 +126,7 @@ async def test_post_publish_plain_body(client: Client) -> None:
     ],
     ids=["zlib-as-deflate", "zlib-as-gzip", "gzip", "zlib-unlabelled"],
 )
-async def test_post_publish_compressed_bodies(
-    client: Client, label: str, compress: Any
-) -> None:
+async def test_post_publish_compressed_bodies(client: Client, label: str, compress: Any) -> None:
     message = {"text": "squeezed", "pad": "y" * 2000}
     cursor = await handshake(client, "ch1")
     headers = {"Content-Encoding": label} if label else {}
@@ -153,8 +156,11 @@ async def test_custom_message_type_bounds_accepted(client: Client, custom_type: 
 
 async def test_signal(client: Client) -> None:
     cursor = await handshake(client, "ch1")
-    reply = await get(client, f"/signal/pub-key/demo/0/ch1/0/{path_json({'typing': True})}",
-                      {"uuid": "bob", "custom_message_type": "typing-on"})
+    reply = await get(
+        client,
+        f"/signal/pub-key/demo/0/ch1/0/{path_json({'typing': True})}",
+        {"uuid": "bob", "custom_message_type": "typing-on"},
+    )
     tt = assert_sent(reply)
     [env], _ = await poll(client, "ch1", cursor)
     assert env["e"] == 1 and type(env["e"]) is int
@@ -211,8 +217,20 @@ async def test_publish_timetokens_increase(client: Client) -> None:
         ("/signal/pub-key/demo/0/ch1-pnpres/0/%22x%22", {}, 400, "presence"),
         ("/signal/pub-key/demo/0/ch1/0/nope", {}, 400, "Invalid JSON"),
     ],
-    ids=["bad-json", "not-utf8", "wildcard", "deep-wildcard", "pnpres", "meta-not-json", "meta-array",
-         "meta-string", "cmt-short", "cmt-long", "signal-pnpres", "signal-bad-json"],
+    ids=[
+        "bad-json",
+        "not-utf8",
+        "wildcard",
+        "deep-wildcard",
+        "pnpres",
+        "meta-not-json",
+        "meta-array",
+        "meta-string",
+        "cmt-short",
+        "cmt-long",
+        "signal-pnpres",
+        "signal-bad-json",
+    ],
 )
 async def test_refused_get(client: Client, path: str, params: dict[str, str], status: int, message: str) -> None:
     cursor = await handshake(client, "ch1,a.%2A")
@@ -224,8 +242,9 @@ async def test_refused_get(client: Client, path: str, params: dict[str, str], st
 async def test_refused_post_invalid_json(client: Client) -> None:
     cursor = await handshake(client, "ch1")
     assert_refused(await post(client, "ch1", b"{not json"), 400, "Invalid JSON")
-    assert_refused(await post(client, "ch1", zlib.compress(b"{not json"), {"Content-Encoding": "deflate"}),
-                   400, "Invalid JSON")
+    assert_refused(
+        await post(client, "ch1", zlib.compress(b"{not json"), {"Content-Encoding": "deflate"}), 400, "Invalid JSON"
+    )
     assert_refused(await post(client, "ch1", b""), 400, "Invalid JSON")
     await nothing_delivered(client, cursor)
 

@@ -265,8 +265,9 @@ async def test_own_join_arrives_on_the_first_poll(client: Client, tt: str | None
 
 async def test_message_envelope(client: Client) -> None:
     cursor = await handshake(client, "ch1")
-    tt = await publish(client, "ch1", {"text": "hi"}, uuid="alice", meta='{"lang":"en"}',
-                       custom_message_type="chat-text")
+    tt = await publish(
+        client, "ch1", {"text": "hi"}, uuid="alice", meta='{"lang":"en"}', custom_message_type="chat-text"
+    )
     found, next_tt = await poll(client, "ch1", cursor)
     assert len(found) == 1
     env = found[0]
@@ -294,8 +295,10 @@ async def test_signal_envelope_has_e_1(client: Client) -> None:
     assert reply.status == 200 and reply.body[:2] == [1, "Sent"]
     await publish(client, "ch1", "after")
     found, _ = await poll(client, "ch1", cursor)
-    assert [(env.get("e"), env["d"], env["i"]) for env in found] == [(1, {"typing": True}, "bob"),
-                                                                    (None, "after", "publisher")]
+    assert [(env.get("e"), env["d"], env["i"]) for env in found] == [
+        (1, {"typing": True}, "bob"),
+        (None, "after", "publisher"),
+    ]
     assert type(found[0]["e"]) is int
 
 
@@ -322,8 +325,9 @@ async def test_group_deliveries_carry_b(client: Client) -> None:
     await heartbeat(client, "ch1", "u2")
     found, _ = await poll(client, ",", cursor, **{"channel-group": "cg1,cg1-pnpres"})
     # The handshake joined u1 to both member channels; each event names the group it came through.
-    delivered = [(env["c"], env["b"], env["d"]["action"] if env["c"].endswith("-pnpres") else env["d"])
-                 for env in found]
+    delivered = [
+        (env["c"], env["b"], env["d"]["action"] if env["c"].endswith("-pnpres") else env["d"]) for env in found
+    ]
     assert delivered == [
         ("ch1-pnpres", "cg1-pnpres", "join"),
         ("ch2-pnpres", "cg1-pnpres", "join"),
@@ -652,13 +656,29 @@ async def test_presence_and_wildcard_names_make_nobody_present(client: Client, c
         (",", {"uuid": "u1", "tt": "0"}, "Missing channels"),
         (",", {"uuid": "u1", "tt": "0", "channel-group": ""}, "Missing channels"),
         ("ch1," + ",".join(f"c{i}" for i in range(500)), {"uuid": "u1", "tt": "0"}, "Too many"),
-        ("ch1," + ",".join(f"c{i}" for i in range(300)),
-         {"uuid": "u1", "tt": "0", "channel-group": ",".join(f"g{i}" for i in range(200))}, "Too many"),
+        (
+            "ch1," + ",".join(f"c{i}" for i in range(300)),
+            {"uuid": "u1", "tt": "0", "channel-group": ",".join(f"g{i}" for i in range(200))},
+            "Too many",
+        ),
         ("ch1", {"uuid": "u1", "tt": "0", "heartbeat": "soon"}, "Invalid heartbeat"),
         ("ch1", {"uuid": "u1", "tt": "0", "state": "{not json"}, "Invalid state"),
     ],
-    ids=["tt-letters", "tt-too-long", "tt-negative", "wildcard-depth", "wildcard-depth-pnpres", "no-uuid",
-         "empty-uuid", "no-names", "empty-group-list", "501-channels", "501-names", "bad-heartbeat", "bad-state"],
+    ids=[
+        "tt-letters",
+        "tt-too-long",
+        "tt-negative",
+        "wildcard-depth",
+        "wildcard-depth-pnpres",
+        "no-uuid",
+        "empty-uuid",
+        "no-names",
+        "empty-group-list",
+        "501-channels",
+        "501-names",
+        "bad-heartbeat",
+        "bad-state",
+    ],
 )
 async def test_bad_subscribe_is_a_400_that_changes_nothing(
     client: Client, path: str, params: dict[str, str], message: str

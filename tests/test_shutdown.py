@@ -40,8 +40,9 @@ HOLD = 30.0
 P = "/v2/presence/sub-key/demo"
 
 
-async def raw_poll(session: aiohttp.ClientSession, base: str, channels: str, tt: str, uuid: str,
-                   **params: object) -> tuple[int, Any]:
+async def raw_poll(
+    session: aiohttp.ClientSession, base: str, channels: str, tt: str, uuid: str, **params: object
+) -> tuple[int, Any]:
     """A subscribe poll from a client of its own (not the test client, whose close would drop it)."""
     url = base + str(target(f"/v2/subscribe/demo/{channels}/0", {"uuid": uuid, "tt": tt, **params}))
     async with session.get(url) as resp:
@@ -49,7 +50,9 @@ async def raw_poll(session: aiohttp.ClientSession, base: str, channels: str, tt:
 
 
 async def test_closing_the_server_answers_every_held_poll_at_once(
-    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient,
+    make_app: MakeApp,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
 ) -> None:
     client = await aiohttp_client(await aiohttp_server(make_app(longpoll_hold=HOLD), **TEST_SERVER_OPTIONS))
     base = str(client.make_url("")).rstrip("/")
@@ -59,12 +62,15 @@ async def test_closing_the_server_answers_every_held_poll_at_once(
         (",", {"channel-group": "g1"}),  # a group
         ("a.*", {}),  # a wildcard
     ]
-    cursors = [await handshake(client, channels, uuid=f"s{i}", **params)
-               for i, (channels, params) in enumerate(subscriptions)]
+    cursors = [
+        await handshake(client, channels, uuid=f"s{i}", **params) for i, (channels, params) in enumerate(subscriptions)
+    ]
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as session:
-        polls = [asyncio.create_task(raw_poll(session, base, channels, cursor, f"s{i}", **params))
-                 for i, ((channels, params), cursor) in enumerate(zip(subscriptions, cursors, strict=True))]
+        polls = [
+            asyncio.create_task(raw_poll(session, base, channels, cursor, f"s{i}", **params))
+            for i, ((channels, params), cursor) in enumerate(zip(subscriptions, cursors, strict=True))
+        ]
         await until(lambda: waiting(client) == len(polls))
         app = client.app
         assert app is not None
@@ -82,8 +88,11 @@ async def test_closing_the_server_answers_every_held_poll_at_once(
 
 
 async def test_presence_survives_a_restart_on_redis(
-    real_redis: aioredis.Redis, settings: Settings, clock: FakeClock,
-    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient,
+    real_redis: aioredis.Redis,
+    settings: Settings,
+    clock: FakeClock,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
 ) -> None:
     async def start(hold: float) -> Client:
         # With its sweeper loop running, as deployed: stopping it must not sweep anyone away either.
@@ -123,13 +132,20 @@ async def raw_poll_client(client: Client, channels: str, tt: str, uuid: str) -> 
 
 
 async def test_sigterm_answers_a_held_poll_and_exits_cleanly(
-    real_redis_url: str, real_redis: aioredis.Redis, prefix: str, tmp_path: Path,
+    real_redis_url: str,
+    real_redis: aioredis.Redis,
+    prefix: str,
+    tmp_path: Path,
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    env = server_env(PRESENCE_PORT=str(port), PRESENCE_REDIS_URL=real_redis_url, PRESENCE_KEY_PREFIX=prefix,
-                     PRESENCE_LONGPOLL_HOLD=str(HOLD))
+    env = server_env(
+        PRESENCE_PORT=str(port),
+        PRESENCE_REDIS_URL=real_redis_url,
+        PRESENCE_KEY_PREFIX=prefix,
+        PRESENCE_LONGPOLL_HOLD=str(HOLD),
+    )
     loop = asyncio.get_running_loop()
     async with server_process(env, stderr=log) as proc, aiohttp.ClientSession() as session:
         await wait_answering(base, "/health", 200, proc)

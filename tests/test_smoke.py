@@ -8,5 +8,9 @@ async def test_heartbeat_then_here_now(client: TestClient) -> None:  # type: ign
     assert resp.status == 200
     resp = await client.get("/v2/presence/sub-key/demo/channel/a")
     assert await resp.json(content_type=None) == {
-        "status": 200, "message": "OK", "service": "Presence", "uuids": ["u1"], "occupancy": 1,
+        "status": 200,
+        "message": "OK",
+        "service": "Presence",
+        "uuids": ["u1"],
+        "occupancy": 1,
     }

@@ -60,8 +60,7 @@ async def test_heartbeat_makes_present_until_now_plus_timeout(store: PresenceSto
     assert await occupants(store, "b", at(2_500)) == []
 
 
-async def test_timeout_none_reuses_the_last_timeout_else_the_default(redis_client: aioredis.Redis,
-                                                                    prefix: str) -> None:
+async def test_timeout_none_reuses_the_last_timeout_else_the_default(redis_client: aioredis.Redis, prefix: str) -> None:
     store = PresenceStore(redis_client, prefix=prefix, default_timeout=42)
     await store.heartbeat(SUB, "u1", ["a"], now=T, timeout=10)
     # No timeout: the uuid's last one (10 s), also on a channel it had not joined yet.
@@ -201,7 +200,10 @@ async def test_lapsed_user_who_heartbeats_gets_timeout_then_join(store: Presence
     # At its deadline exactly, not swept yet.
     assert await store.heartbeat(SUB, "u1", ["a"], now=at(10_000)) == 1
     assert await events(store, "a") == [
-        ("join", "u1", 1), ("join", "u2", 2), ("timeout", "u1", 1), ("join", "u1", 2),
+        ("join", "u1", 1),
+        ("join", "u2", 2),
+        ("timeout", "u1", 1),
+        ("join", "u1", 2),
     ]
     # The state went with the timeout: the new join has none.
     assert (await with_data(store, "a"))[3] == ("join", None)
@@ -273,7 +275,9 @@ async def test_here_now_covers_channels_and_group_channels_once_each(store: Pres
     await store.heartbeat(SUB, "u1", ["a", "b"], now=T, timeout=60)
     found = await store.here_now(SUB, ["a", "b"], ["g"], now=T)
     assert sorted((e.channel, e.occupancy, tuple(e.uuids)) for e in found) == [
-        ("a", 1, ("u1",)), ("b", 1, ("u1",)), ("c", 0, ()),
+        ("a", 1, ("u1",)),
+        ("b", 1, ("u1",)),
+        ("c", 0, ()),
     ]
 
 
@@ -400,17 +404,29 @@ async def test_every_change_is_one_event_in_order_with_increasing_timetokens(sto
     steps: list[tuple[int, Callable[[float], Awaitable[Any]], list[tuple[str, str, str]]]] = [
         (5_000, lambda now: store.heartbeat(SUB, "u1", ["a"], now=now, timeout=60), [("a", "join", "u1")]),
         (1_000, lambda now: store.heartbeat(SUB, "u2", ["b"], now=now, timeout=60), [("b", "join", "u2")]),
-        (1_000, lambda now: store.heartbeat(SUB, "u1", ["a", "c", "b"], now=now, states={"c": '{"s":1}'}),
-         [("c", "join", "u1"), ("b", "join", "u1")]),
-        (3_000, lambda now: store.set_state(SUB, "u2", ["b", "c"], [], '{"t":2}', now=now),
-         [("b", "state-change", "u2"), ("c", "state-change", "u2")]),
+        (
+            1_000,
+            lambda now: store.heartbeat(SUB, "u1", ["a", "c", "b"], now=now, states={"c": '{"s":1}'}),
+            [("c", "join", "u1"), ("b", "join", "u1")],
+        ),
+        (
+            3_000,
+            lambda now: store.set_state(SUB, "u2", ["b", "c"], [], '{"t":2}', now=now),
+            [("b", "state-change", "u2"), ("c", "state-change", "u2")],
+        ),
         (2_000, lambda now: store.leave(SUB, "u1", ["a"], now=now), [("a", "leave", "u1")]),
-        (2_000, lambda now: store.heartbeat(SUB, "u3", ["a", "c"], now=now, timeout=1),
-         [("a", "join", "u3"), ("c", "join", "u3")]),
+        (
+            2_000,
+            lambda now: store.heartbeat(SUB, "u3", ["a", "c"], now=now, timeout=1),
+            [("a", "join", "u3"), ("c", "join", "u3")],
+        ),
         (3_000, lambda now: store.sweep(now=now), [("a", "timeout", "u3"), ("c", "timeout", "u3")]),
         (0, lambda now: store.heartbeat(SUB, "u2", ["c"], now=now), [("c", "join", "u2")]),
-        (0, lambda now: store.heartbeat(SUB, "u1", ["b"], now=now, states={"b": '{"s":3}'}),
-         [("b", "state-change", "u1")]),
+        (
+            0,
+            lambda now: store.heartbeat(SUB, "u1", ["b"], now=now, states={"b": '{"s":3}'}),
+            [("b", "state-change", "u1")],
+        ),
     ]
     expected: list[tuple[str, str, str, int]] = []
     for now_ms, step, produced in steps:
@@ -439,7 +455,7 @@ async def test_read_log_after_returns_exactly_the_later_entries(store: PresenceS
     assert len(a_entries) == 12
     assert await store.read_log(SUB, "a", None) == a_entries
     for i, entry in enumerate(a_entries):
-        assert await store.read_log(SUB, "a", entry.timetoken) == a_entries[i + 1:]
+        assert await store.read_log(SUB, "a", entry.timetoken) == a_entries[i + 1 :]
     # A timetoken that is not in this channel's log (one of b's) splits it just as well.
     for b_entry in await store.read_log(SUB, "b"):
         later = [e for e in a_entries if int(e.timetoken) > int(b_entry.timetoken)]

@@ -54,7 +54,9 @@ async def test_expiry_boundary_is_the_deadline_to_the_millisecond(store: Presenc
         assert await store.redis.hget(ks.state("a"), f"u{i}") is None
 
     assert [(e.action, e.uuid, e.occupancy) for e in await store.read_log(SUB, "a")][3:] == [
-        ("timeout", "u1", 2), ("timeout", "u2", 1), ("timeout", "u3", 0),
+        ("timeout", "u1", 2),
+        ("timeout", "u2", 1),
+        ("timeout", "u3", 0),
     ]
     # Nobody left: the keyset leaves the sweeper's index and later sweeps find nothing.
     assert await store.redis.zscore(keysets_due(store.prefix), SUB) is None
@@ -109,8 +111,9 @@ async def test_a_refresh_of_the_first_to_expire_costs_the_sweeper_one_visit(stor
 
 async def test_two_concurrent_sweepers_report_each_timeout_once(redis_client: aioredis.Redis, prefix: str) -> None:
     # Small batches make each sweeper interleave many round trips with the other's.
-    first, second = (PresenceStore(redis_client, prefix=prefix, sweep_budget=4, sweep_channels=2, announce_max=100)
-                     for _ in range(2))
+    first, second = (
+        PresenceStore(redis_client, prefix=prefix, sweep_budget=4, sweep_channels=2, announce_max=100) for _ in range(2)
+    )
     channels = [f"c{i}" for i in range(5)]
     memberships = set()
     for i in range(30):
@@ -140,8 +143,11 @@ async def test_two_concurrent_sweepers_report_each_timeout_once(redis_client: ai
     ],
 )
 async def test_heartbeat_between_due_read_and_sweep_script_survives(
-    redis_client: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch,
-    heartbeat_ms: int, expected: list[tuple[str, str]],
+    redis_client: aioredis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    heartbeat_ms: int,
+    expected: list[tuple[str, str]],
 ) -> None:
     sweeping = PresenceStore(redis_client, prefix=prefix)
     other_server = PresenceStore(redis_client, prefix=prefix)
@@ -177,7 +183,10 @@ async def test_heartbeat_between_due_read_and_sweep_script_survives(
 
 @pytest.mark.parametrize("others_stay", [False, True])
 async def test_join_racing_the_sweepers_bookkeeping_is_not_missed(
-    redis_client: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch, others_stay: bool,
+    redis_client: aioredis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    others_stay: bool,
 ) -> None:
     """The re-read in `_sweep_keyset`: a join landing between the sweep script and the index write."""
     sweeping = PresenceStore(redis_client, prefix=prefix)
@@ -217,14 +226,17 @@ async def test_join_racing_the_sweepers_bookkeeping_is_not_missed(
 
 
 async def test_one_sweep_call_removes_2500_expired_users_of_one_channel(
-    redis_client: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch,
+    redis_client: aioredis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Announce mode throughout (no interval events), so that each timeout is an event of its own.
     store = PresenceStore(redis_client, prefix=prefix, log_size=10_000, sweep_budget=1000, announce_max=10_000)
     everyone = [f"user-{i:04d}" for i in range(2_500)]
     for start in range(0, len(everyone), 100):
-        await asyncio.gather(*(store.heartbeat(SUB, uuid, ["crowd"], now=T, timeout=10)
-                               for uuid in everyone[start:start + 100]))
+        await asyncio.gather(
+            *(store.heartbeat(SUB, uuid, ["crowd"], now=T, timeout=10) for uuid in everyone[start : start + 100])
+        )
     assert (await store.here_now(SUB, ["crowd"], now=T, with_uuids=False))[0].occupancy == 2_500
 
     # Count the sweep script's calls (observation only): more than one batch is needed.

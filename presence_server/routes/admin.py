@@ -12,6 +12,8 @@ from presence_server.params import path_name, query_seconds
 from presence_server.routes.subscribe import REFRESH_MEMO
 
 ADMIN = "Admin"
+
+
 def _is_loopback(remote: str | None) -> bool:
     try:
         address = ipaddress.ip_address(remote or "")

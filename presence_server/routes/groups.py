@@ -43,7 +43,9 @@ async def modify_or_list(request: web.Request) -> web.Response:
             await store.group_add(sub_key, group, channels)
         except GroupCapExceeded:
             raise PubNubError(
-                400, f"Channel group would exceed {store.group_cap} channels", CHANNEL_REGISTRY,
+                400,
+                f"Channel group would exceed {store.group_cap} channels",
+                CHANNEL_REGISTRY,
             ) from None
     else:
         await store.group_remove(sub_key, group, channels)

@@ -47,8 +47,13 @@ async def heartbeat(request: web.Request) -> web.Response:
     timeout = query_seconds(request, "heartbeat")
     states = heartbeat_states(query_json_object(request, "state"), call.channels, call.groups)
     await request.app[STORE].heartbeat(
-        call.sub_key, uuid, call.channels, call.groups, now=clock(),
-        timeout=None if timeout is None else settings.clamp_timeout(timeout), states=states,
+        call.sub_key,
+        uuid,
+        call.channels,
+        call.groups,
+        now=clock(),
+        timeout=None if timeout is None else settings.clamp_timeout(timeout),
+        states=states,
     )
     return ok()
 
@@ -79,8 +84,14 @@ async def here_now(request: web.Request) -> web.Response:
     call = _Call(request)
     page = _Page(request)
     found = await request.app[STORE].here_now(
-        call.sub_key, call.channels, call.groups, now=request.app[CLOCK](),
-        offset=page.offset, limit=page.limit, with_uuids=page.with_uuids, with_state=page.with_state,
+        call.sub_key,
+        call.channels,
+        call.groups,
+        now=request.app[CLOCK](),
+        offset=page.offset,
+        limit=page.limit,
+        with_uuids=page.with_uuids,
+        with_state=page.with_state,
     )
     if len(call.channels) == 1 and not call.groups:
         # The single-channel shape, only for exactly one channel and no groups (protocol 2.5).
@@ -97,8 +108,12 @@ async def here_now_global(request: web.Request) -> web.Response:
     call = _Call(request, need_targets=False)
     page = _Page(request)
     found = await request.app[STORE].here_now_global(
-        call.sub_key, now=request.app[CLOCK](), offset=page.offset, limit=page.limit,
-        with_uuids=page.with_uuids, with_state=page.with_state,
+        call.sub_key,
+        now=request.app[CLOCK](),
+        offset=page.offset,
+        limit=page.limit,
+        with_uuids=page.with_uuids,
+        with_state=page.with_state,
     )
     return _payload_shape(found, page)
 
@@ -167,6 +182,11 @@ async def set_state(request: web.Request) -> web.Response:
     if state is None:
         raise bad_request("Missing state")
     await request.app[STORE].set_state(
-        call.sub_key, uuid, call.channels, call.groups, dump_json(state), now=request.app[CLOCK](),
+        call.sub_key,
+        uuid,
+        call.channels,
+        call.groups,
+        dump_json(state),
+        now=request.app[CLOCK](),
     )
     return ok(payload=state)

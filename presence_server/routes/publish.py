@@ -49,8 +49,14 @@ async def _send(request: web.Request, *, kind: int | None) -> web.Response:
         # Fire (norep=true): meant for server-side handlers only, never replicated to subscribers.
         return json_response([1, "Sent", timetoken_at(now)])
     timetoken = await app[STORE].publish(
-        sub_key, channel, message, now=now, publisher=publisher,
-        meta=None if meta is None else dump_json(meta), kind=kind, custom_type=custom_type,
+        sub_key,
+        channel,
+        message,
+        now=now,
+        publisher=publisher,
+        meta=None if meta is None else dump_json(meta),
+        kind=kind,
+        custom_type=custom_type,
     )
     return json_response([1, "Sent", timetoken])
 

@@ -175,7 +175,11 @@ def envelope(delivery: Delivery, sub_key: str) -> dict[str, Any]:
     files), ``p.t`` a string, ``b`` naming the group or wildcard it matched through."""
     source, fields = delivery.source, delivery.fields
     env: dict[str, Any] = {
-        "a": "1", "f": 0, "p": {"t": delivery.timetoken, "r": REGION}, "k": sub_key, "c": source.delivered_as,
+        "a": "1",
+        "f": 0,
+        "p": {"t": delivery.timetoken, "r": REGION},
+        "k": sub_key,
+        "c": source.delivered_as,
     }
     if source.presence:
         env["d"] = _presence_payload(fields)

@@ -96,8 +96,9 @@ class Waiter:
     def __enter__(self) -> Waiter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # Runs on cancellation too (client went away): the poll's registration goes with it.
         self._bus._unregister(self)
 

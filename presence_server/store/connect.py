@@ -21,8 +21,11 @@ def open_redis(url: str, max_connections: int = 100, **options: Any) -> aioredis
         # same waiting pool as for a real Redis: fakeredis's own raises "Too many connections" once
         # a burst of polls has more commands in flight than it has connections.
         fake_pool = aioredis.BlockingConnectionPool(
-            connection_class=fakeredis.FakeAsyncRedisConnection, server=fakeredis.FakeServer(),
-            max_connections=max_connections, timeout=10, **options,
+            connection_class=fakeredis.FakeAsyncRedisConnection,
+            server=fakeredis.FakeServer(),
+            max_connections=max_connections,
+            timeout=10,
+            **options,
         )
         return fakeredis.FakeAsyncRedis(connection_pool=fake_pool)
     options.setdefault("health_check_interval", 15)

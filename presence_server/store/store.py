@@ -171,8 +171,9 @@ class PresenceStore:
         if not targets:
             return 0
         states = states or {}
-        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets),
-                                         [uuid, _num(timeout), _num(self.default_timeout)], uuid)
+        keys, args = self._mutation_call(
+            ks, now, (ch for ch, _ in targets), [uuid, _num(timeout), _num(self.default_timeout)], uuid
+        )
         for channel, group in targets:
             args += [channel, states.get(channel, states.get(group or "", ""))]
         joins, earlier = await self._batch.call(self._heartbeat, keys, args)
@@ -190,8 +191,9 @@ class PresenceStore:
             pipe.sadd(self._keysets_known, sub_key)
             await pipe.execute()
 
-    async def leave(self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str] = (), *,
-                    now: float) -> int:
+    async def leave(
+        self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str] = (), *, now: float
+    ) -> int:
         """Remove ``uuid`` from the channels (and groups' channels); returns how many it left."""
         ks = self.keys(sub_key)
         targets = await self._expand(ks, channels, groups)
@@ -203,8 +205,9 @@ class PresenceStore:
         self.counts["leave"] += left
         return left
 
-    async def set_state(self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str],
-                        state: str, *, now: float) -> int:
+    async def set_state(
+        self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str], state: str, *, now: float
+    ) -> int:
         """Replace ``uuid``'s state (JSON object text; ``{}`` clears) on the channels and groups' channels."""
         ks = self.keys(sub_key)
         targets = await self._expand(ks, channels, groups)
@@ -216,8 +219,9 @@ class PresenceStore:
         self.counts["state-change"] += changed
         return changed
 
-    async def get_state(self, sub_key: str, uuid: str, channels: Sequence[str],
-                        groups: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    async def get_state(
+        self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str] = ()
+    ) -> dict[str, dict[str, Any]]:
         """``uuid``'s state on each channel (and groups' channels); ``{}`` where it has none."""
         ks = self.keys(sub_key)
         targets = [channel for channel, _ in await self._expand(ks, channels, groups, presence_names=True)]
@@ -244,8 +248,16 @@ class PresenceStore:
         targets = [channel for channel, _ in await self._expand(ks, channels, groups, presence_names=True)]
         return await self._here_now_of(ks, targets, now, offset, limit, with_uuids, with_state)
 
-    async def here_now_global(self, sub_key: str, *, now: float, offset: int = 0, limit: int = 1000,
-                              with_uuids: bool = True, with_state: bool = False) -> list[HereNowChannel]:
+    async def here_now_global(
+        self,
+        sub_key: str,
+        *,
+        now: float,
+        offset: int = 0,
+        limit: int = 1000,
+        with_uuids: bool = True,
+        with_state: bool = False,
+    ) -> list[HereNowChannel]:
         """Every channel of the keyset that has someone present."""
         ks = self.keys(sub_key)
         channels = cast("list[str]", await self.redis.zrange(ks.due, 0, -1))
@@ -281,8 +293,18 @@ class PresenceStore:
 
     # -- messages and delivery ------------------------------------------------------------------
 
-    async def publish(self, sub_key: str, channel: str, message: str, *, now: float, publisher: str | None = None,
-                      meta: str | None = None, kind: int | None = None, custom_type: str | None = None) -> str:
+    async def publish(
+        self,
+        sub_key: str,
+        channel: str,
+        message: str,
+        *,
+        now: float,
+        publisher: str | None = None,
+        meta: str | None = None,
+        kind: int | None = None,
+        custom_type: str | None = None,
+    ) -> str:
         """Append a message (JSON text) to the channel's log; returns its timetoken."""
         ks = self.keys(sub_key)
         keys, args = self._mutation_call(ks, now, (), [channel])
@@ -307,8 +329,12 @@ class PresenceStore:
             for channel in channels:
                 pipe.xrevrange(ks.log(channel), max="+", min=f"({timetoken_at(since)}-0", count=100)
             logs = cast("list[list[tuple[str, dict[str, str]]]]", await pipe.execute())
-        joins = [int(entry_id.partition("-")[0]) for entries in logs for entry_id, fields in entries
-                 if fields.get("a") == "join" and fields.get("u") == uuid]
+        joins = [
+            int(entry_id.partition("-")[0])
+            for entries in logs
+            for entry_id, fields in entries
+            if fields.get("a") == "join" and fields.get("u") == uuid
+        ]
         return str(min(joins)) if joins else None
 
     def read_marker(self) -> int:
@@ -320,8 +346,9 @@ class PresenceStore:
         """Equal for reads that return the same thing."""
         return (sub_key, subscription.names, after, limit)
 
-    async def read(self, sub_key: str, subscription: Subscription, after: str, *, limit: int = 100,
-                   fresh_after: int | None = None) -> ReadResult:
+    async def read(
+        self, sub_key: str, subscription: Subscription, after: str, *, limit: int = 100, fresh_after: int | None = None
+    ) -> ReadResult:
         """The first ``limit`` entries after the cursor over everything the subscription matches, in
         timetoken order, the cursor to read from next, and the logs that were read.
 
@@ -346,8 +373,9 @@ class PresenceStore:
         entry.task.add_done_callback(forget)
         return await asyncio.shield(entry.task)
 
-    async def _read(self, sub_key: str, subscription: Subscription, after: str, limit: int,
-                    entry: _SharedRead) -> ReadResult:
+    async def _read(
+        self, sub_key: str, subscription: Subscription, after: str, limit: int, entry: _SharedRead
+    ) -> ReadResult:
         # The logs are read in one MULTI, so the cursor covers a consistent cut: an entry committed
         # after the read has a later timetoken than everything returned and is found next time.
         # Group members and wildcard matches are read in the same MULTI and the read is repeated
@@ -371,7 +399,7 @@ class PresenceStore:
                 break
             resolved = fresh
         found: list[Delivery] = []
-        for source, entries in zip(sources, replies[lookups + 1:], strict=True):
+        for source, entries in zip(sources, replies[lookups + 1 :], strict=True):
             for entry_id, fields in entries:
                 found.append(Delivery(entry_id.partition("-")[0], source, fields))
         found.sort(key=lambda d: int(d.timetoken))
@@ -512,7 +540,7 @@ class PresenceStore:
                         for uuid, deadline in occupants
                     },
                 }
-        groups = {g: sorted(m) for g, m in zip(group_names, replies[2 * len(channels): -1], strict=True)}
+        groups = {g: sorted(m) for g, m in zip(group_names, replies[2 * len(channels) : -1], strict=True)}
         return {"sub_key": sub_key, "now": now, "timetoken": replies[-1], "channels": out, "groups": groups}
 
     # -- channel groups -------------------------------------------------------------------------
@@ -555,8 +583,9 @@ class PresenceStore:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    async def _expand(self, ks: KeysetKeys, channels: Sequence[str], groups: Sequence[str], *,
-                      presence_names: bool = False) -> list[tuple[str, str | None]]:
+    async def _expand(
+        self, ks: KeysetKeys, channels: Sequence[str], groups: Sequence[str], *, presence_names: bool = False
+    ) -> list[tuple[str, str | None]]:
         """Channels plus the channels of each group, once each, with the group each came from.
 
         ``-pnpres`` names are dropped unless ``presence_names``: they never hold presence.
@@ -578,20 +607,37 @@ class PresenceStore:
                 seen.setdefault(channel, group)
         return [(ch, g) for ch, g in seen.items() if presence_names or not is_presence_name(ch)]
 
-    def _mutation_call(self, ks: KeysetKeys, now: float, channels: Iterable[str],
-                       extra: Sequence[Any], uuid: str = "") -> tuple[list[str], list[Any]]:
+    def _mutation_call(
+        self, ks: KeysetKeys, now: float, channels: Iterable[str], extra: Sequence[Any], uuid: str = ""
+    ) -> tuple[list[str], list[Any]]:
         """KEYS and leading ARGV of the scripts that share common.lua's calling convention."""
         keys = [ks.timetoken, ks.due, ks.uuid_timeout(uuid), ks.intervals, ks.names, ks.counters]
         for channel in channels:
             keys += [ks.occupants(channel), ks.state(channel), ks.log(channel), ks.deltas(channel)]
         args: list[Any] = [
-            _ms(now), timetoken_at(now), int(now), self.log_size, self.backstop_seconds, ks.sub_key,
-            self.wake_channel, self.announce_max, int(self.interval * 1000), *extra,
+            _ms(now),
+            timetoken_at(now),
+            int(now),
+            self.log_size,
+            self.backstop_seconds,
+            ks.sub_key,
+            self.wake_channel,
+            self.announce_max,
+            int(self.interval * 1000),
+            *extra,
         ]
         return keys, args
 
-    async def _here_now_of(self, ks: KeysetKeys, channels: Sequence[str], now: float, offset: int, limit: int,
-                           with_uuids: bool, with_state: bool) -> list[HereNowChannel]:
+    async def _here_now_of(
+        self,
+        ks: KeysetKeys,
+        channels: Sequence[str],
+        now: float,
+        offset: int,
+        limit: int,
+        with_uuids: bool,
+        with_state: bool,
+    ) -> list[HereNowChannel]:
         if not channels:
             return []
         keys: list[str] = []

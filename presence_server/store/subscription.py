@@ -99,8 +99,11 @@ class Subscription:
         self.presence_channels = tuple(t.name for t in self.direct if not t.presence)
         self.presence_groups = tuple(t.name for t in self.groups if not t.presence)
         # Equal for subscriptions that read the same logs.
-        self.names = (tuple(t.name for t in self.direct), tuple(t.name for t in self.groups),
-                      tuple(t.name for t in self.wildcards))
+        self.names = (
+            tuple(t.name for t in self.direct),
+            tuple(t.name for t in self.groups),
+            tuple(t.name for t in self.wildcards),
+        )
 
     def sources(self, resolved: Resolved) -> list[Source]:
         """Every log to read, once each: a direct subscription wins over a group, a group over a wildcard."""

@@ -41,8 +41,9 @@ class LiveServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock,
-                **overrides: Any) -> AsyncIterator[LiveServer]:
+async def serve(
+    redis_client: aioredis.Redis, settings: Settings, clock: FakeClock, **overrides: Any
+) -> AsyncIterator[LiveServer]:
     """Run the app on a free loopback port; ``overrides`` replace settings (e.g. announce_max=2)."""
     current = dataclasses.replace(settings, **{"longpoll_hold": LIVE_HOLD, **overrides})
     app = create_app(current, redis=redis_client, clock=clock, sweeper=False)

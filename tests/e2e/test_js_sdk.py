@@ -51,14 +51,20 @@ def node() -> str:
     installed = JS_DIR / "node_modules" / "pubnub" / "package.json"
     if not installed.exists():
         done = subprocess.run(
-            [npm_bin, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True, text=True, check=False,
+            [npm_bin, "ci", "--no-audit", "--no-fund"],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             pytest.fail(f"npm ci in {JS_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     version = json.loads(installed.read_text())["version"]
     if version != PUBNUB_VERSION:
-        pytest.fail(f"{installed} is pubnub {version}, these tests need exactly {PUBNUB_VERSION}: "
-                    f"remove {JS_DIR / 'node_modules'} and run the tests again")
+        pytest.fail(
+            f"{installed} is pubnub {version}, these tests need exactly {PUBNUB_VERSION}: "
+            f"remove {JS_DIR / 'node_modules'} and run the tests again"
+        )
     return node_bin
 
 
@@ -76,8 +82,13 @@ async def run_js(node: str, server: LiveServer, clients: dict[str, dict[str, Any
     """Run the calls in one Node process; ``clients`` maps a name to its extra PubNub config."""
     scenario = {"subscribeKey": SUB_KEY, "clients": clients, "steps": steps}
     proc = await asyncio.create_subprocess_exec(
-        node, str(RUNNER), server.origin, json.dumps(scenario),
-        cwd=JS_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        node,
+        str(RUNNER),
+        server.origin,
+        json.dumps(scenario),
+        cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(NODE_RUN_TIMEOUT):
@@ -118,12 +129,17 @@ async def test_time_is_the_server_clock_as_a_timetoken(node: str, live_server: L
 
 
 async def test_heartbeat_call_makes_the_user_present_with_a_flat_state(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "iAmHere", {"channels": ["lobby"]}),
-        call("b", "iAmHere", {"channels": ["lobby"], "state": {"mood": "calm"}}),
-        call("a", "hereNow", {"channels": ["lobby"], "includeState": True}),
-        call("a", "whereNow", {}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "iAmHere", {"channels": ["lobby"]}),
+            call("b", "iAmHere", {"channels": ["lobby"], "state": {"mood": "calm"}}),
+            call("a", "hereNow", {"channels": ["lobby"], "includeState": True}),
+            call("a", "whereNow", {}),
+        ],
+    )
     assert results[0] == {}
     assert results[1] == {}
     here = results[2]
@@ -135,32 +151,48 @@ async def test_heartbeat_call_makes_the_user_present_with_a_flat_state(node: str
 
 async def test_heartbeat_on_several_channels(node: str, live_server: LiveServer) -> None:
     # 7.3.3 sends the list as one encoded string: /channel/red%2Cblue/heartbeat.
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "iAmHere", {"channels": ["red", "blue"]}),
-        call("a", "whereNow", {}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "iAmHere", {"channels": ["red", "blue"]}),
+            call("a", "whereNow", {}),
+        ],
+    )
     assert sorted(results[1]["channels"]) == ["blue", "red"]
 
 
 async def test_heartbeat_on_a_channel_group_only(node: str, live_server: LiveServer) -> None:
     # 7.3.3 names no channel as /channel/%2C/heartbeat?channel-group=team.
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops"]}),
-        call("a", "iAmHere", {"channelGroups": ["team"]}),
-        call("a", "whereNow", {}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops"]}),
+            call("a", "iAmHere", {"channelGroups": ["team"]}),
+            call("a", "whereNow", {}),
+        ],
+    )
     assert sorted(results[2]["channels"]) == ["dev", "ops"]
 
 
 async def test_set_state_with_heartbeat_sends_state_through_the_heartbeat(
-    node: str, live_server: LiveServer,
+    node: str,
+    live_server: LiveServer,
 ) -> None:
     # 7.3.3 keys the state by channel on /heartbeat: state={"lobby":{"mood":"busy"}}.
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "setState", {"channels": ["lobby"], "state": {"mood": "busy"}, "withHeartbeat": True}),
-        call("a", "hereNow", {"channels": ["lobby"], "includeState": True}),
-        call("a", "getState", {"channels": ["lobby"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "setState", {"channels": ["lobby"], "state": {"mood": "busy"}, "withHeartbeat": True}),
+            call("a", "hereNow", {"channels": ["lobby"], "includeState": True}),
+            call("a", "getState", {"channels": ["lobby"]}),
+        ],
+    )
     assert results[0] == {}
     assert results[1]["channels"]["lobby"]["occupants"] == [{"uuid": "alice", "state": {"mood": "busy"}}]
     assert results[2] == {"channels": {"lobby": {"mood": "busy"}}}
@@ -168,30 +200,48 @@ async def test_set_state_with_heartbeat_sends_state_through_the_heartbeat(
 
 async def test_set_state_with_heartbeat_on_a_channel_and_a_group(node: str, live_server: LiveServer) -> None:
     # state={"lobby":{...},"team":{...}}: the group's entry reaches the group's channels.
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
-        call("a", "setState", {"channels": ["lobby"], "channelGroups": ["team"], "state": {"mood": "busy"},
-                               "withHeartbeat": True}),
-        call("a", "whereNow", {}),
-        call("a", "hereNow", {"channels": ["dev"], "includeState": True}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
+            call(
+                "a",
+                "setState",
+                {"channels": ["lobby"], "channelGroups": ["team"], "state": {"mood": "busy"}, "withHeartbeat": True},
+            ),
+            call("a", "whereNow", {}),
+            call("a", "hereNow", {"channels": ["dev"], "includeState": True}),
+        ],
+    )
     assert sorted(results[2]["channels"]) == ["dev", "lobby"]
     assert results[3]["channels"]["dev"]["occupants"] == [{"uuid": "alice", "state": {"mood": "busy"}}]
 
 
 async def test_user_who_stops_heartbeating_times_out(node: str, live_server: LiveServer) -> None:
     clients = {"a": users("alice", presenceTimeout=20), "b": users("bob")}
-    await run_js(node, live_server, clients, [
-        call("a", "iAmHere", {"channels": ["lobby"]}),  # heartbeat=20
-        call("b", "iAmHere", {"channels": ["lobby"]}),  # heartbeat=300, the default
-    ])
+    await run_js(
+        node,
+        live_server,
+        clients,
+        [
+            call("a", "iAmHere", {"channels": ["lobby"]}),  # heartbeat=20
+            call("b", "iAmHere", {"channels": ["lobby"]}),  # heartbeat=300, the default
+        ],
+    )
     assert await live_server.advance(19) == 0
     assert await live_server.advance(2) == 1
-    results = await run_js(node, live_server, clients, [
-        call("b", "hereNow", {"channels": ["lobby"]}),
-        call("b", "whereNow", {"uuid": "alice"}),
-        call("b", "whereNow", {}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        clients,
+        [
+            call("b", "hereNow", {"channels": ["lobby"]}),
+            call("b", "whereNow", {"uuid": "alice"}),
+            call("b", "whereNow", {}),
+        ],
+    )
     assert occupants(results[0], "lobby") == ["bob"]
     assert results[0]["totalOccupancy"] == 1
     assert results[1] == {"channels": []}
@@ -202,13 +252,18 @@ async def test_user_who_stops_heartbeating_times_out(node: str, live_server: Liv
 
 
 async def test_here_now_one_channel(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "iAmHere", {"channels": ["lobby"]}),
-        call("b", "iAmHere", {"channels": ["lobby"]}),
-        call("b", "iAmHere", {"channels": ["elsewhere"]}),
-        call("a", "hereNow", {"channels": ["lobby"]}),
-        call("a", "hereNow", {"channels": ["empty"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "iAmHere", {"channels": ["lobby"]}),
+            call("b", "iAmHere", {"channels": ["lobby"]}),
+            call("b", "iAmHere", {"channels": ["elsewhere"]}),
+            call("a", "hereNow", {"channels": ["lobby"]}),
+            call("a", "hereNow", {"channels": ["empty"]}),
+        ],
+    )
     here, empty = results[3], results[4]
     assert here["totalChannels"] == 1
     assert here["totalOccupancy"] == 2
@@ -220,12 +275,17 @@ async def test_here_now_one_channel(node: str, live_server: LiveServer) -> None:
 
 
 async def test_here_now_several_channels(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "iAmHere", {"channels": ["red"]}),
-        call("b", "iAmHere", {"channels": ["red"]}),
-        call("b", "iAmHere", {"channels": ["blue"]}),
-        call("a", "hereNow", {"channels": ["red", "blue", "empty"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "iAmHere", {"channels": ["red"]}),
+            call("b", "iAmHere", {"channels": ["red"]}),
+            call("b", "iAmHere", {"channels": ["blue"]}),
+            call("a", "hereNow", {"channels": ["red", "blue", "empty"]}),
+        ],
+    )
     here = results[3]
     assert here["totalChannels"] == 2
     assert here["totalOccupancy"] == 3
@@ -235,14 +295,19 @@ async def test_here_now_several_channels(node: str, live_server: LiveServer) -> 
 
 
 async def test_here_now_channel_groups(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops", "idle"]}),
-        call("a", "iAmHere", {"channels": ["dev"]}),
-        call("b", "iAmHere", {"channels": ["ops"]}),
-        call("b", "iAmHere", {"channels": ["lobby"]}),
-        call("a", "hereNow", {"channelGroups": ["team"]}),
-        call("a", "hereNow", {"channels": ["lobby"], "channelGroups": ["team"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops", "idle"]}),
+            call("a", "iAmHere", {"channels": ["dev"]}),
+            call("b", "iAmHere", {"channels": ["ops"]}),
+            call("b", "iAmHere", {"channels": ["lobby"]}),
+            call("a", "hereNow", {"channelGroups": ["team"]}),
+            call("a", "hereNow", {"channels": ["lobby"], "channelGroups": ["team"]}),
+        ],
+    )
     groups_only, mixed = results[4], results[5]
     assert sorted(groups_only["channels"]) == ["dev", "ops"]
     assert groups_only["totalChannels"] == 2
@@ -254,14 +319,19 @@ async def test_here_now_channel_groups(node: str, live_server: LiveServer) -> No
 
 
 async def test_here_now_global(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "iAmHere", {"channels": ["red"]}),
-        call("b", "iAmHere", {"channels": ["red"]}),
-        call("b", "iAmHere", {"channels": ["blue"]}),
-        call("b", "iAmAway", {"channels": ["blue"]}),
-        call("a", "iAmHere", {"channels": ["green"]}),
-        call("a", "hereNow", {}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "iAmHere", {"channels": ["red"]}),
+            call("b", "iAmHere", {"channels": ["red"]}),
+            call("b", "iAmHere", {"channels": ["blue"]}),
+            call("b", "iAmAway", {"channels": ["blue"]}),
+            call("a", "iAmHere", {"channels": ["green"]}),
+            call("a", "hereNow", {}),
+        ],
+    )
     here = results[5]
     assert sorted(here["channels"]) == ["green", "red"]
     assert here["totalChannels"] == 2
@@ -271,14 +341,19 @@ async def test_here_now_global(node: str, live_server: LiveServer) -> None:
 
 
 async def test_here_now_without_uuids(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
-        call("a", "iAmHere", {"channels": ["dev"]}),
-        call("b", "iAmHere", {"channels": ["dev"]}),
-        call("a", "hereNow", {"channels": ["dev"], "includeUUIDs": False}),
-        call("a", "hereNow", {"channelGroups": ["team"], "includeUUIDs": False}),
-        call("a", "hereNow", {"includeUUIDs": False}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
+            call("a", "iAmHere", {"channels": ["dev"]}),
+            call("b", "iAmHere", {"channels": ["dev"]}),
+            call("a", "hereNow", {"channels": ["dev"], "includeUUIDs": False}),
+            call("a", "hereNow", {"channelGroups": ["team"], "includeUUIDs": False}),
+            call("a", "hereNow", {"includeUUIDs": False}),
+        ],
+    )
     for here in results[3:]:
         assert here["totalOccupancy"] == 2
         assert here["channels"]["dev"]["occupancy"] == 2
@@ -286,15 +361,20 @@ async def test_here_now_without_uuids(node: str, live_server: LiveServer) -> Non
 
 
 async def test_here_now_with_state(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
-        call("a", "iAmHere", {"channels": ["dev"]}),
-        call("b", "iAmHere", {"channels": ["dev"]}),
-        call("b", "setState", {"channels": ["dev"], "state": {"role": "lead", "level": 3}}),
-        call("a", "hereNow", {"channels": ["dev"], "includeState": True}),
-        call("a", "hereNow", {"channelGroups": ["team"], "includeState": True}),
-        call("a", "hereNow", {"includeState": True}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
+            call("a", "iAmHere", {"channels": ["dev"]}),
+            call("b", "iAmHere", {"channels": ["dev"]}),
+            call("b", "setState", {"channels": ["dev"], "state": {"role": "lead", "level": 3}}),
+            call("a", "hereNow", {"channels": ["dev"], "includeState": True}),
+            call("a", "hereNow", {"channelGroups": ["team"], "includeState": True}),
+            call("a", "hereNow", {"includeState": True}),
+        ],
+    )
     for here in results[4:]:
         by_uuid = {item["uuid"]: item.get("state") for item in here["channels"]["dev"]["occupants"]}
         assert by_uuid == {"alice": None, "bob": {"role": "lead", "level": 3}}
@@ -304,14 +384,19 @@ async def test_here_now_with_state(node: str, live_server: LiveServer) -> None:
 
 
 async def test_where_now_self_and_other(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "iAmHere", {"channels": ["red"]}),
-        call("b", "iAmHere", {"channels": ["red"]}),
-        call("b", "iAmHere", {"channels": ["blue"]}),
-        call("a", "whereNow", {}),
-        call("a", "whereNow", {"uuid": "bob"}),
-        call("a", "whereNow", {"uuid": "nobody"}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "iAmHere", {"channels": ["red"]}),
+            call("b", "iAmHere", {"channels": ["red"]}),
+            call("b", "iAmHere", {"channels": ["blue"]}),
+            call("a", "whereNow", {}),
+            call("a", "whereNow", {"uuid": "bob"}),
+            call("a", "whereNow", {"uuid": "nobody"}),
+        ],
+    )
     assert results[3] == {"channels": ["red"]}
     assert sorted(results[4]["channels"]) == ["blue", "red"]
     assert results[5] == {"channels": []}
@@ -322,15 +407,20 @@ async def test_where_now_self_and_other(node: str, live_server: LiveServer) -> N
 
 async def test_set_and_get_state_on_one_channel(node: str, live_server: LiveServer) -> None:
     state = {"mood": "happy", "score": 7, "tags": ["a", "b"], "nested": {"x": None}}
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "iAmHere", {"channels": ["lobby"]}),
-        call("a", "setState", {"channels": ["lobby"], "state": state}),
-        call("a", "getState", {"channels": ["lobby"]}),
-        call("b", "getState", {"uuid": "alice", "channels": ["lobby"]}),
-        call("b", "getState", {"channels": ["lobby"]}),
-        call("a", "setState", {"channels": ["lobby"], "state": {"mood": "tired"}}),
-        call("b", "getState", {"uuid": "alice", "channels": ["lobby"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "iAmHere", {"channels": ["lobby"]}),
+            call("a", "setState", {"channels": ["lobby"], "state": state}),
+            call("a", "getState", {"channels": ["lobby"]}),
+            call("b", "getState", {"uuid": "alice", "channels": ["lobby"]}),
+            call("b", "getState", {"channels": ["lobby"]}),
+            call("a", "setState", {"channels": ["lobby"], "state": {"mood": "tired"}}),
+            call("b", "getState", {"uuid": "alice", "channels": ["lobby"]}),
+        ],
+    )
     assert results[1] == {"state": state}
     assert results[2] == {"channels": {"lobby": state}}
     assert results[3] == {"channels": {"lobby": state}}
@@ -340,10 +430,15 @@ async def test_set_and_get_state_on_one_channel(node: str, live_server: LiveServ
 
 
 async def test_set_and_get_state_on_several_channels(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "setState", {"channels": ["red", "blue"], "state": {"mood": "busy"}}),
-        call("a", "getState", {"channels": ["red", "blue", "green"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "setState", {"channels": ["red", "blue"], "state": {"mood": "busy"}}),
+            call("a", "getState", {"channels": ["red", "blue", "green"]}),
+        ],
+    )
     assert results[0] == {"state": {"mood": "busy"}}
     # 7.3.3 returns the multi-channel payload as is; with the real service's payload.channels
     # wrapper (protocol 2.8, needed by Python) that is one level deeper than its docs show.
@@ -351,13 +446,18 @@ async def test_set_and_get_state_on_several_channels(node: str, live_server: Liv
 
 
 async def test_set_and_get_state_on_a_channel_group(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops"]}),
-        call("a", "setState", {"channelGroups": ["team"], "state": {"mood": "busy"}}),
-        call("a", "getState", {"channelGroups": ["team"]}),
-        call("a", "getState", {"channels": ["lobby"], "channelGroups": ["team"]}),
-        call("a", "getState", {"channels": ["dev"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops"]}),
+            call("a", "setState", {"channelGroups": ["team"], "state": {"mood": "busy"}}),
+            call("a", "getState", {"channelGroups": ["team"]}),
+            call("a", "getState", {"channels": ["lobby"], "channelGroups": ["team"]}),
+            call("a", "getState", {"channels": ["dev"]}),
+        ],
+    )
     assert results[1] == {"state": {"mood": "busy"}}
     assert results[2] == {"channels": {"channels": {"dev": {"mood": "busy"}, "ops": {"mood": "busy"}}}}
     assert results[3] == {"channels": {"channels": {"lobby": {}, "dev": {"mood": "busy"}, "ops": {"mood": "busy"}}}}
@@ -368,18 +468,23 @@ async def test_set_and_get_state_on_a_channel_group(node: str, live_server: Live
 
 
 async def test_channel_group_lifecycle(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "channelGroups.listGroups"),
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops", "qa"]}),
-        call("a", "channelGroups.addChannels", {"channelGroup": "other", "channels": ["x"]}),
-        call("a", "channelGroups.listChannels", {"channelGroup": "team"}),
-        call("a", "channelGroups.listGroups"),
-        call("a", "channelGroups.removeChannels", {"channelGroup": "team", "channels": ["ops", "qa"]}),
-        call("a", "channelGroups.listChannels", {"channelGroup": "team"}),
-        call("a", "channelGroups.deleteGroup", {"channelGroup": "team"}),
-        call("a", "channelGroups.listGroups"),
-        call("a", "channelGroups.listChannels", {"channelGroup": "team"}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "channelGroups.listGroups"),
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev", "ops", "qa"]}),
+            call("a", "channelGroups.addChannels", {"channelGroup": "other", "channels": ["x"]}),
+            call("a", "channelGroups.listChannels", {"channelGroup": "team"}),
+            call("a", "channelGroups.listGroups"),
+            call("a", "channelGroups.removeChannels", {"channelGroup": "team", "channels": ["ops", "qa"]}),
+            call("a", "channelGroups.listChannels", {"channelGroup": "team"}),
+            call("a", "channelGroups.deleteGroup", {"channelGroup": "team"}),
+            call("a", "channelGroups.listGroups"),
+            call("a", "channelGroups.listChannels", {"channelGroup": "team"}),
+        ],
+    )
     assert results[0] == {"groups": []}
     assert results[1] == {}
     assert sorted(results[3]["channels"]) == ["dev", "ops", "qa"]
@@ -396,31 +501,41 @@ async def test_channel_group_lifecycle(node: str, live_server: LiveServer) -> No
 
 
 async def test_leave_one_channel(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice"), "b": users("bob")}, [
-        call("a", "iAmHere", {"channels": ["red"]}),
-        call("a", "iAmHere", {"channels": ["blue"]}),
-        call("b", "iAmHere", {"channels": ["red"]}),
-        call("a", "iAmAway", {"channels": ["red"]}),
-        call("a", "whereNow", {}),
-        call("b", "hereNow", {"channels": ["red"]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice"), "b": users("bob")},
+        [
+            call("a", "iAmHere", {"channels": ["red"]}),
+            call("a", "iAmHere", {"channels": ["blue"]}),
+            call("b", "iAmHere", {"channels": ["red"]}),
+            call("a", "iAmAway", {"channels": ["red"]}),
+            call("a", "whereNow", {}),
+            call("b", "hereNow", {"channels": ["red"]}),
+        ],
+    )
     assert results[3] == {}
     assert results[4] == {"channels": ["blue"]}
     assert occupants(results[5], "red") == ["bob"]
 
 
 async def test_leave_several_channels_and_a_group(node: str, live_server: LiveServer) -> None:
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
-        call("a", "iAmHere", {"channels": ["red"]}),
-        call("a", "iAmHere", {"channels": ["blue"]}),
-        call("a", "iAmHere", {"channels": ["green"]}),
-        call("a", "iAmHere", {"channels": ["dev"]}),
-        call("a", "iAmAway", {"channels": ["red", "blue"]}),
-        call("a", "whereNow", {}),
-        call("a", "iAmAway", {"channelGroups": ["team"]}),
-        call("a", "whereNow", {}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["dev"]}),
+            call("a", "iAmHere", {"channels": ["red"]}),
+            call("a", "iAmHere", {"channels": ["blue"]}),
+            call("a", "iAmHere", {"channels": ["green"]}),
+            call("a", "iAmHere", {"channels": ["dev"]}),
+            call("a", "iAmAway", {"channels": ["red", "blue"]}),
+            call("a", "whereNow", {}),
+            call("a", "iAmAway", {"channelGroups": ["team"]}),
+            call("a", "whereNow", {}),
+        ],
+    )
     assert sorted(results[6]["channels"]) == ["dev", "green"]
     assert results[8] == {"channels": ["green"]}
 
@@ -430,11 +545,16 @@ async def test_leave_several_channels_and_a_group(node: str, live_server: LiveSe
 
 async def test_refused_call_is_a_bad_request_error_not_a_crash(node: str, live_server: LiveServer) -> None:
     longest, too_long = "c" * 92, "c" * 93
-    results = await run_js(node, live_server, {"a": users("alice")}, [
-        call("a", "hereNow", {"channels": [too_long]}, expect_error=True),
-        call("a", "iAmHere", {"channels": [too_long]}, expect_error=True),
-        call("a", "hereNow", {"channels": [longest]}),
-    ])
+    results = await run_js(
+        node,
+        live_server,
+        {"a": users("alice")},
+        [
+            call("a", "hereNow", {"channels": [too_long]}, expect_error=True),
+            call("a", "iAmHere", {"channels": [too_long]}, expect_error=True),
+            call("a", "hereNow", {"channels": [longest]}),
+        ],
+    )
     for refused in results[:2]:
         status = refused["error"]["status"]
         assert status["statusCode"] == 400

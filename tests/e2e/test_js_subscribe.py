@@ -179,7 +179,7 @@ class JsClients:
         return event
 
     def unread(self, who: str, kind: str) -> list[Event]:
-        return self.heard(who, kind)[self._taken.get((who, kind), 0):]
+        return self.heard(who, kind)[self._taken.get((who, kind), 0) :]
 
     async def status(self, who: str, category: str | None, operation: str | None = None) -> Event:
         """The next status with this category and operation (others are passed over). 7.3.3 gives the
@@ -218,8 +218,14 @@ def js(node: str) -> Callable[[LiveServer], contextlib.AbstractAsyncContextManag
     @contextlib.asynccontextmanager
     async def start(server: LiveServer) -> AsyncIterator[JsClients]:
         proc = await asyncio.create_subprocess_exec(
-            node, str(LISTENER), server.origin, SUB_KEY, cwd=JS_DIR,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            node,
+            str(LISTENER),
+            server.origin,
+            SUB_KEY,
+            cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         clients = JsClients(proc)
         try:
@@ -348,7 +354,8 @@ async def test_listener_hears_a_leave_when_another_client_unsubscribes(js: Js, q
 
 
 async def test_unsubscribing_with_presence_sends_one_channel_twice_and_is_one_leave(
-    js: Js, quiet_server: LiveServer,
+    js: Js,
+    quiet_server: LiveServer,
 ) -> None:
     async with js(quiet_server) as clients:
         await listening(clients, "alice")
@@ -501,7 +508,8 @@ async def test_channel_group_subscription_with_presence(js: Js, quiet_server: Li
         # Subscribing to the group makes alice present on each of its channels.
         own = [await clients.next("alice", "presence") for _ in range(2)]
         assert sorted(fields(event) for event in own) == [
-            ("join", "alice", 1, "dev", "team"), ("join", "alice", 1, "ops", "team"),
+            ("join", "alice", 1, "dev", "team"),
+            ("join", "alice", 1, "ops", "team"),
         ]
 
         await clients.client("bob")
@@ -550,8 +558,10 @@ async def test_wildcard_subscription_with_presence(js: Js, quiet_server: LiveSer
         await clients.publish("bob", "b.c", "elsewhere")
         await clients.publish("carol", "a.c", "to c")
         heard = [await clients.next("alice", "message") for _ in range(2)]
-        assert [(event["message"], event["channel"], event["subscription"], event["publisher"])
-                for event in heard] == [("to b", "a.b", "a.*", "bob"), ("to c", "a.c", "a.*", "carol")]
+        assert [(event["message"], event["channel"], event["subscription"], event["publisher"]) for event in heard] == [
+            ("to b", "a.b", "a.*", "bob"),
+            ("to c", "a.c", "a.*", "carol"),
+        ]
         await clients.call("carol", "setState", {"channels": ["a.c"], "state": {"k": 1}})
         change = await clients.next("alice", "presence")
         assert (fields(change), change["state"]) == (("state-change", "carol", 1, "a.c", "a.*"), {"k": 1})
@@ -606,7 +616,11 @@ async def test_interval_events_above_announce_max(js: Js, live_server_factory: S
         assert await server.advance(interval) == 0
         event = await clients.next("alice", "presence")
         assert (event["action"], event["occupancy"], event.get("leave"), event.get("join")) == (
-            "interval", 2, ["carol"], None)
+            "interval",
+            2,
+            ["carol"],
+            None,
+        )
         await clients.call("bob", "unsubscribe", {"channels": ["lobby"]})
         assert fields(await clients.next("alice", "presence")) == ("leave", "bob", 1, "lobby", None)
         assert await server.advance(interval) == 0

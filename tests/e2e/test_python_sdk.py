@@ -174,7 +174,8 @@ async def test_here_now_channel_groups(sdk: Clients) -> None:
     result = envelope.result
     assert (result.total_channels, result.total_occupancy) == (2, 2)
     assert {entry.channel_name: [o.uuid for o in entry.occupants] for entry in result.channels} == {
-        "a": ["alice"], "b": ["bob"],
+        "a": ["alice"],
+        "b": ["bob"],
     }
 
     envelope = await ok(alice.here_now().channel_groups(["cg1", "cg2"]))
@@ -185,7 +186,8 @@ async def test_here_now_channel_groups(sdk: Clients) -> None:
     envelope = await ok(alice.here_now().channels(["elsewhere"]).channel_groups(["cg2"]))
     assert "payload" in envelope.status.original_response
     assert {entry.channel_name: entry.occupancy for entry in envelope.result.channels} == {
-        "elsewhere": 1, "c": 1,
+        "elsewhere": 1,
+        "c": 1,
     }
 
 
@@ -199,7 +201,8 @@ async def test_here_now_global(sdk: Clients) -> None:
     result = envelope.result
     assert (result.total_channels, result.total_occupancy) == (2, 3)
     assert {entry.channel_name: sorted(o.uuid for o in entry.occupants) for entry in result.channels} == {
-        "a": ["alice"], "b": ["alice", "bob"],
+        "a": ["alice"],
+        "b": ["alice", "bob"],
     }
 
 
@@ -225,7 +228,8 @@ async def test_here_now_without_uuids(sdk: Clients) -> None:
     for item in envelope.status.original_response["payload"]["channels"].values():
         assert "uuids" not in item
     assert {entry.channel_name: (entry.occupancy, entry.occupants) for entry in envelope.result.channels} == {
-        "a": (2, None), "b": (1, None),
+        "a": (2, None),
+        "b": (1, None),
     }
 
     envelope = await ok(alice.here_now().include_uuids(False))
@@ -241,14 +245,13 @@ async def test_here_now_with_state(sdk: Clients) -> None:
 
     envelope = await ok(alice.here_now().channels(["a"]).include_state(True))
     assert sorted(envelope.status.original_response["uuids"], key=lambda item: item["uuid"]) == [
-        {"uuid": "alice", "state": {"mood": "happy", "level": 3}}, {"uuid": "bob"},
+        {"uuid": "alice", "state": {"mood": "happy", "level": 3}},
+        {"uuid": "bob"},
     ]
     assert await here(alice, "a") == {"alice": {"mood": "happy", "level": 3}, "bob": None}
 
     envelope = await ok(alice.here_now().channels(["a", "b"]).include_state(True))
-    assert {
-        entry.channel_name: {o.uuid: o.state for o in entry.occupants} for entry in envelope.result.channels
-    } == {
+    assert {entry.channel_name: {o.uuid: o.state for o in entry.occupants} for entry in envelope.result.channels} == {
         "a": {"alice": {"mood": "happy", "level": 3}, "bob": None},
         "b": {"alice": {"mood": "happy", "level": 3}},
     }
@@ -352,7 +355,9 @@ async def test_state_replaces_the_previous_object(live_server: LiveServer, sdk: 
     await ok(alice.set_state().channels(["lobby"]).state({"c": 3}))
     log = await live_server.app[STORE].read_log(SUB_KEY, "lobby")
     assert [(entry.action, entry.data) for entry in log] == [
-        ("join", None), ("state-change", {"a": 1, "b": 2}), ("state-change", {"c": 3}),
+        ("join", None),
+        ("state-change", {"a": 1, "b": 2}),
+        ("state-change", {"c": 3}),
     ]
 
     # An empty object clears it.
@@ -471,7 +476,8 @@ async def test_presence_timeout_from_the_sdk(live_server: LiveServer, sdk: Clien
     assert await where(observer, "alice") == []
     log = await live_server.app[STORE].read_log(SUB_KEY, "lobby")
     assert [(entry.action, entry.uuid, entry.occupancy) for entry in log] == [
-        ("join", "alice", 1), ("timeout", "alice", 0),
+        ("join", "alice", 1),
+        ("timeout", "alice", 0),
     ]
     assert await live_server.advance(timeout) == 0
 

@@ -170,8 +170,15 @@ def listening(sdk: Subscribers, uuid: str) -> tuple[Any, Listener]:
     return client, listener
 
 
-async def subscribed(sdk: Subscribers, uuid: str, *, channels: list[str] | None = None, groups: list[str] | None = None,
-                     presence: bool = True, timetoken: int | None = None) -> tuple[Any, Listener]:
+async def subscribed(
+    sdk: Subscribers,
+    uuid: str,
+    *,
+    channels: list[str] | None = None,
+    groups: list[str] | None = None,
+    presence: bool = True,
+    timetoken: int | None = None,
+) -> tuple[Any, Listener]:
     """A client of ``uuid`` subscribed (with presence unless told) once its first answer came."""
     client, listener = listening(sdk, uuid)
     builder = client.subscribe().channels(channels or []).channel_groups(groups or [])
@@ -440,7 +447,11 @@ async def test_signals_arrive_on_the_signal_listener(sdk: Subscribers) -> None:
 
     signal = await heard.next_of("signal")
     assert (signal.message, signal.publisher, signal.channel, signal.subscription) == (
-        {"typing": True}, "bob", "lobby", None)
+        {"typing": True},
+        "bob",
+        "lobby",
+        None,
+    )
     assert signal.timetoken == signal_tt
     assert heard.envelope_of(signal_tt)["e"] == 1
     message = await heard.next_of("message")
@@ -484,8 +495,10 @@ async def test_oversized_messages_are_refused_and_not_delivered(sdk: Subscribers
     bob = sdk("bob")
     huge = "x" * (40 * 1024)
     # Plain, and compressed to a few hundred bytes that inflate past the 32 KiB limit.
-    for call in (bob.publish().channel("lobby").message(huge).use_post(True),
-                 bob.publish().channel("lobby").message(huge).use_post(True).use_compression(True)):
+    for call in (
+        bob.publish().channel("lobby").message(huge).use_post(True),
+        bob.publish().channel("lobby").message(huge).use_post(True).use_compression(True),
+    ):
         status = await refused(call)
         assert status.status_code == 413
         assert status.original_response[:2] == [0, "Message Too Large"]
@@ -548,7 +561,9 @@ async def test_channel_group_with_presence(sdk: Subscribers) -> None:
     # Subscribing to the group makes alice present on its channels: her joins come through g-pnpres.
     joins = [await heard.presence_event() for _ in range(2)]
     assert sorted(fields(j) for j in joins) == [
-        ("join", "alice", 1, "g1", "g", None), ("join", "alice", 1, "g2", "g", None)]
+        ("join", "alice", 1, "g1", "g", None),
+        ("join", "alice", 1, "g2", "g", None),
+    ]
     assert {heard.envelope_of(j.timetoken)["b"] for j in joins} == {"g-pnpres"}
     assert await occupants(alice, "g1") == ["alice"]
 
@@ -561,7 +576,11 @@ async def test_channel_group_with_presence(sdk: Subscribers) -> None:
     timetoken = await publish(bob, "g2", "via the group", k="v")
     message = await heard.next_of("message")
     assert (message.message, message.channel, message.subscription, message.publisher) == (
-        "via the group", "g2", "g", "bob")
+        "via the group",
+        "g2",
+        "g",
+        "bob",
+    )
     envelope = heard.envelope_of(timetoken)
     assert (envelope["b"], envelope["c"], envelope["u"]) == ("g", "g2", {"k": "v"})
 
@@ -585,7 +604,9 @@ async def test_channel_group_messages_without_presence(sdk: Subscribers) -> None
     await publish(admin, "g3", "new member")
     received = [await heard.next_of("message") for _ in range(2)]
     assert [(m.message, m.channel, m.subscription) for m in received] == [
-        ("member", "g1", "g"), ("new member", "g3", "g")]
+        ("member", "g1", "g"),
+        ("new member", "g3", "g"),
+    ]
 
 
 async def test_wildcard_with_presence(sdk: Subscribers) -> None:
@@ -603,7 +624,11 @@ async def test_wildcard_with_presence(sdk: Subscribers) -> None:
     timetoken = await publish(bob, "a.b", {"on": "a.b"})
     message = await heard.next_of("message")
     assert (message.message, message.channel, message.subscription, message.publisher) == (
-        {"on": "a.b"}, "a.b", "a.*", "bob")
+        {"on": "a.b"},
+        "a.b",
+        "a.*",
+        "bob",
+    )
     assert heard.envelope_of(timetoken)["b"] == "a.*"
 
     await ok(bob.set_state().channels(["a.b"]).state({"s": 1}))
@@ -683,7 +708,12 @@ async def interval_mode(server: LiveServer, sdk: Subscribers) -> None:
     await server.advance(10)
     interval = await heard.presence_event()
     assert (interval.event, interval.occupancy, interval.join, interval.leave, interval.timeout) == (
-        "interval", 4, None, None, None)
+        "interval",
+        4,
+        None,
+        None,
+        None,
+    )
     assert await until_now(heard, publisher, "room") == []
     assert await occupants(alice, "room") == ["alice", "bob", "carol", "dave"]
 
@@ -703,7 +733,12 @@ async def test_interval_asks_for_here_now_when_too_many_changed(live_server_fact
             interval = await heard.presence_event()
             # 7.2.0 does not expose here_now_refresh (and must not choke on it): it is on the wire.
             assert (interval.event, interval.occupancy, interval.join, interval.leave, interval.timeout) == (
-                "interval", 106, None, None, None)
+                "interval",
+                106,
+                None,
+                None,
+                None,
+            )
             payload = heard.envelope_of(interval.timetoken)["d"]
             assert payload["here_now_refresh"] is True
             assert not {"join", "leave", "timeout", "uuid"} & set(payload)
@@ -785,8 +820,10 @@ async def test_publish_through_another_process_wakes_the_held_poll(live_server_f
 
 
 async def test_one_interval_event_per_period_with_two_sweeping_processes(live_server_factory: ServerFactory) -> None:
-    async with (live_server_factory(announce_max=1, interval=10) as first,
-                live_server_factory(announce_max=1, interval=10) as second):
+    async with (
+        live_server_factory(announce_max=1, interval=10) as first,
+        live_server_factory(announce_max=1, interval=10) as second,
+    ):
         on_first, on_second = Subscribers(first.origin), Subscribers(second.origin)
         try:
             _, heard = await subscribed(on_first, "alice", channels=["room"])
