@@ -5,6 +5,7 @@ one reply parse), and at low load it costs one loop iteration of latency."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,8 +13,13 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
+# The fast path reads three redis-py internals: the connection's ``_writer`` and ``_parser``, the
+# parser's hiredis ``_reader``, and the sentinel below. Each is looked up with a guard, and any
+# missing one sends the batch through redis-py's public calls instead (slower, still correct).
+# tests/test_batch.py proves the fast path is taken with the pinned redis-py, so an upgrade that
+# moves them fails a test instead of silently losing the speed.
 try:  # the sentinel redis-py's hiredis reader returns for "not enough data yet"
     from redis._parsers.hiredis import NOT_ENOUGH_DATA
 except ImportError:  # internals moved: the public calls serve
@@ -38,6 +44,7 @@ class ScriptBatcher:
         self._idle: list[AbstractConnection] = []
         self.batches = 0
         self.calls = 0
+        self.fast_batches = 0  # of ``batches``, those sent through the hiredis fast path
 
     def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue one script call; the returned future resolves with its reply."""
@@ -56,7 +63,17 @@ class ScriptBatcher:
             return
         task = asyncio.ensure_future(self._run(batch))
         self._tasks.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._finished, batch))
+
+    def _finished(self, batch: list[_Call], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            # Cancelled (shutdown, or before it even started): the callers wait on their own
+            # futures, not on this task, so each is settled here or it would wait for ever.
+            error = ConnectionError("script batch cancelled")
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(error)
 
     async def _run(self, batch: list[_Call]) -> None:
         self.batches += 1
@@ -90,6 +107,7 @@ class ScriptBatcher:
             if reader is None:
                 replies = await _exchange(connection, payload, len(batch))
             else:
+                self.fast_batches += 1
                 replies = await _exchange_fast(connection, reader, payload, len(batch))
         except BaseException:
             # Cancelled or broken half-way: the connection's replies are out of step with its
