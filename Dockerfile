@@ -18,11 +18,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what the wheel is made of: the package metadata (pyproject.toml names README.md) and the package.
+# Only what the wheel is made of: the package metadata (pyproject.toml names README.md), the package,
+# and the lock of the runtime dependencies (requirements/runtime.txt, with hashes).
 COPY pyproject.toml README.md ./
+COPY requirements/runtime.txt ./requirements/
 COPY presence_server ./presence_server
-# Our wheel and a wheel of every runtime dependency (no test extras) land in /wheels.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Our wheel, and a wheel of every locked runtime dependency (no test extras), land in /wheels: the
+# image runs exactly the versions CI tested.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --require-hashes -r requirements/runtime.txt \
+    && pip wheel --no-cache-dir --wheel-dir /wheels --no-deps .
 
 
 FROM python:3.11.14-slim-bookworm AS runtime
