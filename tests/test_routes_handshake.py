@@ -5,30 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp.test_utils import TestClient
-
-from tests.conftest import FakeClock
+from tests.conftest import Client, FakeClock
 
 P = "/v2/presence/sub-key/demo"
 
 
-async def get(client: TestClient, path: str, **params: str) -> Any:  # type: ignore[type-arg]
+async def get(client: Client, path: str, **params: str) -> Any:
     resp = await client.get(path, params=params)
     assert resp.status == 200, await resp.text()
     return await resp.json(content_type=None)
 
 
-async def test_own_join_before_the_handshake_is_delivered(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_own_join_before_the_handshake_is_delivered(client: Client) -> None:
     await get(client, f"{P}/channel/lobby/heartbeat", uuid="js-user", heartbeat="300")
     hand = await get(client, "/v2/subscribe/demo/lobby,lobby-pnpres/0", uuid="js-user")
     first = await get(client, "/v2/subscribe/demo/lobby,lobby-pnpres/0", uuid="js-user", tt=hand["t"]["t"], tr="1")
     assert [(m["c"], m["d"]["action"], m["d"]["uuid"]) for m in first["m"]] == [("lobby-pnpres", "join", "js-user")]
 
 
-async def test_an_old_join_or_someone_elses_does_not_move_the_cursor(
-    client: TestClient,
-    clock: FakeClock,  # type: ignore[type-arg]
-) -> None:
+async def test_an_old_join_or_someone_elses_does_not_move_the_cursor(client: Client, clock: FakeClock) -> None:
     await get(client, f"{P}/channel/lobby/heartbeat", uuid="js-user", heartbeat="300")
     clock.advance(10)  # older than the window: the subscriber joined long ago, nothing to replay
     await get(client, f"{P}/channel/lobby/heartbeat", uuid="other", heartbeat="300")
