@@ -1,0 +1,131 @@
+"""Every protocol section a comment or docstring cites is a heading of docs/protocol.md, so that a
+citation can never point at a section a clone of the repository does not have."""
+
+from __future__ import annotations
+
+import io
+import re
+import tokenize
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "protocol.md"
+SCANNED = (ROOT / "presence_server", ROOT / "tests")
+
+_NUMBER = r"\d+(?:\.\d+)*"
+_LIST = rf"{_NUMBER}(?:\s*(?:,|and|to)\s*{_NUMBER})*"
+# "docs/protocol.md 2.2.7", and the older "protocol 1.4, 1.5 and 7" or "(protocol 2.3 to 2.8)".
+_CITED = re.compile(rf"(?:docs/protocol\.md|\bprotocol)\s+({_LIST})")
+# A bare "(2.2.7)" or "(2.3 to 2.8, 1.2)". "(1.5)" alone is left out: it may as well be seconds.
+_BARE = re.compile(rf"\(({_LIST})\)")
+NEWLINE = "\n"
+_HEADING = re.compile(rf"^#+\s+({_NUMBER})\.?\s", re.MULTILINE)
+
+
+def headings(markdown: str) -> list[str]:
+    """The section numbers of a Markdown document's headings, in order."""
+    return _HEADING.findall(markdown)
+
+
+def _expand(listed: str) -> list[str]:
+    """``1.4, 1.5 and 7`` -> the three; ``2.3 to 2.8`` -> 2.3, 2.4, ... 2.8."""
+    out: list[str] = []
+    for part in re.split(r"\s*(?:,|\band\b)\s*", listed):
+        first, _, last = (p.strip() for p in part.partition(" to "))
+        if not last:
+            out.append(first)
+            continue
+        stem, _, low = first.rpartition(".")
+        stem_last, _, high = last.rpartition(".")
+        if stem != stem_last or int(high) < int(low):  # not one run of siblings: check the two ends
+            out += [first, last]
+        else:
+            out += [f"{stem}.{n}" if stem else str(n) for n in range(int(low), int(high) + 1)]
+    return out
+
+
+def cited(text: str) -> list[str]:
+    """The section numbers cited in a comment or docstring."""
+    return [number for _, number in _cited_at(text)]
+
+
+def _cited_at(text: str) -> list[tuple[int, str]]:
+    """(offset in ``text``, section number) of each citation."""
+    found = [(match.start(), n) for match in _CITED.finditer(text) for n in _expand(match.group(1))]
+    for match in _BARE.finditer(text):
+        listed = match.group(1)
+        if " to " in listed or re.search(r"\d+\.\d+\.\d+", listed):
+            found += [(match.start(), n) for n in _expand(listed)]
+    return found
+
+
+def _prose(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, text) of each comment and string of a Python file, or each comment of a Lua file."""
+    source = path.read_text(encoding="utf-8")
+    if path.suffix == ".lua":
+        for number, line in enumerate(source.splitlines(), 1):
+            if "--" in line:
+                yield number, line.partition("--")[2]
+        return
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type in (tokenize.COMMENT, tokenize.STRING):
+            yield token.start[0], token.string
+
+
+def citations(roots: tuple[Path, ...] = SCANNED) -> list[tuple[str, str]]:
+    """(``file:line``, section) for every citation under ``roots`` (this file's own examples aside)."""
+    out = []
+    for root in roots:
+        for path in sorted([*root.rglob("*.py"), *root.rglob("*.lua")]):
+            if "node_modules" in path.parts or path.resolve() == Path(__file__).resolve():
+                continue
+            for line, text in _prose(path):
+                for offset, number in _cited_at(text):
+                    # A docstring starts on one line and may cite on a later one.
+                    place = f"{path.relative_to(root.parent)}:{line + text.count(NEWLINE, 0, offset)}"
+                    out.append((place, number))
+    return out
+
+
+def dangling(roots: tuple[Path, ...], doc: str) -> list[tuple[str, str]]:
+    sections = set(headings(doc))
+    return [(where, number) for where, number in citations(roots) if number not in sections]
+
+
+def test_every_cited_section_is_a_heading_of_docs_protocol() -> None:
+    found = citations()
+    # The code cites the document about twenty times: a scan that finds none is broken, not clean.
+    assert len([where for where, _ in found if where.startswith("presence_server")]) >= 15, found
+    assert dangling(SCANNED, DOC.read_text(encoding="utf-8")) == []
+
+
+def test_section_numbers_are_unique_and_the_limits_section_comes_last() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    numbers = headings(text)
+    assert len(numbers) == len(set(numbers)), sorted(n for n in numbers if numbers.count(n) > 1)
+    top = re.findall(r"^## (.+)$", text, re.MULTILINE)
+    assert "Limits and hardening choices" in top[-1], top
+
+
+def test_citation_forms_are_all_read() -> None:
+    text = "# protocol 1.4, 1.5 and 7; see (2.2.7), docs/protocol.md 2.3 to 2.5 (2.9 to 2.10, 1.2)"
+    assert cited(text) == ["1.4", "1.5", "7", "2.3", "2.4", "2.5", "2.2.7", "2.9", "2.10", "1.2"]
+    # Parenthesised numbers that are not citations: a delay, a version.
+    assert cited("# retry after (1.5) seconds, as in (3.11)") == []
+
+
+def test_a_dangling_citation_is_reported_with_its_place(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "mod.py").write_text(
+        '"""Doc (docs/protocol.md 2.1).\n\nAnd on its third line (2.1.4)."""\n\nX = 1  # protocol 2.2.7 and 9\n'
+    )
+    (package / "s.lua").write_text("-- the cursor (protocol 1.6)\nreturn 1\n-- (docs/protocol.md 1.7)\n")
+    doc = "## 1. A\n### 1.6 B\n## 2. C\n### 2.1 D\n"
+    assert dangling((package,), doc) == [
+        ("pkg/mod.py:3", "2.1.4"),
+        ("pkg/mod.py:5", "2.2.7"),
+        ("pkg/mod.py:5", "9"),
+        ("pkg/s.lua:3", "1.7"),
+    ]
