@@ -13,7 +13,7 @@ from aiohttp import hdrs, web
 
 log = logging.getLogger("presence_server")
 
-# What the real service sends; both SDKs require "json" or "javascript" in it (protocol 1.4).
+# What the real service sends; both SDKs require "json" or "javascript" in it (docs/protocol.md 1.4).
 CONTENT_TYPE = 'text/javascript; charset="UTF-8"'
 
 PRESENCE = "Presence"
@@ -23,7 +23,7 @@ CHANNEL_REGISTRY = "channel-registry"
 ON_REDIS_ERROR: web.AppKey[Callable[[], None]] = web.AppKey("on_redis_error")
 
 # Server options every way of running the app uses: held long-polls are cancelled when their client
-# goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, protocol 8).
+# goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, docs/protocol.md 8).
 # A GET publish carries its message in the path: 32 KiB of JSON, percent-encoded, exceeds aiohttp's
 # 8 KiB request line; a longer line would get aiohttp's plain-text 400 instead of our JSON 413.
 RUNNER_OPTIONS: dict[str, object] = {
@@ -61,7 +61,7 @@ def _plain_ok(service: str) -> bytes:
 
 
 class PubNubError(Exception):
-    """An error answered with PubNub's JSON error body (protocol 1.5); never a 2xx."""
+    """An error answered with PubNub's JSON error body (docs/protocol.md 1.5); never a 2xx."""
 
     def __init__(self, status: int, message: str, service: str = PRESENCE, payload: Any = None) -> None:
         super().__init__(message)
@@ -82,7 +82,7 @@ def bad_request(message: str, service: str = PRESENCE) -> PubNubError:
 
 
 def error_response(request: web.Request, exc: Exception) -> web.Response:
-    """The JSON answer to a handler's failure: aiohttp's own error pages are plain text (protocol 8).
+    """The JSON answer to a handler's failure: aiohttp's own error pages are plain text (docs/protocol.md 8).
     The caller passes on HTTP exceptions below 400 (redirects) and cancellations."""
     if isinstance(exc, PubNubError):
         return exc.response()

@@ -1,4 +1,4 @@
-"""Channel groups (protocol 2.10)."""
+"""Channel groups (docs/protocol.md 2.10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Heartbeat, leave, here now, where now, and user state (protocol 2.3 to 2.8)."""
+"""Heartbeat, leave, here now, where now, and user state (docs/protocol.md 2.3 to 2.8)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 def heartbeat_states(state: dict[str, Any] | None, channels: Sequence[str], groups: Sequence[str]) -> dict[str, str]:
     """Heartbeat state comes keyed by channel (presence engines) or flat (JS ``setState`` with
-    ``withHeartbeat``), protocol 2.3: a map when every key names one of the request's channels or
+    ``withHeartbeat``), docs/protocol.md 2.3: a map when every key names one of the request's channels or
     groups and every value is an object, else one state for all of them. ``{}`` is an empty map:
     it changes nothing."""
     if not state:
@@ -94,7 +94,7 @@ async def here_now(request: web.Request) -> web.Response:
         with_state=page.with_state,
     )
     if len(call.channels) == 1 and not call.groups:
-        # The single-channel shape, only for exactly one channel and no groups (protocol 2.5).
+        # The single-channel shape, only for exactly one channel and no groups (docs/protocol.md 2.5).
         entry = found[0]
         body: dict[str, Any] = {"status": 200, "message": "OK", "service": "Presence"}
         if page.with_uuids:
@@ -138,7 +138,7 @@ class _Page:
 
 def _payload_shape(found: list[HereNowChannel], page: _Page) -> web.Response:
     # Listed: channels with someone present. Every entry carries "uuids" unless disable_uuids,
-    # since the JS SDK maps over it unconditionally (protocol 2.5).
+    # since the JS SDK maps over it unconditionally (docs/protocol.md 2.5).
     channels: dict[str, Any] = {}
     for entry in found:
         if entry.occupancy == 0:
@@ -171,7 +171,7 @@ async def get_state(request: web.Request) -> web.Response:
     if len(call.channels) == 1 and not call.groups:
         channel = call.channels[0]
         return ok(uuid=uuid, payload=states[channel], channel=channel)
-    # Python requires the payload.channels wrapper for several channels (protocol 2.8).
+    # Python requires the payload.channels wrapper for several channels (docs/protocol.md 2.8).
     return ok(payload={"channels": states}, uuid=uuid)
 
 
