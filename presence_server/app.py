@@ -1,4 +1,8 @@
-"""The application factory: nothing is created at import time."""
+"""The application factory: nothing is created at import time.
+
+Each resource is opened in a cleanup context of its own and closed in reverse order: the Redis
+client, the store, the long-poll owner, the wake listener, the sweeper. The app keys are in context.py.
+"""
 
 from __future__ import annotations
 
@@ -11,40 +15,50 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from presence_server.clock import Clock
+from presence_server.clock import Clock, clock_of
 from presence_server.config import Settings
-from presence_server.context import BUS, CLOCK, SETTINGS, STORE
-from presence_server.http import ON_REDIS_ERROR, RUNNER_OPTIONS
+from presence_server.context import (
+    BUS,
+    CLOCK,
+    LONGPOLLS,
+    METRICS,
+    ON_REDIS_ERROR,
+    REDIS,
+    SETTINGS,
+    STORE,
+    SWEEPER,
+)
+from presence_server.http import RUNNER_OPTIONS
 from presence_server.keysets import keyset_checked
-from presence_server.metrics import METRICS, Metrics, instrumented
+from presence_server.metrics import Metrics, instrumented
 from presence_server.routes import Router, setup_admin_routes, setup_routes
-from presence_server.routes.subscribe import REFRESH_MEMO, RefreshMemo
-from presence_server.store import PresenceStore, WakeBus, open_redis
+from presence_server.store import LongPolls, PresenceStore, WakeBus, open_redis
 from presence_server.sweeper import Sweeper
 
 log = logging.getLogger("presence_server")
 
 __all__ = ["RUNNER_OPTIONS", "SWEEPER", "create_app"]
 
-SWEEPER = web.AppKey("sweeper", Sweeper)
-
 
 def create_app(
     settings: Settings | None = None,
     *,
     redis: aioredis.Redis | None = None,
-    clock: Callable[[], float] | None = None,
+    clock: Clock | Callable[[], float] | None = None,
     sweeper: bool = True,
 ) -> web.Application:
     """Build the server. ``redis`` injects a client the caller keeps ownership of; ``clock`` injects
-    time; ``sweeper=False`` leaves expiry to explicit ``Sweeper.run_once`` calls (tests)."""
+    time (a ``Clock``, or the base time of one); ``sweeper=False`` leaves expiry to explicit
+    ``Sweeper.run_once`` calls (tests)."""
     settings = settings or Settings.from_env()
     app = web.Application()
     app[SETTINGS] = settings
-    app[CLOCK] = clock if clock is not None else Clock()
-    app.cleanup_ctx.append(_store_ctx(redis))
-    if sweeper:
-        app.cleanup_ctx.append(_sweeper_ctx)
+    app[CLOCK] = clock_of(clock)
+    app.cleanup_ctx.append(_redis_ctx(redis))
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_longpolls_ctx)
+    app.cleanup_ctx.append(_bus_ctx)
+    app.cleanup_ctx.append(_sweeper_ctx(run=sweeper))
     app.on_shutdown.append(_answer_held_polls)
     pairs = settings.keyset_pairs()
 
@@ -59,64 +73,88 @@ def create_app(
     return app
 
 
-def _store_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        client = injected if injected is not None else open_redis(settings.redis_url)
-        store = app[STORE] = PresenceStore(
-            client,
-            prefix=settings.key_prefix,
-            default_timeout=settings.clamp_timeout(settings.default_timeout),
-            log_size=settings.log_size,
-            backstop_seconds=int(max(86_400, 2 * settings.max_timeout)),
-            announce_max=settings.announce_max,
-            interval=settings.interval,
-            # The embedded store runs its Lua in this process's event loop: smaller sweep steps keep
-            # a mass expiry from stalling requests for long.
-            sweep_budget=100 if settings.redis_url.startswith("memory://") else 1000,
-        )
-        bus = app[BUS] = WakeBus(client, store.wake_channel, store.read_marker)
-        app[REFRESH_MEMO] = RefreshMemo(min(10.0, settings.min_timeout / 2))
-        app[SWEEPER] = Sweeper(store, app[CLOCK], settings.sweep_interval)
-        app[METRICS] = Metrics(store, bus)
-        app[ON_REDIS_ERROR] = app[METRICS].redis_errors.inc
-        set_offset = getattr(app[CLOCK], "set_offset", None)
-        if settings.admin and set_offset is not None:
-            bus.on_clock = set_offset
+def _redis_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = app[REDIS] = injected if injected is not None else open_redis(app[SETTINGS].redis_url)
+        yield
+        if injected is None:
+            await client.aclose()
 
-            async def resync_clock() -> None:
-                set_offset(await store.clock_offset())
-
-            # At start and after every reconnection of the wake listener: advances announced while
-            # this process was away from Redis are not missed.
-            bus.on_connect = resync_clock
-            with contextlib.suppress(Exception):  # Redis may not be up yet; the listener retries.
-                await resync_clock()
-        listener = asyncio.create_task(bus.run(), name="wake-listener")
-        try:
-            yield
-        finally:
-            bus.stopped = True
-            listener.cancel()
-            await asyncio.wait({listener}, timeout=2.0)
-            await bus.aclose()
-            await store.aclose()
-            if injected is None:
-                await client.aclose()
-
-    return store_ctx
+    return redis_ctx
 
 
-async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[SWEEPER].run(), name="sweeper")
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = app[STORE] = PresenceStore(
+        app[REDIS],
+        prefix=settings.key_prefix,
+        default_timeout=settings.clamp_timeout(settings.default_timeout),
+        log_size=settings.log_size,
+        backstop_seconds=int(max(86_400, 2 * settings.max_timeout)),
+        announce_max=settings.announce_max,
+        interval=settings.interval,
+        # The embedded store runs its Lua in this process's event loop: smaller sweep steps keep
+        # a mass expiry from stalling requests for long.
+        sweep_budget=100 if settings.redis_url.startswith("memory://") else 1000,
+    )
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await store.aclose()
+
+
+async def _longpolls_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    polls = app[LONGPOLLS] = LongPolls(
+        app[STORE], app[CLOCK], hold=settings.longpoll_hold, refresh_window=min(10.0, settings.min_timeout / 2)
+    )
+    app[METRICS] = Metrics(app[STORE], polls)
+    app[ON_REDIS_ERROR] = app[METRICS].redis_errors.inc
+    yield
+    await polls.aclose()
+
+
+async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
+    store, clock = app[STORE], app[CLOCK]
+
+    async def resync_clock() -> None:
+        # At start and after every reconnection of the wake listener: advances announced while
+        # this process was away from Redis are not missed.
+        clock.set_offset(await store.clock_offset())
+
+    admin = app[SETTINGS].admin
+    bus = app[BUS] = WakeBus(
+        app[REDIS],
+        store.wake_channel,
+        app[LONGPOLLS],
+        on_clock=clock.set_offset if admin else None,
+        on_connect=resync_clock if admin else None,
+    )
+    if admin:
+        with contextlib.suppress(Exception):  # Redis may not be up yet; the listener retries.
+            await resync_clock()
+    listener = asyncio.create_task(bus.run(), name="wake-listener")
+    yield
+    bus.stopped = True
+    listener.cancel()
+    await asyncio.wait({listener}, timeout=2.0)
+
+
+def _sweeper_ctx(*, run: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+        sweeper = app[SWEEPER] = Sweeper(app[STORE], app[CLOCK], app[SETTINGS].sweep_interval)
+        if not run:
+            yield
+            return
+        task = asyncio.create_task(sweeper.run(), name="sweeper")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return sweeper_ctx
 
 
 async def _answer_held_polls(app: web.Application) -> None:
     # Runs after the listening sockets closed and before in-flight requests are awaited: held
     # long-polls answer now with their cursor, so clients reconnect elsewhere without a gap.
-    if BUS in app:
-        app[BUS].close()
+    if LONGPOLLS in app:
+        app[LONGPOLLS].close()

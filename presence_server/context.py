@@ -1,16 +1,33 @@
-"""Typed application keys shared by the app factory and the handlers."""
+"""Every typed application key, in one place: what the app factory builds and the handlers read.
+
+Set by app.py: SETTINGS and CLOCK when the app is built; the others by one cleanup context each, in
+this order (torn down in reverse): REDIS, STORE, LONGPOLLS (with METRICS and ON_REDIS_ERROR), BUS,
+SWEEPER.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
+from presence_server.clock import Clock
 from presence_server.config import Settings
-from presence_server.store import PresenceStore, WakeBus
+from presence_server.store import LongPolls, PresenceStore, WakeBus
+from presence_server.sweeper import Sweeper
+
+if TYPE_CHECKING:
+    from presence_server.metrics import Metrics  # metrics.py reads these keys
 
 SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+REDIS = web.AppKey("redis", aioredis.Redis)
 STORE = web.AppKey("store", PresenceStore)
-Clock = Callable[[], float]
-CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-BUS = web.AppKey("bus", WakeBus)
+LONGPOLLS = web.AppKey("longpolls", LongPolls)  # every subscribe call: held polls, shared reads, refresh memo
+BUS = web.AppKey("bus", WakeBus)  # the wake listener; also announces admin clock moves
+SWEEPER = web.AppKey("sweeper", Sweeper)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# Called once for each request that failed because Redis could not be reached (metrics count them).
+ON_REDIS_ERROR: web.AppKey[Callable[[], None]] = web.AppKey("on_redis_error")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import redis.exceptions
 from aiohttp import hdrs, web
+
+from presence_server.context import ON_REDIS_ERROR
 
 log = logging.getLogger("presence_server")
 
@@ -18,9 +19,6 @@ CONTENT_TYPE = 'text/javascript; charset="UTF-8"'
 
 PRESENCE = "Presence"
 CHANNEL_REGISTRY = "channel-registry"
-
-# Called once for each request that failed because Redis could not be reached (metrics count them).
-ON_REDIS_ERROR: web.AppKey[Callable[[], None]] = web.AppKey("on_redis_error")
 
 # Server options every way of running the app uses: held long-polls are cancelled when their client
 # goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, docs/protocol.md 8).

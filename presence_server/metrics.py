@@ -13,8 +13,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from presence_server.context import METRICS as METRICS  # re-exported: its home was here
 from presence_server.http import REDIS_DOWN, error_response
-from presence_server.store import PresenceStore, WakeBus
+from presence_server.store import LongPolls, PresenceStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SAMPLE_EVERY = 5.0
@@ -85,7 +86,7 @@ class _StoreCounters(Collector):
 
 
 class Metrics:
-    def __init__(self, store: PresenceStore, bus: WakeBus) -> None:
+    def __init__(self, store: PresenceStore, polls: LongPolls) -> None:
         self.store = store
         self.registry = CollectorRegistry()
         self.requests = RequestStats()
@@ -94,7 +95,7 @@ class Metrics:
             "presence_redis_errors", "Requests that failed because Redis was unreachable", registry=self.registry
         )
         held = Gauge("presence_longpolls_held", "Subscribe long-polls waiting in this process", registry=self.registry)
-        held.set_function(lambda: bus.waiting)
+        held.set_function(lambda: polls.waiting)
         self.present_users = Gauge(
             "presence_present_users",
             "Occupants summed over channels (a user in two channels counts twice), all keysets (sampled)",
@@ -120,9 +121,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-METRICS = web.AppKey("metrics", Metrics)
 
 
 UNMATCHED = "unmatched"  # the route label of answers to paths and methods no route serves

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from presence_server.app import create_app
 from presence_server.config import Settings
-from presence_server.context import BUS, STORE
+from presence_server.context import LONGPOLLS, STORE
 from presence_server.store import PresenceStore
 from tests.conftest import (
     START,
@@ -81,7 +81,7 @@ async def test_closing_the_server_answers_every_held_poll_at_once(
     for (status, body), cursor in zip(answers, cursors, strict=True):
         assert status == 200, body
         assert body == {"t": {"t": cursor, "r": 1}, "m": []}
-    assert app[BUS].waiting == 0
+    assert app[LONGPOLLS].waiting == 0
     # Shutting down made nobody leave.
     here = await app[STORE].here_now("demo", ["ch1", "ch9"], now=START)
     assert {entry.channel: entry.uuids for entry in here} == {"ch1": ["s0"], "ch9": ["s1"]}

@@ -9,7 +9,6 @@ from aiohttp import web
 from presence_server.context import BUS, CLOCK, SETTINGS, STORE
 from presence_server.http import PubNubError, json_response
 from presence_server.params import path_name, query_seconds
-from presence_server.routes.subscribe import REFRESH_MEMO
 
 ADMIN = "Admin"
 
@@ -37,9 +36,7 @@ async def advance_clock(request: web.Request) -> web.Response:
         raise PubNubError(400, "Missing seconds", ADMIN)
     store, clock = request.app[STORE], request.app[CLOCK]
     offset = await store.advance_clock(seconds)
-    set_offset = getattr(clock, "set_offset", None)
-    if set_offset is not None:
-        set_offset(offset)
+    clock.set_offset(offset)
     await request.app[BUS].announce_clock(offset)
     timeouts = await store.sweep(now=clock())
     return json_response({"status": 200, "offset": offset, "now": clock(), "timeouts": timeouts})
@@ -49,7 +46,6 @@ async def reset_keyset(request: web.Request) -> web.Response:
     _check(request)
     sub_key = path_name(request, "sub_key", "subscribe key", request.app[SETTINGS].max_name_length, ADMIN)
     removed = await request.app[STORE].reset_keyset(sub_key)
-    request.app[REFRESH_MEMO].forget(sub_key)
     return json_response({"status": 200, "sub_key": sub_key, "removed_keys": removed})
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from presence_server.store.fields import GROUP_CHANGED
 
 PRESENCE_SUFFIX = "-pnpres"
 WILDCARD_SUFFIX = ".*"
@@ -75,15 +77,36 @@ class Delivery:
     fields: dict[str, str]
 
 
-@dataclasses.dataclass(slots=True)
-class ReadResult:
-    """What one read of a subscription found. Shared by every poll that joined the read."""
+# Renders a subscribe answer: (cursor, deliveries, subscribe key) -> the JSON body.
+Render = Callable[[str, Sequence[Delivery], str], bytes]
 
-    deliveries: list[Delivery]
-    cursor: str  # where the next read starts: the last delivery's timetoken, else the one read after
-    sources: list[Source]  # the logs read (group members and wildcard matches resolved)
-    latest: str  # the keyset's last timetoken at the read ("0" for none): tells a cursor from the future
-    body: bytes | None = None  # the subscribe answer, rendered once for all the polls that share it
+
+class Answer:
+    """What a subscribe call answers: the cursor to poll with next and the deliveries. The answer of a
+    shared read is shared by every poll that took it, and rendered once for all of them."""
+
+    __slots__ = ("body", "cursor", "deliveries")
+
+    def __init__(self, cursor: str, deliveries: Sequence[Delivery] = ()) -> None:
+        self.cursor = cursor  # where the next read starts: the last delivery's timetoken, else the one read after
+        self.deliveries = deliveries
+        self.body: bytes | None = None
+
+    def rendered(self, render: Render, sub_key: str) -> bytes:
+        if self.body is None:  # a publish to a busy channel: render once, answer everyone
+            self.body = render(self.cursor, self.deliveries, sub_key)
+        return self.body
+
+
+class ReadResult(Answer):
+    """What one read of a subscription found."""
+
+    __slots__ = ("latest", "sources")
+
+    def __init__(self, deliveries: Sequence[Delivery], cursor: str, sources: list[Source], latest: str) -> None:
+        super().__init__(cursor, deliveries)
+        self.sources = sources  # the logs read (group members and wildcard matches resolved)
+        self.latest = latest  # the keyset's last timetoken at the read ("0" for none): tells a cursor from the future
 
 
 class Subscription:
@@ -104,6 +127,10 @@ class Subscription:
             tuple(t.name for t in self.groups),
             tuple(t.name for t in self.wildcards),
         )
+        # What a held poll is woken for: its direct names, its groups' change markers, wildcard prefixes.
+        self.group_markers = tuple(GROUP_CHANGED + t.base for t in self.groups)
+        self.watched = tuple(sorted({t.name for t in self.direct} | set(self.group_markers)))
+        self.prefixes = tuple(t.prefix for t in self.wildcards)
 
     def sources(self, resolved: Resolved) -> list[Source]:
         """Every log to read, once each: a direct subscription wins over a group, a group over a wildcard."""

@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from presence_server.context import BUS, SETTINGS
+from presence_server.context import LONGPOLLS, SETTINGS
 from tests.e2e.conftest import LiveServer
 from tests.e2e.test_js_sdk import JS_DIR, node  # noqa: F401  (the session fixture that checks pubnub 7.3.3)
 
@@ -253,7 +253,7 @@ async def held_polls(server: LiveServer, count: int) -> None:
     """Wait until ``count`` polls are waiting at the server (registered with its wake-up bus)."""
 
     async def wait() -> None:
-        while server.app[BUS].waiting < count:  # noqa: ASYNC110 (the bus has no event to wait on)
+        while server.app[LONGPOLLS].waiting < count:  # noqa: ASYNC110 (the bus has no event to wait on)
             await asyncio.sleep(0.01)  # real time, for the server to get there: no presence time passes
 
     await asyncio.wait_for(wait(), WAIT)

@@ -6,8 +6,11 @@
 --   presence log (stream), interval deltas (hash).
 --   ARGV[1] now (ms), ARGV[2] now as a timetoken (decimal string), ARGV[3] now (unix seconds),
 --   ARGV[4] log length bound, ARGV[5] backstop expiry (s), ARGV[6] subscribe key, ARGV[7] wake-up
---   pub/sub channel, ARGV[8] announce max, ARGV[9] interval (ms); script-specific arguments follow.
+--   pub/sub channel, ARGV[8] announce max, ARGV[9] interval (ms); script-specific arguments follow,
+--   read with arg(i) (the i-th of the script's own), so a new shared argument renumbers no script.
 -- Scripts never read the clock: time always comes from the caller.
+-- Field names of log entries, counters and wake-ups (EVENT.*, COUNTER.*, WAKE.*) come from the
+-- header generated from presence_server/store/fields.py, where each is described.
 
 local TT_KEY, DUE_KEY, UUID_TIMEOUT_KEY, IVL_KEY, NAMES_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local COUNTERS_KEY = KEYS[6]
@@ -20,6 +23,12 @@ local SUB_KEY = ARGV[6]
 local WAKE_CHANNEL = ARGV[7]
 local ANNOUNCE_MAX = tonumber(ARGV[8])
 local INTERVAL_MS = tonumber(ARGV[9])
+local SHARED_ARGS = 9
+
+-- The i-th argument of the script's own, after the shared ones.
+local function arg(i)
+  return ARGV[SHARED_ARGS + i]
+end
 local PNPRES = '-pnpres'
 local FIRST_CHANNEL_KEY = 7
 local KEYS_PER_CHANNEL = 4
@@ -56,10 +65,20 @@ local function wake(name)
   end
 end
 
-local function publish_wakes()
-  if #woken_list > 0 then
-    redis.call('PUBLISH', WAKE_CHANNEL, cjson.encode({k = SUB_KEY, n = woken_list}))
+-- `left`: the uuid that left, when the script is a leave; every process then forgets what it
+-- remembers of that user (its subscribe refresh memo), so the wake-up goes out even with no names.
+local function publish_wakes(left)
+  if #woken_list == 0 and not left then
+    return
   end
+  local wake = {[WAKE.keyset] = SUB_KEY}
+  if #woken_list > 0 then
+    wake[WAKE.names] = woken_list
+  end
+  if left then
+    wake[WAKE.left] = left
+  end
+  redis.call('PUBLISH', WAKE_CHANNEL, cjson.encode(wake))
 end
 
 -- Appends an entry to a log, in the same script as the change it reports. `name` is the name the
@@ -104,9 +123,9 @@ local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, 
     end
     return
   end
-  local fields = {'a', action, 'u', uuid, 'o', count, 's', NOW_S}
+  local fields = {EVENT.action, action, EVENT.uuid, uuid, EVENT.occupancy, count, EVENT.timestamp, NOW_S}
   if data then
-    table.insert(fields, 'd')
+    table.insert(fields, EVENT.data)
     table.insert(fields, data)
   end
   append(log_key, channel .. PNPRES, channel, fields)
@@ -141,7 +160,7 @@ end
 local function remove_occupant(i, channel, uuid, action)
   local occ_key, state_key, log_key, delta_key = channel_keys(i)
   redis.call('ZREM', occ_key, uuid)
-  redis.call('HINCRBY', COUNTERS_KEY, 'occupants', -1)
+  redis.call('HINCRBY', COUNTERS_KEY, COUNTER.occupants, -1)
   redis.call('HDEL', state_key, uuid)
   log_presence(channel, occ_key, log_key, delta_key, action, uuid, nil)
 end

@@ -1,18 +1,20 @@
 -- heartbeat.lua: refresh (or start) one uuid's presence on several channels, with optional state.
--- ARGV[10] uuid, ARGV[11] presence timeout in seconds ('' = the uuid's last one, else ARGV[12]),
--- ARGV[12] default timeout (s), then per channel: name, state ('' = keep, '{}' = clear, else the
--- new state object as JSON text).
+-- Own arguments (arg(i), after common.lua's): 1 uuid, 2 presence timeout in seconds ('' = the
+-- uuid's last one, else the default), 3 default timeout (s), then per channel: name, state ('' =
+-- keep, '{}' = clear, else the new state object as JSON text).
 -- Returns {joins, when the sweeper must next look at the keyset ('' unless that moved earlier)}.
-local uuid = ARGV[10]
+local uuid = arg(1)
 -- The uuid's timeout: the one sent, else the last one it sent, else the default. Only a timeout
 -- other than the default is remembered, in a key of its own that outlives it by its own length.
-local timeout = tonumber(ARGV[11])
-local default = tonumber(ARGV[12])
+local timeout_arg = arg(2)
+local timeout = tonumber(timeout_arg)
+local default = tonumber(arg(3))
+local FIRST_CHANNEL_ARG = 4
 if timeout then
   if timeout == default then
     redis.call('DEL', UUID_TIMEOUT_KEY)
   else
-    redis.call('SET', UUID_TIMEOUT_KEY, ARGV[11], 'EX', math.ceil(2 * timeout) + 60)
+    redis.call('SET', UUID_TIMEOUT_KEY, timeout_arg, 'EX', math.ceil(2 * timeout) + 60)
   end
 else
   timeout = tonumber(redis.call('GET', UUID_TIMEOUT_KEY) or default)
@@ -23,7 +25,8 @@ local earlier = false
 
 for i = 1, channel_count() do
   local occ_key, state_key, log_key, delta_key = channel_keys(i)
-  local channel, new_state = ARGV[11 + 2 * i], ARGV[12 + 2 * i]
+  local channel = arg(FIRST_CHANNEL_ARG + 2 * (i - 1))
+  local new_state = arg(FIRST_CHANNEL_ARG + 2 * (i - 1) + 1)
   local score = redis.call('ZSCORE', occ_key, uuid)
   local present = score and tonumber(score) > NOW_MS
   if score and not present then
@@ -48,7 +51,7 @@ for i = 1, channel_count() do
   end
   if not present then
     log_presence(channel, occ_key, log_key, delta_key, 'join', uuid, state or nil)
-    redis.call('HINCRBY', COUNTERS_KEY, 'occupants', 1)
+    redis.call('HINCRBY', COUNTERS_KEY, COUNTER.occupants, 1)
     joins = joins + 1
   elseif (state or '{}') ~= (old_state or '{}') then
     log_presence(channel, occ_key, log_key, delta_key, 'state-change', uuid, state or '{}')

@@ -1,10 +1,11 @@
 -- leave.lua: one uuid leaves several channels at once.
--- ARGV[10] uuid, then per channel: name. Returns the number of channels left.
-local uuid = ARGV[10]
+-- Own arguments (arg(i), after common.lua's): 1 uuid, then per channel: name.
+-- Returns the number of channels left. The wake-up names the uuid (see publish_wakes).
+local uuid = arg(1)
 local left = 0
 for i = 1, channel_count() do
   local occ_key, state_key = channel_keys(i)
-  local channel = ARGV[10 + i]
+  local channel = arg(1 + i)
   local score = redis.call('ZSCORE', occ_key, uuid)
   if score then
     -- A lapsed occupant not yet swept timed out before it left: report what happened first.
@@ -13,5 +14,5 @@ for i = 1, channel_count() do
     left = left + 1
   end
 end
-publish_wakes()
+publish_wakes(uuid)
 return left

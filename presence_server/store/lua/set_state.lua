@@ -1,7 +1,7 @@
 -- set_state.lua: replace one uuid's state on several channels ('{}' clears it).
--- ARGV[10] uuid, ARGV[11] state JSON object text, then per channel: name.
+-- Own arguments (arg(i), after common.lua's): 1 uuid, 2 state JSON object text, then per channel: name.
 -- Each channel whose state really changes gets one state-change event. Returns that count.
-local uuid, state = ARGV[10], ARGV[11]
+local uuid, state = arg(1), arg(2)
 local changed = 0
 for i = 1, channel_count() do
   local occ_key, state_key, log_key, delta_key = channel_keys(i)
@@ -13,7 +13,7 @@ for i = 1, channel_count() do
       redis.call('HSET', state_key, uuid, state)
       redis.call('EXPIRE', state_key, BACKSTOP)
     end
-    log_presence(ARGV[11 + i], occ_key, log_key, delta_key, 'state-change', uuid, state)
+    log_presence(arg(2 + i), occ_key, log_key, delta_key, 'state-change', uuid, state)
     changed = changed + 1
   end
 end

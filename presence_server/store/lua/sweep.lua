@@ -2,12 +2,13 @@
 -- interval events that are due. Both happen after re-reading, inside this script, so they are
 -- compare-and-act: any number of sweepers may pass the same channels and each expiry and each
 -- interval event happens once; a heartbeat that landed first has already moved the deadline.
--- ARGV[10] most removals this call, ARGV[11] n: the first n channels are due for expiry, the
--- others for an interval event; ARGV[12] most uuids listed in one interval event; then names.
+-- Own arguments (arg(i), after common.lua's): 1 most removals this call, 2 n: the first n channels
+-- are due for expiry, the others for an interval event; 3 most uuids listed in one interval event;
+-- then the channel names.
 -- Returns {timeouts, when the sweeper must next look at the keyset ('' for never)}.
-local budget = tonumber(ARGV[10])
-local expiring = tonumber(ARGV[11])
-local max_deltas = tonumber(ARGV[12])
+local budget = tonumber(arg(1))
+local expiring = tonumber(arg(2))
+local max_deltas = tonumber(arg(3))
 local timeouts = 0
 
 local function emit_interval(i, channel)
@@ -19,9 +20,9 @@ local function emit_interval(i, channel)
   local deltas = redis.call('HKEYS', delta_key)
   redis.call('DEL', delta_key)
   local count = occupancy(occ_key)
-  local fields = {'a', 'interval', 'o', count, 's', NOW_S}
+  local fields = {EVENT.action, 'interval', EVENT.occupancy, count, EVENT.timestamp, NOW_S}
   if #deltas > max_deltas then
-    table.insert(fields, 'r')
+    table.insert(fields, EVENT.refresh)
     table.insert(fields, '1')
   elseif #deltas > 0 then
     local lists = {join = {}, leave = {}, timeout = {}}
@@ -32,7 +33,7 @@ local function emit_interval(i, channel)
     for _, action in ipairs({'join', 'leave', 'timeout'}) do
       if #lists[action] > 0 then
         table.sort(lists[action])
-        table.insert(fields, string.sub(action, 1, 1))
+        table.insert(fields, EVENT[action])
         table.insert(fields, cjson.encode(lists[action]))
       end
     end
@@ -46,7 +47,7 @@ local function emit_interval(i, channel)
 end
 
 for i = 1, channel_count() do
-  local channel = ARGV[12 + i]
+  local channel = arg(3 + i)
   if i <= expiring then
     local occ_key, state_key = channel_keys(i)
     if budget > 0 then

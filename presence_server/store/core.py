@@ -1,0 +1,154 @@
+"""What every part of the store shares: the Redis client, its settings, the scripts and their calling convention."""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from presence_server.store.batch import ScriptBatcher
+from presence_server.store.fields import lua_header
+from presence_server.store.keys import KeysetKeys, keysets_due, keysets_known, wake_channel
+from presence_server.store.subscription import is_presence_name
+
+# Called with (subscribe key, uuid) when a user left channels of the keyset in this process, and
+# with (subscribe key, None) when the keyset was reset: whatever is remembered about them must go.
+Departure = Callable[[str, str | None], None]
+
+
+@functools.lru_cache(maxsize=4096)
+def _keyset_keys(prefix: str, sub_key: str) -> KeysetKeys:
+    # Key names are built on every call: a keyset's fixed ones are built once here.
+    return KeysetKeys(prefix, sub_key)
+
+
+def timetoken_at(now: float) -> str:
+    """The 17-digit PubNub timetoken (100 ns units) of a Unix time."""
+    return str(int(now * 10_000_000))
+
+
+def ms(now: float) -> int:
+    return int(now * 1000)
+
+
+def _load_script(redis: aioredis.Redis, name: str, *, with_common: bool) -> AsyncScript:
+    lua = resources.files("presence_server.store") / "lua"
+    body = (lua / f"{name}.lua").read_text()
+    if with_common:
+        body = lua_header() + (lua / "common.lua").read_text() + "\n" + body
+    return redis.register_script(body)
+
+
+class StoreCore:
+    """The state every concern of the store works on (see store.py for the concerns)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str = "pn",
+        default_timeout: float = 300.0,
+        log_size: int = 1000,
+        backstop_seconds: int = 86_400,
+        group_cap: int = 2000,
+        sweep_budget: int = 1000,
+        sweep_channels: int = 100,
+        announce_max: int = 20,
+        interval: float = 10.0,
+        interval_max_uuids: int = 100,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.default_timeout = default_timeout
+        self.log_size = log_size
+        self.backstop_seconds = backstop_seconds
+        self.group_cap = group_cap
+        self.sweep_budget = sweep_budget
+        self.sweep_channels = sweep_channels
+        self.announce_max = announce_max
+        self.interval = interval
+        self.interval_max_uuids = interval_max_uuids
+        self._keysets_due = keysets_due(prefix)
+        self._keysets_known = keysets_known(prefix)
+        self.wake_channel = wake_channel(prefix)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._departures: list[Departure] = []
+        self._batch = ScriptBatcher(redis)
+        # One .lua file per atomic operation; the mutating ones share common.lua (its calling
+        # convention: ``mutation_call``).
+        self._heartbeat = _load_script(redis, "heartbeat", with_common=True)
+        self._leave = _load_script(redis, "leave", with_common=True)
+        self._set_state = _load_script(redis, "set_state", with_common=True)
+        self._sweep = _load_script(redis, "sweep", with_common=True)
+        self._publish = _load_script(redis, "publish", with_common=True)
+        self._here_now = _load_script(redis, "here_now", with_common=False)
+        self._group_add = _load_script(redis, "group_add", with_common=False)
+        self._group_remove = _load_script(redis, "group_remove", with_common=False)
+
+    async def aclose(self) -> None:
+        """Hand the connections the script batcher keeps back to the client's pool."""
+        await self._batch.aclose()
+
+    def keys(self, sub_key: str) -> KeysetKeys:
+        return _keyset_keys(self.prefix, sub_key)
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers."""
+        await self.redis.ping()
+
+    def on_departure(self, callback: Departure) -> None:
+        """Call ``callback`` after each leave and keyset reset made through this store."""
+        self._departures.append(callback)
+
+    def _departed(self, sub_key: str, uuid: str | None) -> None:
+        for callback in self._departures:
+            callback(sub_key, uuid)
+
+    async def _expand(
+        self, ks: KeysetKeys, channels: Sequence[str], groups: Sequence[str], *, presence_names: bool = False
+    ) -> list[tuple[str, str | None]]:
+        """Channels plus the channels of each group, once each, with the group each came from.
+
+        ``-pnpres`` names are dropped unless ``presence_names``: they never hold presence.
+        """
+        if not groups:
+            unique = dict.fromkeys(channels)
+            return [(ch, None) for ch in unique if presence_names or not is_presence_name(ch)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.smembers(ks.group(group))
+            members: list[Iterable[str]] = await pipe.execute()
+        seen: dict[str, str | None] = {}
+        for channel in channels:
+            seen.setdefault(channel, None)
+        for group, group_channels in zip(groups, members, strict=True):
+            for channel in sorted(group_channels):
+                seen.setdefault(channel, group)
+        return [(ch, g) for ch, g in seen.items() if presence_names or not is_presence_name(ch)]
+
+    def _mutation_call(
+        self, ks: KeysetKeys, now: float, channels: Iterable[str], extra: Sequence[Any], uuid: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the scripts that share common.lua's calling convention: its keys, four keys
+        per channel, its arguments (in common.lua's order), then the script's own (``extra``)."""
+        keys = [ks.timetoken, ks.due, ks.uuid_timeout(uuid), ks.intervals, ks.names, ks.counters]
+        for channel in channels:
+            keys += [ks.occupants(channel), ks.state(channel), ks.log(channel), ks.deltas(channel)]
+        args: list[Any] = [
+            ms(now),
+            timetoken_at(now),
+            int(now),
+            self.log_size,
+            self.backstop_seconds,
+            ks.sub_key,
+            self.wake_channel,
+            self.announce_max,
+            int(self.interval * 1000),
+            *extra,
+        ]
+        return keys, args

@@ -1,0 +1,88 @@
+"""Presence writes: heartbeats, leaves and state changes, each one script (heartbeat/leave/set_state.lua)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+from presence_server.store.core import StoreCore
+
+
+class PresenceWrites(StoreCore):
+    async def heartbeat(
+        self,
+        sub_key: str,
+        uuid: str,
+        channels: Sequence[str],
+        groups: Sequence[str] = (),
+        *,
+        now: float,
+        timeout: float | None = None,  # noqa: ASYNC109 - a presence timeout, not an I/O one
+        states: Mapping[str, str] | None = None,
+    ) -> int:
+        """Make ``uuid`` present on the channels (and groups' channels) until now + timeout.
+
+        ``timeout`` None means the uuid's last timeout, else the store default. ``states`` maps a
+        channel or group name to the new state object as JSON text (``{}`` clears it); a channel's
+        own entry wins over its group's. Returns how many channels the uuid joined.
+        """
+        ks = self.keys(sub_key)
+        targets = await self._expand(ks, channels, groups)
+        if not targets:
+            return 0
+        states = states or {}
+        keys, args = self._mutation_call(
+            ks, now, (ch for ch, _ in targets), [uuid, _num(timeout), _num(self.default_timeout)], uuid
+        )
+        for channel, group in targets:
+            args += [channel, states.get(channel, states.get(group or "", ""))]
+        joins, earlier = await self._batch.call(self._heartbeat, keys, args)
+        self.counts["join"] += int(joins)
+        if earlier:
+            # The global index lives in another cluster slot, so this cannot be part of the script.
+            # Shielded: a client that goes away must not leave a join the sweeper never looks at;
+            # and the sweeper reconciles from time to time in case this write failed outright.
+            await asyncio.shield(self._note_keyset(sub_key, float(earlier)))
+        return int(joins)
+
+    async def _note_keyset(self, sub_key: str, upcoming: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._keysets_due, {sub_key: upcoming}, lt=True)
+            pipe.sadd(self._keysets_known, sub_key)
+            await pipe.execute()
+
+    async def leave(
+        self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str] = (), *, now: float
+    ) -> int:
+        """Remove ``uuid`` from the channels (and groups' channels); returns how many it left.
+
+        Every process hears of the leave (leave.lua's wake-up names the uuid), this one at once.
+        """
+        ks = self.keys(sub_key)
+        targets = await self._expand(ks, channels, groups)
+        if not targets:
+            return 0
+        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid])
+        args += [channel for channel, _ in targets]
+        left = int(await self._batch.call(self._leave, keys, args))
+        self.counts["leave"] += left
+        self._departed(sub_key, uuid)
+        return left
+
+    async def set_state(
+        self, sub_key: str, uuid: str, channels: Sequence[str], groups: Sequence[str], state: str, *, now: float
+    ) -> int:
+        """Replace ``uuid``'s state (JSON object text; ``{}`` clears) on the channels and groups' channels."""
+        ks = self.keys(sub_key)
+        targets = await self._expand(ks, channels, groups)
+        if not targets:
+            return 0
+        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid, state])
+        args += [channel for channel, _ in targets]
+        changed = int(await self._batch.call(self._set_state, keys, args))
+        self.counts["state-change"] += changed
+        return changed
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
