@@ -7,6 +7,7 @@ from aiohttp.typedefs import Handler
 
 from presence_server.context import CLOCK
 from presence_server.http import PubNubError, json_response
+from presence_server.params import path_value
 from presence_server.store import timetoken_at
 
 
@@ -16,8 +17,9 @@ def keyset_checked(handler: Handler, pairs: list[tuple[str, str]]) -> Handler:
     listed, subs = set(pairs), {sub for _, sub in pairs}
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        sub_key, pub_key = info.get("sub_key"), info.get("pub_key")
+        # Read as the handlers read them (params), never from a parse of their own: a target the
+        # check understood differently from the handler would let a request past it.
+        sub_key, pub_key = path_value(request, "sub_key"), path_value(request, "pub_key")
         if sub_key is not None and sub_key not in subs:
             if pub_key is not None:
                 return json_response([0, "Invalid Key", timetoken_at(request.app[CLOCK]())], 400)

@@ -1,8 +1,13 @@
-"""Request parsing: names from the raw path, lists, numbers and state, each checked once."""
+"""Request parsing: names from the raw path, lists, numbers and JSON, each checked once.
+
+Every handler and the keyset check read the request through these functions, so they all see one
+parse of the request target (``raw_target_path``).
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -20,7 +25,27 @@ def raw_path_value(request: web.Request, name: str) -> str:
     channels) would look alike; channel lists must be split on literal commas first (protocol 1.2).
     """
     canonical = request.match_info.route.resource.canonical  # type: ignore[union-attr]
-    return _segments(request.raw_path.partition("?")[0])[_position(canonical, name)]
+    return _segments(raw_target_path(request))[_position(canonical, name)]
+
+
+def raw_target_path(request: web.Request) -> str:
+    """The request target's path, still percent-encoded: the one parse every check and handler reads.
+
+    Not ``request.raw_path``: that is the target exactly as sent, and HTTP/1.1 servers must accept the
+    absolute form (``GET http://host:8090/v2/... HTTP/1.1``, RFC 9112 3.2.2), where it starts with
+    the scheme and host, so its segments would not line up with the route. ``rel_url`` is what
+    aiohttp routed on (its ``path_safe``), with the scheme and host of an absolute form dropped.
+    """
+    return request.rel_url.raw_path
+
+
+def path_value(request: web.Request, name: str) -> str | None:
+    """A placeholder's value, percent-decoded (undecodable bytes as U+FFFD), or None when the
+    request's route has no such placeholder. For checks that only compare names (the keyset list)."""
+    try:
+        return unquote(raw_path_value(request, name))
+    except (AttributeError, ValueError):  # no route resource, or no such placeholder in it
+        return None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -86,7 +111,10 @@ _JS_SDK = re.compile(r"PubNub-JS-[A-Za-z-]+/([0-9]+)\.")
 def whole_list_encoded(request: web.Request) -> bool:
     # Through the query parsed once per request: request.query would parse all of it again.
     match = _JS_SDK.match(unquote(_raw_query(request).get("pnsdk", "")))
-    return match is not None and int(match.group(1)) < 8
+    if match is None:
+        return False
+    major = int_or_none(match.group(1))
+    return major is not None and major < 8
 
 
 def path_names(request: web.Request, name: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
@@ -137,17 +165,52 @@ def query_uuid(request: web.Request, max_length: int) -> str:
     return check_name(uuid, "uuid", max_length)
 
 
+# The one place request numbers are parsed. Integers: plain ASCII digits (int() would also take
+# "1_000", " 5" and non-ASCII digits), at most 100 of them: far beyond any meaningful value (those
+# above a parameter's bound are brought down to it), and far below the 4,300 digits past which
+# int() raises (a ValueError, that was a 500).
+_INTEGER = re.compile(r"-?[0-9]{1,100}")
+# Any integer parameter is brought down to this, so that it fits a 64-bit integer in Redis and Lua.
+MAX_INTEGER = 10**18
+# Seconds: a decimal number, maybe with an exponent; float() would also take "1_0", "nan", "inf"
+# and surrounding spaces.
+_DECIMAL = re.compile(r"([0-9]{1,100}(\.[0-9]{0,100})?|\.[0-9]{1,100})([eE][+-]?[0-9]{1,4})?")
+
+
+def int_or_none(text: str) -> int | None:
+    """``text`` as an integer when it is one of at most 100 ASCII digits (maybe negative), else None."""
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
+def _shown(raw: str) -> str:
+    # An error message repeats a short value only: a refused value may be megabytes long.
+    return repr(raw) if len(raw) <= 40 else f"{raw[:40]!r}..."
+
+
 def query_int(request: web.Request, key: str, default: int, minimum: int) -> int:
+    """An integer of at least ``minimum``; values above MAX_INTEGER are taken as MAX_INTEGER."""
     raw = query_value(request, key)
     if raw is None or raw == "":
         return default
-    # Plain ASCII digits only: int() would also take "1_000", " 5" and non-ASCII digits.
-    if not re.fullmatch(r"-?[0-9]+", raw):
-        raise bad_request(f"Invalid {key}: {raw!r} is not an integer")
-    value = int(raw)
+    value = int_or_none(raw)
+    if value is None:
+        raise bad_request(f"Invalid {key}: {_shown(raw)} is not an integer of at most 100 digits")
     if value < minimum:
         raise bad_request(f"Invalid {key}: must be at least {minimum}")
-    return value
+    return min(value, MAX_INTEGER)
+
+
+# The largest stream entry id part Redis takes: a cursor above it could never be read after.
+MAX_TIMETOKEN = 2**63 - 1
+
+
+def query_timetoken(request: web.Request, key: str = "tt") -> str:
+    """A subscribe cursor: digits only, at most MAX_TIMETOKEN; missing or empty is ``"0"``."""
+    raw = query_value(request, key) or "0"
+    value = int_or_none(raw) if raw.isdigit() else None
+    if value is None or value > MAX_TIMETOKEN:
+        raise bad_request(f"Invalid timetoken: {_shown(raw)}")
+    return str(value)
 
 
 def query_seconds(request: web.Request, key: str, service: str = PRESENCE) -> float | None:
@@ -155,11 +218,10 @@ def query_seconds(request: web.Request, key: str, service: str = PRESENCE) -> fl
     raw = query_value(request, key, service)
     if raw is None or raw == "":
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise bad_request(f"Invalid {key}: {raw!r} is not a number", service) from None
-    if not value > 0 or value == float("inf"):
+    if not _DECIMAL.fullmatch(raw):
+        raise bad_request(f"Invalid {key}: {_shown(raw)} is not a number", service)
+    value = float(raw)
+    if not 0 < value < math.inf:
         raise bad_request(f"Invalid {key}: must be a positive number of seconds", service)
     return value
 
@@ -168,15 +230,51 @@ def query_flag(request: web.Request, key: str) -> bool:
     return (query_value(request, key) or "0").lower() in ("1", "true")
 
 
+# How deeply JSON from a client (state, meta, a message) may nest: objects and arrays count one
+# level each, the outermost included. orjson writes at most 254 levels, and every answer wraps
+# what it echoes in a few levels of its own (here_now puts a state six deep), so without a bound a
+# state accepted once could make every later read of it fail. 32 leaves room to spare either way.
+MAX_JSON_DEPTH = 32
+
+
+def load_json(text: str | bytes, what: str, service: str = PRESENCE) -> Any:
+    """Client JSON, parsed and checked to nest at most MAX_JSON_DEPTH levels; anything else is a 400."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise bad_request(f"Invalid {what}: not valid JSON", service) from None
+    check_depth(value, text, what, service)
+    return value
+
+
+def check_depth(value: Any, text: str | bytes, what: str, service: str = PRESENCE) -> None:
+    """Refuse ``value`` (parsed from ``text``) when it nests deeper than MAX_JSON_DEPTH levels."""
+    # Only a text with more brackets than the bound can nest deeper than it: most states and
+    # messages are settled by counting them (in C), without walking the value.
+    brackets = text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")
+    if brackets > MAX_JSON_DEPTH and _too_deep(value):
+        raise bad_request(f"Invalid {what}: nested deeper than {MAX_JSON_DEPTH} levels", service)
+
+
+def _too_deep(value: Any) -> bool:
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def query_json_object(request: web.Request, key: str) -> dict[str, Any] | None:
     """A JSON object from the query, or None when absent; anything else is a 400."""
     raw = query_value(request, key)
     if raw is None:
         return None
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise bad_request(f"Invalid {key}: not valid JSON") from None
+    value = load_json(raw, key)
     if not isinstance(value, dict):
         raise bad_request(f"Invalid {key}: must be a JSON object")
     return value

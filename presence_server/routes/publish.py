@@ -10,7 +10,15 @@ from aiohttp import web
 
 from presence_server.context import CLOCK, SETTINGS, STORE
 from presence_server.http import PubNubError, bad_request, json_response
-from presence_server.params import dump_json, path_name, query_flag, query_json_object, query_value, raw_path_value
+from presence_server.params import (
+    check_depth,
+    dump_json,
+    path_name,
+    query_flag,
+    query_json_object,
+    query_value,
+    raw_path_value,
+)
 from presence_server.store import timetoken_at
 from presence_server.store.subscription import is_presence_name, is_wildcard
 
@@ -65,7 +73,11 @@ async def _message(request: web.Request) -> str:
     """The message as canonical JSON text: from the path (GET) or the body (POST, maybe zlib or
     gzip whatever its label says: Python labels a zlib stream gzip, protocol 2.9)."""
     if request.method == "POST":
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            # Over aiohttp's body limit (client_max_size, 1 MiB): publish's own 413, as an array.
+            raise PubNubError(413, "Message Too Large") from None
         if raw[:1] in (b"\x78", b"\x1f"):
             inflater = zlib.decompressobj(wbits=47)  # 32 + 15: zlib or gzip header, detected
             try:
@@ -84,4 +96,5 @@ async def _message(request: web.Request) -> str:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise bad_request("Invalid JSON") from None
+    check_depth(value, text, "message")
     return orjson.dumps(value).decode()
