@@ -1,18 +1,14 @@
 """Shared fixtures: both engines (fakeredis and a real redis-server), an injected clock, the app.
 
 The real engine is never skipped: with PRESENCE_TEST_REDIS_URL unset, a throw-away redis-server is
-started from PATH for the session (Debian package ``redis-server``).
+started from PATH for the session (Debian package ``redis-server``). Helpers that are not fixtures live
+in ``tests/helpers/`` (raw HTTP, waiting, the redis-server launcher); test modules never import one another.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -20,15 +16,19 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from presence_server.config import Settings
+from presence_server.context import LONGPOLLS
 from presence_server.store import PresenceStore, open_redis
 from presence_server.sweeper import Sweeper
+from tests.helpers.http import LONG_HOLD
+from tests.helpers.http import Client as Client
+from tests.helpers.redis import free_port as free_port
+from tests.helpers.redis import redis_server
 
 # The types of aiohttp's test fixtures, as the test modules annotate them.
-Client = TestClient[web.Request, web.Application]
 AiohttpClient = Callable[..., Awaitable[Client]]
 AiohttpServer = Callable[..., Awaitable[TestServer]]
 MakeApp = Callable[..., web.Application]
@@ -54,43 +54,14 @@ class FakeClock:
         self.now += seconds
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def real_redis_url() -> Iterator[str]:
     url = os.environ.get("PRESENCE_TEST_REDIS_URL")
     if url:
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError(
-            "redis-server is not on PATH: install it (apt-get install redis-server) or set PRESENCE_TEST_REDIS_URL"
-        )
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with redis_server() as started:
+        yield started
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
@@ -145,34 +116,45 @@ def make_app(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock)
 
 @pytest.fixture
 async def client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    make_app: Callable[..., web.Application],
-) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, make_app: MakeApp
+) -> AsyncIterator[Client]:
     """The app through the real store, on both engines, with an injected clock and no sweeper loop."""
-    test_client = await aiohttp_client(await aiohttp_server(make_app(), **TEST_SERVER_OPTIONS))
+    test_client = await serve(aiohttp_server, aiohttp_client, make_app())
     yield test_client
     # Close the app here, before redis_client (set up after aiohttp_client) closes its client.
     await test_client.close()
 
 
-def sweeper_of(client: TestClient) -> Sweeper:  # type: ignore[type-arg]
+def sweeper_of(client: Client) -> Sweeper:
     app = client.app
     assert app is not None
     sweeper: Sweeper = app[SWEEPER]
     return sweeper
 
 
+def waiting(client: Client) -> int:
+    """How many long-polls the client's server holds right now."""
+    assert client.app is not None
+    return client.app[LONGPOLLS].waiting
+
+
+async def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, app: web.Application) -> Client:
+    """A test client for ``app``, served with the options every way of running the server uses."""
+    return await aiohttp_client(await aiohttp_server(app, **TEST_SERVER_OPTIONS))
+
+
 @pytest.fixture
-async def new_client(
-    make_app: Callable[..., web.Application],
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-) -> NewClient:
+async def held(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Client:
+    """A client whose server holds an idle long-poll for LONG_HOLD seconds."""
+    return await serve(aiohttp_server, aiohttp_client, make_app(longpoll_hold=LONG_HOLD))
+
+
+@pytest.fixture
+async def new_client(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> NewClient:
     """More apps on the test's Redis and prefix, run like the ``client`` fixture's (several apps on one
     Redis behave as several server processes). ``make_app`` comes first, so its Redis client outlives them."""
 
     async def new(**overrides: Any) -> Client:
-        return await aiohttp_client(await aiohttp_server(make_app(**overrides), **TEST_SERVER_OPTIONS))
+        return await serve(aiohttp_server, aiohttp_client, make_app(**overrides))
 
     return new

@@ -30,11 +30,10 @@ from tests.conftest import (
     AiohttpServer,
     Client,
     FakeClock,
-    free_port,
     sweeper_of,
+    waiting,
 )
-from tests.test_operations import redis_server
-from tests.test_routes_subscribe import (
+from tests.helpers.http import (
     EARLY,
     LONG_HOLD,
     add_to_group,
@@ -45,9 +44,9 @@ from tests.test_routes_subscribe import (
     poll,
     presence,
     publish,
-    until,
-    waiting,
 )
+from tests.helpers.redis import free_port, redis_server
+from tests.helpers.wait import wait_until
 
 P = "/v2/presence/sub-key/demo"
 ADVANCE = "/admin/clock/advance"
@@ -138,7 +137,7 @@ async def test_advance_delivers_a_due_timeout_to_a_held_poll_at_once(new_server:
     assert presence(found) == [("join", "u1", 1)]
 
     pending = asyncio.create_task(poll(client, "ch1-pnpres", cursor, uuid="watcher"))
-    await until(lambda: waiting(client) == 1)
+    await wait_until(lambda: waiting(client) == 1)
     started = loop.time()
     assert await advance(client, 61) == {"status": 200, "offset": 61.0, "now": START + 61, "timeouts": 1}
     found, _ = await pending
@@ -182,16 +181,16 @@ async def test_every_process_follows_an_advance_made_on_one(new_server: NewServe
     b = await new_server(longpoll_hold=LONG_HOLD)
     cursor = await handshake(b.client, "ch1-pnpres", uuid="watcher")
     pending = asyncio.create_task(poll(b.client, "ch1-pnpres", cursor, uuid="watcher"))
-    await until(lambda: waiting(b.client) == 1)
+    await wait_until(lambda: waiting(b.client) == 1)
     # A join made on A wakes B's held poll through Redis: B's listener is subscribed.
     await heartbeat(a.client, "ch1", "u1", heartbeat=60)
     found, cursor = await pending
     assert presence(found) == [("join", "u1", 1)]
 
     pending = asyncio.create_task(poll(b.client, "ch1-pnpres", cursor, uuid="watcher"))
-    await until(lambda: waiting(b.client) == 1)
+    await wait_until(lambda: waiting(b.client) == 1)
     assert (await advance(a.client, 61))["timeouts"] == 1
-    await until(lambda: b.clock() == START + 61)  # through the wake bus
+    await wait_until(lambda: b.clock() == START + 61)  # through the wake bus
     found, _ = await pending
     assert presence(found) == [("timeout", "u1", 0)]
     assert found[0]["d"]["timestamp"] == int(START) + 61
@@ -205,7 +204,7 @@ async def test_every_process_follows_an_advance_made_on_one(new_server: NewServe
     c = await new_server()
     assert c.clock() == START + 61
     assert (await advance(c.client, 30))["timeouts"] == 1
-    await until(lambda: a.clock() == b.clock() == START + 91)
+    await wait_until(lambda: a.clock() == b.clock() == START + 91)
 
 
 async def test_a_process_that_started_while_redis_was_away_catches_up_with_the_clock(
@@ -225,12 +224,12 @@ async def test_a_process_that_started_while_redis_was_away_catches_up_with_the_c
             assert await other.advance_clock(100) == 100.0
             assert b.app is not None
             wake_channel = b.app[STORE].wake_channel
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while (await redis.pubsub_numsub(wake_channel))[0][1] < 1:  # B's listener is back
-                assert loop.time() < deadline, "B's wake-up listener never connected"
-                await asyncio.sleep(0.05)
-            await until(lambda: b_clock() == START + 100, within=5)
+
+            async def listening() -> bool:  # B's listener is back
+                return bool((await redis.pubsub_numsub(wake_channel))[0][1] >= 1)
+
+            await wait_until(listening, 10, what="B's wake-up listener connected", interval=0.05)
+            await wait_until(lambda: b_clock() == START + 100, within=5)
             await b.close()
     finally:
         await redis.aclose()

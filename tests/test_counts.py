@@ -15,9 +15,6 @@ import contextlib
 import dataclasses
 import math
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -30,7 +27,9 @@ from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.context import STORE
 from presence_server.store import PresenceStore, open_redis
-from tests.conftest import TEST_SERVER_OPTIONS, AiohttpClient, Client, free_port
+from tests.conftest import TEST_SERVER_OPTIONS, AiohttpClient, Client
+from tests.helpers.redis import redis_server
+from tests.helpers.wait import wait_until
 
 SUB_KEY = "k"
 TIMEOUT = 300.0
@@ -39,29 +38,12 @@ HELD = re.compile(r"^presence_longpolls_held (\S+)$", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[redis.Redis]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen([*argv, "--dir", workdir], stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=port, decode_responses=True)
+    with redis_server() as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.05)
             yield client
         finally:
             client.close()
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -218,6 +200,9 @@ async def test_one_publish_to_held_polls_is_two_round_trips_however_many_polls(
         assert found is not None
         return int(float(found.group(1)))
 
+    async def held_now(count: int) -> bool:
+        return await held() == count
+
     async def publish(text: str) -> None:
         response = await app.get(f"/publish/p/{SUB_KEY}/0/fan/0/%22{text}%22?uuid=publisher")
         assert response.status == 200
@@ -227,10 +212,7 @@ async def test_one_publish_to_held_polls_is_two_round_trips_however_many_polls(
     rounds = []
     for number in range(3):  # the first round also puts every poll on the same cursor
         pending = [asyncio.create_task(poll(u, c)) for u, c in zip(uuids, cursors, strict=True)]
-        deadline = time.monotonic() + 10
-        while await held() != polls:
-            assert time.monotonic() < deadline, "the polls were not all held"
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: held_now(polls), 10, what="the polls all held")
         with counting(private_redis) as counts:
             await publish(f"m{number}")
             cursors = list(await asyncio.gather(*pending))

@@ -9,37 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
-from yarl import URL
 
 from presence_server.app import SWEEPER
-from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, free_port
-from tests.test_routes_subscribe import (
+from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, waiting
+from tests.helpers.http import (
     EARLY,
     HOLD,
     LONG_HOLD,
+    get_url,
     handshake,
     heartbeat,
+    held_polls,
     messages,
     occupants,
     poll,
     presence,
     publish,
-    serve,
-    target,
-    until,
-    waiting,
     where,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.process import server_env, server_process, wait_answering
+from tests.helpers.redis import free_port
+from tests.helpers.wait import wait_until
 
 
 async def two(
@@ -90,7 +85,7 @@ async def test_publish_on_one_wakes_a_poll_held_on_the_other(
     cursor = await handshake(b, "ch1")
     started = loop.time()
     pending = asyncio.create_task(poll(b, "ch1", cursor))
-    await until(lambda: waiting(b) == 1)
+    await wait_until(lambda: waiting(b) == 1)
     tt = await publish(a, "ch1", "across")
     found, next_tt = await pending
     # Woken through Redis pub/sub, long before B's hold ran out.
@@ -107,7 +102,7 @@ async def test_presence_event_on_one_wakes_a_presence_poll_held_on_the_other(
     cursor = await handshake(b, "ch1-pnpres", uuid="watcher")
     started = loop.time()
     pending = asyncio.create_task(poll(b, "ch1-pnpres", cursor, uuid="watcher"))
-    await until(lambda: waiting(b) == 1)
+    await wait_until(lambda: waiting(b) == 1)
     await handshake(a, "ch1", uuid="u1")
     found, _ = await pending
     assert loop.time() - started < EARLY
@@ -192,80 +187,34 @@ async def test_each_timeout_and_each_interval_event_is_delivered_once(
 
 
 @contextlib.asynccontextmanager
-async def server_process(redis_url: str, prefix: str, log: Path) -> AsyncIterator[str]:
+async def server_on(redis_url: str, prefix: str, log: Path) -> AsyncIterator[str]:
     """``python -m presence_server`` on a free port; yields its base URL once /health answers."""
     port = free_port()
-    env = {**os.environ, "PRESENCE_KEY_PREFIX": prefix, "PRESENCE_LONGPOLL_HOLD": "2"}
-    with log.open("wb") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "presence_server",
-            "--port",
-            str(port),
-            "--redis-url",
-            redis_url,
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            await wait_healthy(proc, base, log)
-            yield base
-        finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-
-
-def read_log(log: Path) -> str:
-    return log.read_text(errors="replace")
-
-
-async def wait_healthy(proc: asyncio.subprocess.Process, base: str, log: Path) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if proc.returncode is not None:
-                raise AssertionError(f"server exited with {proc.returncode}: {read_log(log)}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{base}/health") as resp:
-                    if resp.status == 200 and (await resp.json(content_type=None)) == {"status": "ok"}:
-                        return
-            assert loop.time() < deadline, f"server did not become healthy: {read_log(log)}"
-            await asyncio.sleep(0.05)
+    env = server_env(
+        PRESENCE_PORT=str(port),
+        PRESENCE_REDIS_URL=redis_url,
+        PRESENCE_KEY_PREFIX=prefix,
+        PRESENCE_LONGPOLL_HOLD="2",
+    )
+    async with server_process(env, stderr=log) as proc:
+        base = f"http://127.0.0.1:{port}"
+        assert await wait_answering(base, "/health", 200, proc, log=log) == {"status": "ok"}
+        yield base
 
 
 async def call(session: aiohttp.ClientSession, base: str, path: str, params: dict[str, object] | None = None) -> Any:
-    async with session.get(URL(base + str(target(path, params)), encoded=True)) as resp:
-        body = orjson.loads(await resp.read())
-        assert resp.status == 200, body
-        assert "javascript" in resp.headers["Content-Type"]
-        return body
-
-
-async def held_polls(session: aiohttp.ClientSession, base: str) -> float:
-    async with session.get(f"{base}/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith("presence_longpolls_held "):
-                return float(line.split()[1])
-    raise AssertionError("no presence_longpolls_held metric")
+    reply = await get_url(session, base, path, params)
+    assert reply.status == 200, reply.body
+    assert "javascript" in reply.content_type
+    return reply.body
 
 
 async def test_two_real_server_processes_share_presence_and_messages(
     real_redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     async with (
-        server_process(real_redis_url, prefix, tmp_path / "a.log") as a,
-        server_process(real_redis_url, prefix, tmp_path / "b.log") as b,
+        server_on(real_redis_url, prefix, tmp_path / "a.log") as a,
+        server_on(real_redis_url, prefix, tmp_path / "b.log") as b,
         aiohttp.ClientSession() as session,
     ):
         sub = "/v2/subscribe/demo"
@@ -301,11 +250,12 @@ async def test_two_real_server_processes_share_presence_and_messages(
         # A poll held on B is woken by a publish on A (through Redis), before B's 2 s hold ends.
         loop = asyncio.get_running_loop()
         pending = asyncio.create_task(call(session, b, f"{sub}/ch2/0", {"uuid": "watcher", "tt": cursor}))
-        deadline = loop.time() + 5
-        while await held_polls(session, b) < 1:
+
+        async def held() -> bool:
             assert not pending.done(), "the poll was answered before it was held"
-            assert loop.time() < deadline
-            await asyncio.sleep(0.02)
+            return await held_polls(session, b) >= 1
+
+        await wait_until(held, 5, what="a poll held on B", interval=0.02)
         started = loop.time()
         await call(session, a, f"/publish/pk/demo/0/ch2/0/{'%22woken%22'}", {"uuid": "u2"})
         body = await pending

@@ -8,17 +8,10 @@ there is what an operator sees: the exit code and the lines on stderr.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +20,6 @@ import aiohttp
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from presence_server.app import create_app
 from presence_server.config import Settings
@@ -44,10 +36,24 @@ from tests.conftest import (
     MakeApp,
     free_port,
     sweeper_of,
+    waiting,
 )
-from tests.test_routes_subscribe import LONG_HOLD, get, handshake, heartbeat, ok_body, poll, publish, until, waiting
+from tests.helpers.http import (
+    LONG_HOLD,
+    Reply,
+    Scrape,
+    get,
+    handshake,
+    heartbeat,
+    ok_body,
+    parse_metrics,
+    poll,
+    publish,
+)
+from tests.helpers.process import ROOT, server_env, server_process, wait_answering
+from tests.helpers.redis import redis_server
+from tests.helpers.wait import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 P = "/v2/presence/sub-key/demo"
 HEARTBEAT_ROUTE = "/v2/presence/sub-key/{sub_key}/channel/{channels}/heartbeat"
 HERE_NOW_ROUTE = "/v2/presence/sub-key/{sub_key}/channel/{channels}"
@@ -57,32 +63,6 @@ ACCESS_DENIED = {"status": 400, "error": True, "message": "Invalid Subscribe Key
 
 
 # -- metrics ---------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Scrape:
-    """One /metrics answer, parsed: families by name, and every sample by (name, labels)."""
-
-    types: dict[str, str]
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-    def value(self, name: str, **labels: str) -> float:
-        """A sample that must be there."""
-        return self.samples[(name, frozenset(labels.items()))]
-
-    def count(self, name: str, **labels: str) -> float:
-        """A counter child that may not exist yet (prometheus-client creates children on first use)."""
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def parse_metrics(text: str) -> Scrape:
-    types: dict[str, str] = {}
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return Scrape(types, samples)
 
 
 async def scrape(client: Client) -> Scrape:
@@ -211,7 +191,7 @@ async def test_longpolls_held_is_one_while_a_poll_waits(
     assert (await scrape(client)).value("presence_longpolls_held") == 0
     cursor = await handshake(client, "ch1")
     pending = asyncio.create_task(poll(client, "ch1", cursor))
-    await until(lambda: waiting(client) == 1)
+    await wait_until(lambda: waiting(client) == 1)
     assert (await scrape(client)).value("presence_longpolls_held") == 1
     await publish(client, "ch1", "wake")
     found, _ = await pending
@@ -290,37 +270,17 @@ async def test_health_and_ready_answer_503_with_a_reason_while_redis_is_down(dow
     assert isinstance(reply.body["reason"], str) and reply.body["reason"]
 
 
-@contextlib.contextmanager
-def redis_server(port: int) -> Iterator[None]:
-    """A redis-server of this test's own on ``port``, stopped when the block ends."""
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server must be on PATH"
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:  # accepting connections before the block starts
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                    time.sleep(0.02)
-            yield
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
 async def wait_for_status(client: Client, path: str, status: int, within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while (reply := await get(client, path)).status != status:
-        assert loop.time() < deadline, f"{path} kept answering {reply.status} {reply.body}"
-        await asyncio.sleep(0.05)
+    replies: list[Reply] = []
+
+    async def answers() -> bool:
+        replies.append(await get(client, path))
+        return replies[-1].status == status
+
+    def last() -> str:
+        return f"{path} kept answering {replies[-1].status} {replies[-1].body}"
+
+    await wait_until(answers, within, what=last, interval=0.05)
 
 
 async def test_health_follows_redis_going_away_and_coming_back(
@@ -451,12 +411,6 @@ async def test_keysets_are_isolated_without_an_allow_list(client: Client) -> Non
 # -- settings and the command line -----------------------------------------------------------------
 
 
-def server_env(**variables: str) -> dict[str, str]:
-    """The environment without any PRESENCE_* of the caller's, plus ``variables``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
-    return {**env, "PRESENCE_PORT": str(free_port()), **variables}
-
-
 def run_server(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m presence_server`` expected to stop at once; a server that starts instead fails the test."""
     try:
@@ -541,64 +495,6 @@ def test_the_settings_summary_never_contains_the_redis_password(url: str) -> Non
     assert "s3cret" not in text, summary
     assert "redis-host" in text or "redis.sock" in text  # still says where Redis is
     assert "pub-secret" not in text and "sub-secret" not in text
-
-
-@contextlib.asynccontextmanager
-async def server_process(
-    env: Mapping[str, str],
-    stderr: int | Path = subprocess.PIPE,
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m presence_server`` as an operator runs it; terminated (SIGTERM) when the block ends."""
-    if isinstance(stderr, Path):
-        with stderr.open("wb") as sink:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "presence_server",
-                cwd=ROOT,
-                env=dict(env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=sink,
-            )
-    else:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "presence_server",
-            cwd=ROOT,
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def wait_answering(
-    base: str, path: str, status: int, proc: asyncio.subprocess.Process, within: float = 20.0
-) -> Any:
-    """Poll ``base + path`` until it answers ``status``; returns the JSON body."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert proc.returncode is None, f"the server exited with {proc.returncode}"
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(base + path) as resp:
-                    if resp.status == status:
-                        return orjson.loads(await resp.read())
-            assert loop.time() < deadline, f"{path} never answered {status}"
-            await asyncio.sleep(0.05)
 
 
 async def test_json_log_format_makes_every_line_json() -> None:

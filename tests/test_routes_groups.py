@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
-
-import orjson
-from yarl import URL
 
 from tests.conftest import Client
+from tests.helpers.http import OK, REGISTRY, P, ok_body
 
-P = "/v2/presence/sub-key/demo"
-CG = "/v1/channel-registration/sub-key/demo/channel-group"
-OK = {"status": 200, "message": "OK", "service": "Presence"}
 REGISTRY_OK = {"status": 200, "message": "OK", "service": "channel-registry", "error": False}
-
-
-async def get(client: Client, path: str, params: Mapping[str, object] | None = None) -> tuple[int, Any]:
-    """GET ``path`` as written (already percent-encoded); ``params`` encoded as JS does. Checks that
-    the answer is JSON with a JSON/JavaScript content type (protocol 1.4)."""
-    target = path
-    if params:
-        target += ("&" if "?" in path else "?") + urlencode(
-            {k: str(v) for k, v in params.items()}, quote_via=quote, safe=""
-        )
-    resp = await client.get(URL(target, encoded=True))
-    content_type = resp.headers.get("Content-Type", "")
-    assert "json" in content_type or "javascript" in content_type, content_type
-    return resp.status, orjson.loads(await resp.read())
-
-
-async def ok_body(client: Client, path: str, params: Mapping[str, object] | None = None) -> Any:
-    status, body = await get(client, path, params)
-    assert status == 200, body
-    return body
 
 
 def listing(group: str, channels: list[str]) -> dict[str, Any]:
@@ -63,47 +36,47 @@ async def groups_of(client: Client, sub_key: str = "demo") -> list[str]:
 
 
 async def test_add_list_remove_and_delete_bodies(client: Client) -> None:
-    assert await ok_body(client, f"{CG}/cg1", {"add": "ch2,ch1", "uuid": "u1"}) == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1") == listing("cg1", ["ch1", "ch2"])
-    assert await ok_body(client, f"{CG}/cg1", {"remove": "ch2"}) == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1") == listing("cg1", ["ch1"])
-    assert await ok_body(client, f"{CG}/cg1/remove") == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1") == listing("cg1", [])
+    assert await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch2,ch1", "uuid": "u1"}) == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1") == listing("cg1", ["ch1", "ch2"])
+    assert await ok_body(client, f"{REGISTRY}/cg1", {"remove": "ch2"}) == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1") == listing("cg1", ["ch1"])
+    assert await ok_body(client, f"{REGISTRY}/cg1/remove") == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1") == listing("cg1", [])
     assert await groups_of(client) == []
 
 
 async def test_list_groups(client: Client) -> None:
     assert await groups_of(client) == []
-    await ok_body(client, f"{CG}/b", {"add": "ch1"})
-    await ok_body(client, f"{CG}/a", {"add": "ch1,ch2"})
+    await ok_body(client, f"{REGISTRY}/b", {"add": "ch1"})
+    await ok_body(client, f"{REGISTRY}/a", {"add": "ch1,ch2"})
     await ok_body(client, "/v1/channel-registration/sub-key/other/channel-group/c", {"add": "ch1"})
     assert await groups_of(client) == ["a", "b"]
     assert await groups_of(client, "other") == ["c"]
     # A group whose last channel is removed no longer exists; so does a deleted one.
-    await ok_body(client, f"{CG}/b", {"remove": "ch1"})
+    await ok_body(client, f"{REGISTRY}/b", {"remove": "ch1"})
     assert await groups_of(client) == ["a"]
-    await ok_body(client, f"{CG}/a/remove")
+    await ok_body(client, f"{REGISTRY}/a/remove")
     assert await groups_of(client) == []
     assert await groups_of(client, "other") == ["c"]
 
 
 async def test_add_and_remove_lists_in_either_sdk_encoding(client: Client) -> None:
     # Python sends the commas raw, JS as %2C (protocol 2.10); both separate names.
-    assert await ok_body(client, f"{CG}/cg1?add=a,b&uuid=py") == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1?add=c%2Cd&uuid=js") == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1?add=a,a,e,") == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1") == listing("cg1", ["a", "b", "c", "d", "e"])
-    assert await ok_body(client, f"{CG}/cg1?remove=a%2Cc,e") == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1") == listing("cg1", ["b", "d"])
+    assert await ok_body(client, f"{REGISTRY}/cg1?add=a,b&uuid=py") == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1?add=c%2Cd&uuid=js") == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1?add=a,a,e,") == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1") == listing("cg1", ["a", "b", "c", "d", "e"])
+    assert await ok_body(client, f"{REGISTRY}/cg1?remove=a%2Cc,e") == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1") == listing("cg1", ["b", "d"])
     # Removing what is not there, or deleting a group that does not exist, is not an error.
-    assert await ok_body(client, f"{CG}/cg1?remove=zzz") == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/nothing/remove") == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/cg1") == listing("cg1", ["b", "d"])
+    assert await ok_body(client, f"{REGISTRY}/cg1?remove=zzz") == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/nothing/remove") == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/cg1") == listing("cg1", ["b", "d"])
 
 
 async def test_group_and_channel_names_round_trip(client: Client) -> None:
-    await ok_body(client, f"{CG}/g%2F1%20%E2%9C%93%7Bx%7D", {"add": "ch 1/x,{y},a+b,✓"})
-    assert await ok_body(client, f"{CG}/g%2F1%20%E2%9C%93%7Bx%7D") == listing(
+    await ok_body(client, f"{REGISTRY}/g%2F1%20%E2%9C%93%7Bx%7D", {"add": "ch 1/x,{y},a+b,✓"})
+    assert await ok_body(client, f"{REGISTRY}/g%2F1%20%E2%9C%93%7Bx%7D") == listing(
         "g/1 ✓{x}", sorted(["ch 1/x", "{y}", "a+b", "✓"])
     )
     assert await groups_of(client) == ["g/1 ✓{x}"]
@@ -115,15 +88,15 @@ async def test_group_and_channel_names_round_trip(client: Client) -> None:
 
 async def test_two_hundred_channels_in_one_add(client: Client) -> None:
     channels = [f"ch{i:03d}" for i in range(200)]
-    assert await ok_body(client, f"{CG}/big", {"add": ",".join(channels)}) == REGISTRY_OK
-    assert await ok_body(client, f"{CG}/big") == listing("big", channels)
+    assert await ok_body(client, f"{REGISTRY}/big", {"add": ",".join(channels)}) == REGISTRY_OK
+    assert await ok_body(client, f"{REGISTRY}/big") == listing("big", channels)
 
 
 # -- presence through groups -------------------------------------------------------------------------
 
 
 async def test_heartbeat_here_now_and_leave_through_a_group(client: Client) -> None:
-    await ok_body(client, f"{CG}/cg1", {"add": "ch1,ch2"})
+    await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch1,ch2"})
     # Groups only: the path holds the placeholder "," (protocol 1.2).
     assert await ok_body(client, f"{P}/channel/,/heartbeat", {"uuid": "u1", "channel-group": "cg1"}) == OK
     await ok_body(client, f"{P}/channel/ch2/heartbeat", {"uuid": "u2"})
@@ -141,7 +114,7 @@ async def test_heartbeat_here_now_and_leave_through_a_group(client: Client) -> N
 
 async def test_any_group_gets_the_payload_shape(client: Client) -> None:
     # The single shape for a group request crashes both SDKs (protocol 2.5).
-    await ok_body(client, f"{CG}/one", {"add": "ch1"})
+    await ok_body(client, f"{REGISTRY}/one", {"add": "ch1"})
     await ok_body(client, f"{P}/channel/ch1/heartbeat", {"uuid": "u1"})
     entry = {"ch1": {"uuids": ["u1"], "occupancy": 1}}
     assert await ok_body(client, f"{P}/channel/,", {"channel-group": "one"}) == multi(entry)
@@ -154,8 +127,8 @@ async def test_any_group_gets_the_payload_shape(client: Client) -> None:
 
 
 async def test_channel_group_lists_in_either_sdk_encoding(client: Client) -> None:
-    await ok_body(client, f"{CG}/cg1", {"add": "ch1"})
-    await ok_body(client, f"{CG}/cg2", {"add": "ch2"})
+    await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch1"})
+    await ok_body(client, f"{REGISTRY}/cg2", {"add": "ch2"})
     # Python: raw commas; JS: %2C.
     await ok_body(client, f"{P}/channel/,/heartbeat?uuid=py&channel-group=cg1,cg2,cg1-pnpres")
     await ok_body(client, f"{P}/channel/,/heartbeat?uuid=js&channel-group=cg1%2Ccg2%2Ccg2-pnpres")
@@ -167,7 +140,7 @@ async def test_channel_group_lists_in_either_sdk_encoding(client: Client) -> Non
 
 
 async def test_a_channel_in_the_path_and_in_a_group_counts_once(client: Client) -> None:
-    await ok_body(client, f"{CG}/cg1", {"add": "ch1,ch2"})
+    await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch1,ch2"})
     await ok_body(client, f"{P}/channel/ch1/heartbeat", {"uuid": "u1", "channel-group": "cg1"})
     assert await ok_body(client, f"{P}/channel/ch1", {"channel-group": "cg1"}) == multi(
         {"ch1": {"uuids": ["u1"], "occupancy": 1}, "ch2": {"uuids": ["u1"], "occupancy": 1}}
@@ -175,7 +148,7 @@ async def test_a_channel_in_the_path_and_in_a_group_counts_once(client: Client) 
 
 
 async def test_state_through_a_group(client: Client) -> None:
-    await ok_body(client, f"{CG}/cg1", {"add": "ch1,ch2"})
+    await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch1,ch2"})
     await ok_body(client, f"{P}/channel/,/heartbeat", {"uuid": "u1", "channel-group": "cg1"})
     # JS sends group-only set state with the "," placeholder (protocol 2.7); the echo is flat.
     body = await ok_body(client, f"{P}/channel/,/uuid/u1/data", {"channel-group": "cg1", "state": '{"a":1}'})
@@ -194,7 +167,7 @@ async def test_state_through_a_group(client: Client) -> None:
 
 
 async def test_heartbeat_state_keyed_by_group_and_flat_with_groups(client: Client) -> None:
-    await ok_body(client, f"{CG}/cg1", {"add": "ch1,ch2"})
+    await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch1,ch2"})
     await ok_body(
         client,
         f"{P}/channel/ch3/heartbeat",

@@ -6,14 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import Client, FakeClock
-
-P = "/v2/presence/sub-key/demo"
+from tests.helpers.http import P, ok_body
 
 
 async def get(client: Client, path: str, **params: str) -> Any:
-    resp = await client.get(path, params=params)
-    assert resp.status == 200, await resp.text()
-    return await resp.json(content_type=None)
+    return await ok_body(client, path, params)
 
 
 async def test_own_join_before_the_handshake_is_delivered(client: Client) -> None:

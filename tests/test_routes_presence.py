@@ -6,70 +6,16 @@ tests also cover what only newer clients send: ``limit``/``offset``, ``ee``, fla
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import orjson
 import pytest
-from yarl import URL
 
 from presence_server.context import STORE
 from presence_server.store import timetoken_at
 from tests.conftest import START, Client, FakeClock, NewClient, sweeper_of
-
-P = "/v2/presence/sub-key/demo"
-OK = {"status": 200, "message": "OK", "service": "Presence"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    status: int
-    body: Any
-    content_type: str
-
-
-async def get(client: Client, path: str, params: Mapping[str, object] | None = None) -> Reply:
-    """GET ``path`` byte for byte (it is already percent-encoded); ``params`` are encoded the way JS
-    encodes them (every value percent-encoded, ``%20`` for spaces). Every answer must be JSON with a
-    JSON/JavaScript content type (protocol 1.4)."""
-    target = path
-    if params:
-        query = urlencode({k: str(v) for k, v in params.items()}, quote_via=quote, safe="")
-        target += ("&" if "?" in path else "?") + query
-    resp = await client.get(URL(target, encoded=True))
-    content_type = resp.headers.get("Content-Type", "")
-    assert "json" in content_type or "javascript" in content_type, content_type
-    return Reply(resp.status, orjson.loads(await resp.read()), content_type)
-
-
-async def ok_body(client: Client, path: str, params: Mapping[str, object] | None = None) -> Any:
-    reply = await get(client, path, params)
-    assert reply.status == 200, reply.body
-    return reply.body
-
-
-async def heartbeat(client: Client, channels: str, uuid: str, **params: object) -> None:
-    body = await ok_body(client, f"{P}/channel/{channels}/heartbeat", {"uuid": uuid, **params})
-    assert body == OK
-
-
-async def occupants(client: Client, channel: str) -> list[str]:
-    """Who is on one channel, sorted by name (here now lists them in deadline order)."""
-    body = await ok_body(client, f"{P}/channel/{channel}")
-    uuids: list[str] = body["uuids"]
-    assert body["occupancy"] == len(uuids)
-    return sorted(uuids)
-
-
-async def where(client: Client, uuid: str) -> list[str]:
-    body = await ok_body(client, f"{P}/uuid/{uuid}")
-    return sorted(body["payload"]["channels"])
-
-
-async def state_of(client: Client, channel: str, uuid: str) -> Any:
-    return (await ok_body(client, f"{P}/channel/{channel}/uuid/{uuid}"))["payload"]
+from tests.helpers.http import OK, P, get, heartbeat, occupants, ok_body, state_of, where
 
 
 def single(uuids: list[Any], occupancy: int | None = None) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from tests.conftest import AiohttpClient, AiohttpServer, Client, MakeApp
-from tests.test_routes_subscribe import (
+from tests.conftest import AiohttpClient, AiohttpServer, Client, MakeApp, serve
+from tests.helpers.http import (
     HOLD,
     PUB,
     Reply,
@@ -26,7 +26,6 @@ from tests.test_routes_subscribe import (
     messages,
     poll,
     publish,
-    serve,
 )
 
 MAX_MESSAGE = 32 * 1024

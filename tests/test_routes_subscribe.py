@@ -12,229 +12,40 @@ long (5 s) where a test must show that an answer came early: those assert a boun
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
-from collections.abc import Callable, Mapping
-from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
-import orjson
 import pytest
-from aiohttp import web
-from yarl import URL
 
-from presence_server.app import RUNNER_OPTIONS
-from presence_server.context import BUS
-from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, sweeper_of
-
-HOLD = 0.2  # seconds a poll with nothing to deliver is held by the `client` fixture's server
-LONG_HOLD = 5.0  # for tests that show an answer came early
-EARLY = 2.0  # "well before the hold": an answer that was not held comes back faster than this
-
-SUB = "/v2/subscribe/demo"
-P = "/v2/presence/sub-key/demo"
-PUB = "/publish/pub-key/demo/0"
-REGISTRY = "/v1/channel-registration/sub-key/demo/channel-group"
-ERROR_KEYS = {"status", "error", "message", "service"}
-
-
-# aiohttp's TestServer drops the keyword arguments it is built with, so
-# `aiohttp_client(app, server_kwargs=RUNNER_OPTIONS)` runs the app with aiohttp's defaults (publish
-# bodies auto-decompressed, among others). The options reach the server through `aiohttp_server`;
-# handler_cancellation is left out because TestServer always sets it itself.
-SERVER_OPTIONS = {k: v for k, v in RUNNER_OPTIONS.items() if k != "handler_cancellation"}
-
-
-async def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, app: web.Application) -> Client:
-    """A test client for ``app``, served with the options every way of running the server uses."""
-    server = await aiohttp_server(app, **SERVER_OPTIONS)
-    return await aiohttp_client(server)
+from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, sweeper_of, waiting
+from tests.helpers.http import (
+    EARLY,
+    ERROR_KEYS,
+    HOLD,
+    SUB,
+    P,
+    add_to_group,
+    drain,
+    get,
+    handshake,
+    heartbeat,
+    messages,
+    occupants,
+    ok_body,
+    poll,
+    poll_reply,
+    presence,
+    publish,
+    target,
+    where,
+)
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture
 async def client(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Client:
     """The conftest client, but its server holds an idle long-poll for HOLD seconds, not 280."""
     return await serve(aiohttp_server, aiohttp_client, make_app(longpoll_hold=HOLD))
-
-
-@pytest.fixture
-async def held(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Client:
-    """A client whose server holds an idle long-poll for LONG_HOLD seconds."""
-    return await serve(aiohttp_server, aiohttp_client, make_app(longpoll_hold=LONG_HOLD))
-
-
-# -- wire helpers ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    status: int
-    body: Any
-    content_type: str
-
-
-def target(path: str, params: Mapping[str, object] | None = None) -> URL:
-    """``path`` exactly as written (already percent-encoded), with ``params`` encoded the JS way."""
-    if params:
-        path += ("&" if "?" in path else "?") + urlencode(
-            {k: str(v) for k, v in params.items()}, quote_via=quote, safe=""
-        )
-    return URL(path, encoded=True)
-
-
-def check_json(status: int, content_type: str, raw: bytes) -> Reply:
-    # Every answer, success or error, is JSON with a json/javascript Content-Type (protocol 1.4).
-    assert "json" in content_type or "javascript" in content_type, content_type
-    return Reply(status, orjson.loads(raw), content_type)
-
-
-async def get(client: Client, path: str, params: Mapping[str, object] | None = None) -> Reply:
-    resp = await client.get(target(path, params))
-    return check_json(resp.status, resp.headers.get("Content-Type", ""), await resp.read())
-
-
-async def ok_body(client: Client, path: str, params: Mapping[str, object] | None = None) -> Any:
-    reply = await get(client, path, params)
-    assert reply.status == 200, reply.body
-    return reply.body
-
-
-def is_timetoken(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 17 and value.isdigit()
-
-
-def check_presence_payload(d: Any) -> None:
-    # Python's subscribe loop dies on a string timestamp or a missing occupancy (protocol 2.2.5).
-    assert isinstance(d, dict), d
-    assert type(d["action"]) is str
-    assert type(d["timestamp"]) is int
-    assert type(d["occupancy"]) is int
-    if d["action"] == "interval":
-        assert "uuid" not in d
-    else:
-        assert type(d["uuid"]) is str
-    if "data" in d:
-        assert isinstance(d["data"], dict)
-    if d["action"] == "state-change":
-        assert "data" in d
-
-
-def check_envelope(env: dict[str, Any], sub_key: str = "demo") -> None:
-    """The envelope fields of protocol 2.2.3 whose absence or wrong type crashes an SDK."""
-    assert {"a", "f", "k", "c", "d", "p"} <= env.keys(), env
-    assert type(env["f"]) is int
-    assert env["k"] == sub_key
-    assert isinstance(env["c"], str)
-    assert is_timetoken(env["p"]["t"]), env["p"]
-    assert type(env["p"]["r"]) is int
-    if env["c"].endswith("-pnpres"):
-        # Presence: no `e` at all, or JS takes it for a file event (2.2.4).
-        assert "e" not in env, env
-        check_presence_payload(env["d"])
-    else:
-        assert env.get("e") in (None, 1), env  # absent for messages, 1 for signals
-    if "b" in env:
-        assert isinstance(env["b"], str)
-
-
-async def poll_reply(client: Client, channels: str, tt: str | None, uuid: str = "u1", **params: object) -> Any:
-    """One subscribe request, checked for the success shape of protocol 2.2.2; ``tt=None`` sends
-    no ``tt`` at all (the JS handshake)."""
-    query: dict[str, object] = {"uuid": uuid, **params}
-    if tt is not None:
-        query["tt"] = tt
-    reply = await get(client, f"{SUB}/{channels}/0", query)
-    assert reply.status == 200, reply.body
-    body = reply.body
-    assert set(body) == {"t", "m"}
-    assert is_timetoken(body["t"]["t"]), body["t"]
-    assert type(body["t"]["r"]) is int and body["t"]["r"] != 0
-    assert isinstance(body["m"], list)
-    stamps = [int(env["p"]["t"]) for env in body["m"]]
-    for env in body["m"]:
-        check_envelope(env)
-    # Strictly increasing, all after the request's cursor, and the next cursor past every one.
-    assert stamps == sorted(set(stamps)), stamps
-    if stamps:
-        assert tt is not None and stamps[0] > int(tt)
-        assert int(body["t"]["t"]) >= stamps[-1]
-    return body
-
-
-async def poll(client: Client, channels: str, tt: str, uuid: str = "u1", **params: object) -> tuple[list[Any], str]:
-    """A receive poll: the envelopes and the next cursor."""
-    body = await poll_reply(client, channels, tt, uuid, **params)
-    return body["m"], body["t"]["t"]
-
-
-async def handshake(client: Client, channels: str, uuid: str = "u1", **params: object) -> str:
-    body = await poll_reply(client, channels, "0", uuid, **params)
-    assert body["m"] == []
-    cursor: str = body["t"]["t"]
-    return cursor
-
-
-async def drain(client: Client, channels: str, tt: str, uuid: str = "u1", **params: object) -> tuple[list[Any], str]:
-    """Poll until a poll comes back empty (after the hold): everything pending, and the last cursor."""
-    found: list[Any] = []
-    while True:
-        batch, next_tt = await poll(client, channels, tt, uuid, **params)
-        if not batch:
-            assert next_tt == tt
-            return found, tt
-        found += batch
-        tt = next_tt
-
-
-async def publish(client: Client, channel: str, message: Any, **params: object) -> str:
-    """GET publish of a JSON message; returns its timetoken."""
-    encoded = quote(orjson.dumps(message).decode(), safe="")
-    reply = await get(client, f"{PUB}/{channel}/0/{encoded}", {"uuid": "publisher", **params})
-    assert reply.status == 200, reply.body
-    assert reply.body[:2] == [1, "Sent"] and is_timetoken(reply.body[2]), reply.body
-    tt: str = reply.body[2]
-    return tt
-
-
-async def heartbeat(client: Client, channels: str, uuid: str, **params: object) -> None:
-    await ok_body(client, f"{P}/channel/{channels}/heartbeat", {"uuid": uuid, **params})
-
-
-async def occupants(client: Client, channel: str) -> list[str]:
-    body = await ok_body(client, f"{P}/channel/{channel}")
-    assert body["occupancy"] == len(body["uuids"])
-    return sorted(body["uuids"])
-
-
-async def where(client: Client, uuid: str) -> list[str]:
-    return sorted((await ok_body(client, f"{P}/uuid/{uuid}"))["payload"]["channels"])
-
-
-async def add_to_group(client: Client, group: str, channels: str) -> None:
-    await ok_body(client, f"{REGISTRY}/{group}", {"add": channels})
-
-
-def messages(envelopes: list[Any]) -> list[Any]:
-    return [env["d"] for env in envelopes]
-
-
-def presence(envelopes: list[Any]) -> list[tuple[str, str | None, int]]:
-    """(action, uuid, occupancy) of each presence envelope."""
-    return [(e["d"]["action"], e["d"].get("uuid"), e["d"]["occupancy"]) for e in envelopes]
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait (bounded, on loop time) for a condition that a background task makes true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-def waiting(client: Client) -> int:
-    assert client.app is not None
-    return client.app[BUS].waiting
 
 
 # -- handshake and envelopes -----------------------------------------------------------------------
@@ -459,7 +270,7 @@ async def test_publish_wakes_a_held_poll_long_before_the_hold(held: Client) -> N
     cursor = await handshake(held, "ch1")
     started = loop.time()
     pending = asyncio.create_task(poll(held, "ch1", cursor))
-    await until(lambda: waiting(held) == 1)
+    await wait_until(lambda: waiting(held) == 1)
     tt = await publish(held, "ch1", "wake up")
     found, next_tt = await pending
     assert loop.time() - started < EARLY
@@ -472,7 +283,7 @@ async def test_presence_event_wakes_a_held_presence_poll(held: Client) -> None:
     cursor = await handshake(held, "ch1-pnpres", uuid="watcher")
     started = loop.time()
     pending = asyncio.create_task(poll(held, "ch1-pnpres", cursor, uuid="watcher"))
-    await until(lambda: waiting(held) == 1)
+    await wait_until(lambda: waiting(held) == 1)
     await heartbeat(held, "ch1", "u2")
     found, _ = await pending
     assert loop.time() - started < EARLY
@@ -484,7 +295,7 @@ async def test_new_wildcard_match_wakes_a_held_poll(held: Client) -> None:
     cursor = await handshake(held, "a.%2A")
     started = loop.time()
     pending = asyncio.create_task(poll(held, "a.%2A", cursor))
-    await until(lambda: waiting(held) == 1)
+    await wait_until(lambda: waiting(held) == 1)
     await publish(held, "a.brand-new", "first")
     found, _ = await pending
     assert loop.time() - started < EARLY
@@ -499,7 +310,7 @@ async def test_channel_added_to_a_group_wakes_a_held_poll(held: Client) -> None:
     cursor = await handshake(held, ",", **{"channel-group": "cg1"})
     started = loop.time()
     pending = asyncio.create_task(poll(held, ",", cursor, **{"channel-group": "cg1"}))
-    await until(lambda: waiting(held) == 1)
+    await wait_until(lambda: waiting(held) == 1)
     await add_to_group(held, "cg1", "ch2")
     await publish(held, "ch2", "on the new member")
     found, _ = await pending
@@ -515,14 +326,14 @@ async def test_abandoned_long_poll_is_released(held: Client) -> None:
             raise AssertionError(f"the poll was answered: {resp.status}")
 
     pending = asyncio.create_task(abandon())
-    await until(lambda: waiting(held) == 1)
+    await wait_until(lambda: waiting(held) == 1)
     # The client goes away (as SDKs do when the subscription changes): the held handler is
     # cancelled and its registration on the wake bus goes with it.
     pending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pending
     # Well before the 5 s hold would have ended the poll anyway.
-    await until(lambda: waiting(held) == 0, within=EARLY)
+    await wait_until(lambda: waiting(held) == 0, within=EARLY)
     # The server still serves that subscriber normally.
     await publish(held, "ch1", "after")
     found, _ = await poll(held, "ch1", cursor)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import redis.asyncio as aioredis
 
 from presence_server.app import create_app
@@ -30,23 +29,23 @@ from tests.conftest import (
     Client,
     FakeClock,
     MakeApp,
-    free_port,
     sweeper_of,
+    waiting,
 )
-from tests.test_operations import parse_metrics, server_env, server_process, wait_answering
-from tests.test_routes_subscribe import EARLY, add_to_group, handshake, heartbeat, ok_body, target, until, waiting
+from tests.helpers.http import EARLY, P, add_to_group, get, get_url, handshake, heartbeat, held_polls, ok_body
+from tests.helpers.process import server_env, server_process, wait_answering
+from tests.helpers.redis import free_port
+from tests.helpers.wait import wait_until
 
 HOLD = 30.0
-P = "/v2/presence/sub-key/demo"
 
 
 async def raw_poll(
     session: aiohttp.ClientSession, base: str, channels: str, tt: str, uuid: str, **params: object
 ) -> tuple[int, Any]:
     """A subscribe poll from a client of its own (not the test client, whose close would drop it)."""
-    url = base + str(target(f"/v2/subscribe/demo/{channels}/0", {"uuid": uuid, "tt": tt, **params}))
-    async with session.get(url) as resp:
-        return resp.status, orjson.loads(await resp.read())
+    reply = await get_url(session, base, f"/v2/subscribe/demo/{channels}/0", {"uuid": uuid, "tt": tt, **params})
+    return reply.status, reply.body
 
 
 async def test_closing_the_server_answers_every_held_poll_at_once(
@@ -71,7 +70,7 @@ async def test_closing_the_server_answers_every_held_poll_at_once(
             asyncio.create_task(raw_poll(session, base, channels, cursor, f"s{i}", **params))
             for i, ((channels, params), cursor) in enumerate(zip(subscriptions, cursors, strict=True))
         ]
-        await until(lambda: waiting(client) == len(polls))
+        await wait_until(lambda: waiting(client) == len(polls))
         app = client.app
         assert app is not None
         started = loop.time()
@@ -108,7 +107,7 @@ async def test_presence_survives_a_restart_on_redis(
     base = str(a.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as session:
         pending = asyncio.create_task(raw_poll(session, base, "ch1", cursor, "watcher"))
-        await until(lambda: waiting(a) == 1)
+        await wait_until(lambda: waiting(a) == 1)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await a.close()
@@ -127,8 +126,8 @@ async def test_presence_survives_a_restart_on_redis(
 
 
 async def raw_poll_client(client: Client, channels: str, tt: str, uuid: str) -> tuple[int, Any]:
-    resp = await client.get(target(f"/v2/subscribe/demo/{channels}/0", {"uuid": uuid, "tt": tt}))
-    return resp.status, orjson.loads(await resp.read())
+    reply = await get(client, f"/v2/subscribe/demo/{channels}/0", {"uuid": uuid, "tt": tt})
+    return reply.status, reply.body
 
 
 async def test_sigterm_answers_a_held_poll_and_exits_cleanly(
@@ -153,14 +152,12 @@ async def test_sigterm_answers_a_held_poll_and_exits_cleanly(
         assert status == 200
         cursor = body["t"]["t"]
         pending = asyncio.create_task(raw_poll(session, base, "ch1", cursor, "watcher"))
-        deadline = loop.time() + 10
-        while True:
-            async with session.get(f"{base}/metrics") as resp:
-                held = parse_metrics(await resp.text()).value("presence_longpolls_held")
-            if held == 1:
-                break
-            assert not pending.done() and loop.time() < deadline, "the poll was never held"
-            await asyncio.sleep(0.02)
+
+        async def held() -> bool:
+            assert not pending.done(), "the poll was answered before it was held"
+            return await held_polls(session, base) == 1
+
+        await wait_until(held, 10, what="the poll held", interval=0.02)
 
         started = loop.time()
         proc.send_signal(signal.SIGTERM)

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +26,10 @@ from tests.conftest import FakeClock
 # Long-polls are held this long (real seconds) by live servers unless a test says otherwise, so
 # that an idle subscriber re-polls quickly and a test's teardown never waits on a held poll.
 LIVE_HOLD = 2.0
+
+# The JavaScript client (pubnub on npm, exactly this version) and the runners that drive it.
+JS_DIR = Path(__file__).parent / "js"
+PUBNUB_VERSION = "7.3.3"
 
 
 @dataclasses.dataclass
@@ -74,3 +82,29 @@ def live_server_factory(
 async def live_server(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[LiveServer]:
     async with serve(redis_client, settings, clock) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """Node with ``pubnub@7.3.3`` installed next to the runner; ``npm ci`` on a fresh clone."""
+    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
+    if node_bin is None or npm_bin is None:
+        pytest.fail("the JavaScript end-to-end tests need Node.js and npm on PATH (Node 18 or newer)")
+    installed = JS_DIR / "node_modules" / "pubnub" / "package.json"
+    if not installed.exists():
+        done = subprocess.run(
+            [npm_bin, "ci", "--no-audit", "--no-fund"],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"npm ci in {JS_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    version = json.loads(installed.read_text())["version"]
+    if version != PUBNUB_VERSION:
+        pytest.fail(
+            f"{installed} is pubnub {version}, these tests need exactly {PUBNUB_VERSION}: "
+            f"remove {JS_DIR / 'node_modules'} and run the tests again"
+        )
+    return node_bin

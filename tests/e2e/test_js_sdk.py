@@ -22,50 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import LiveServer
+from tests.e2e.conftest import JS_DIR, LiveServer
 
 pytestmark = pytest.mark.e2e
 
-JS_DIR = Path(__file__).parent / "js"
 RUNNER = JS_DIR / "run.mjs"
-PUBNUB_VERSION = "7.3.3"
 SUB_KEY = "sub-c-e2e-js"
 NODE_RUN_TIMEOUT = 30.0
 
 Step = dict[str, Any]
-
-
-@pytest.fixture(scope="session")
-def node() -> str:
-    """Node with ``pubnub@7.3.3`` installed next to the runner; ``npm ci`` on a fresh clone."""
-    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
-    if node_bin is None or npm_bin is None:
-        pytest.fail("the JavaScript end-to-end tests need Node.js and npm on PATH (Node 18 or newer)")
-    installed = JS_DIR / "node_modules" / "pubnub" / "package.json"
-    if not installed.exists():
-        done = subprocess.run(
-            [npm_bin, "ci", "--no-audit", "--no-fund"],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"npm ci in {JS_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    version = json.loads(installed.read_text())["version"]
-    if version != PUBNUB_VERSION:
-        pytest.fail(
-            f"{installed} is pubnub {version}, these tests need exactly {PUBNUB_VERSION}: "
-            f"remove {JS_DIR / 'node_modules'} and run the tests again"
-        )
-    return node_bin
 
 
 def call(who: str, method: str, args: dict[str, Any] | None = None, *, expect_error: bool = False) -> Step:

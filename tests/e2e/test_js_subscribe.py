@@ -44,8 +44,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from presence_server.context import LONGPOLLS, SETTINGS
-from tests.e2e.conftest import LiveServer
-from tests.e2e.test_js_sdk import JS_DIR, node  # noqa: F401  (the session fixture that checks pubnub 7.3.3)
+from tests.e2e.conftest import JS_DIR, LiveServer
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -212,7 +212,7 @@ class JsClients:
 
 
 @pytest.fixture
-def js(node: str) -> Callable[[LiveServer], contextlib.AbstractAsyncContextManager[JsClients]]:  # noqa: F811
+def js(node: str) -> Callable[[LiveServer], contextlib.AbstractAsyncContextManager[JsClients]]:
     """``async with js(server) as clients:`` runs ``listen.mjs`` against ``server``, killed at the end."""
 
     @contextlib.asynccontextmanager
@@ -251,12 +251,8 @@ async def quiet_server(live_server_factory: ServerFactory) -> AsyncIterator[Live
 
 async def held_polls(server: LiveServer, count: int) -> None:
     """Wait until ``count`` polls are waiting at the server (registered with its wake-up bus)."""
-
-    async def wait() -> None:
-        while server.app[LONGPOLLS].waiting < count:  # noqa: ASYNC110 (the bus has no event to wait on)
-            await asyncio.sleep(0.01)  # real time, for the server to get there: no presence time passes
-
-    await asyncio.wait_for(wait(), WAIT)
+    # Real time, for the server to get there: no presence time passes.
+    await wait_until(lambda: server.app[LONGPOLLS].waiting >= count, WAIT, what=f"{count} polls held")
 
 
 def fields(event: Event) -> tuple[Any, ...]:
