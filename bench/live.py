@@ -1,103 +1,197 @@
-"""Speed figures of live presence (subscribe, publish, presence events, several processes), each
-printed beside its target (issue 3).
+"""The load harness: heartbeat throughput, fan-out, presence event latency and two server processes
+against one, each figure beside its baseline measured in the same run and its target (PASS/FAIL).
 
-Run from the checkout: ``python -m bench.live`` (``--help`` for the knobs). It starts its own
-redis-server and the server as subprocesses on loopback, with the load in processes of their own
-(bench/fanout_client.py for the long-polls, wrk for heartbeats), prints every figure with the
-baseline measured in the same run and PASS/FAIL per target, and stops everything it started.
-This is a measurement, not a test: nothing here runs in CI. See bench/README.md.
+``python -m bench.live`` (``--help`` for the knobs; bench/README.md says what each figure means).
+It starts its own redis-server, the servers, the baseline app and the load generators on loopback,
+and stops them on the way out. ``--compare REV`` measures a server started from REV (a git worktree
+in a temporary directory) in the same run, taking turns with this tree's. Nothing here runs in CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import http.client
 import os
+import platform
 import queue
 import re
 import shutil
-import signal
+import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import aiohttp
 import orjson
 import redis
 
 from bench import cpucap
-from bench.presence import (
-    ROOT,
-    SUB_KEY,
-    Child,
-    Children,
-    Load,
-    LoadPlan,
-    command_calls,
-    commands_between,
-    cpu_seconds,
-    describe_machine,
-    drive,
-    free_port,
-    load_average,
-    members_of,
-    percentile,
-    populate_store,
-    redis_cpu,
-    say,
-    start_redis,
-    start_server,
-    verdict,
-    wait_http,
-    with_store,
-    workspace,
-)
-from bench.rawhttp import HttpClient, connect, raise_fd_limit
-from presence_server.store import open_redis
+from bench.fanout_client import CONTENT_LENGTH, raise_fd_limit, request_bytes
 
-# Targets of issue 3.
+ROOT = Path(__file__).resolve().parent.parent
+WRK_SCRIPT = ROOT / "bench" / "heartbeat.lua"
+SUB_KEY = "bench"
+TIMEOUT = 300  # heartbeat=300, as the SDKs send by default
+FANOUT_CHANNEL = "fanout"
+PRESENCE_CHANNEL = "presence-watch"
+HELD = re.compile(rb"^presence_longpolls_held (\S+)$", re.MULTILINE)
+PHASES = ("heartbeat", "fanout", "presence", "processes")
+
+# The targets (issues 2 and 3).
+HEARTBEAT_RATIO = 0.5
 FANOUT_P99_MS = 250.0
 PRESENCE_MEDIAN_MS = 20.0
 TWO_PROCESS_RATIO = 1.4
 
-FANOUT_CHANNEL = "fanout"
-PRESENCE_CHANNEL = "presence-watch"
-PUB_KEY = "bench-pub"
-HELD = re.compile(rb"^presence_longpolls_held (\S+)$", re.MULTILINE)
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
 
 
-# -- talking to the server from this process --------------------------------------------------------
+def pct(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else 0.0
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def uuid_of(n: int) -> str:
+    """bench/heartbeat.lua builds the same text for the same n."""
+    return f"{n:08x}-0000-4000-8000-{n:012x}"
+
+
+@dataclasses.dataclass
+class Figure:
+    """One line of the summary: per server tree, the figure as text and whether it met the target."""
+
+    name: str
+    target: str
+    values: dict[str, tuple[str, bool]]
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    port: int = 0
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Children:
+    """Every subprocess of the run; all are stopped on the way out, whatever happens."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.running: list[Child] = []
+
+    def start(self, name: str, argv: Sequence[str], *, port: int = 0, pipes: bool = False, **popen: Any) -> Child:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            pipe_or = subprocess.PIPE if pipes else None
+            proc = subprocess.Popen(
+                argv,
+                stdin=pipe_or or subprocess.DEVNULL,
+                stdout=pipe_or or out,
+                stderr=out,
+                start_new_session=True,
+                **{"cwd": ROOT, **popen},
+            )
+        self.running.append(Child(name, proc, log, port))
+        return self.running[-1]
+
+    def stop(self, child: Child) -> None:
+        if child.proc.poll() is None:
+            child.proc.terminate()
+            try:
+                child.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        for stream in (child.proc.stdin, child.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if child in self.running:
+            self.running.remove(child)
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self.running)):
+            self.stop(child)
 
 
 class Http:
-    """A keep-alive HTTP connection to one server, for the few requests this process makes itself."""
+    """A keep-alive connection for the few requests this process makes itself (publish, /metrics)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.conn: http.client.HTTPConnection | None = None
 
     def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            return self._get(path)
-        except (http.client.HTTPException, OSError):
-            self.close()  # a connection the server closed while idle: once more on a new one
-            return self._get(path)
+        for attempt in (1, 2):  # once more on a new connection if the server closed an idle one
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                self.conn.request("GET", path)
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, OSError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    def _get(self, path: str) -> tuple[int, bytes]:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        self.conn.request("GET", path)
-        response = self.conn.getresponse()
-        return response.status, response.read()
+    def held(self) -> int:
+        status, body = self.get("/metrics")
+        found = HELD.search(body)
+        if status != 200 or found is None:
+            raise RuntimeError(f"/metrics answered {status} without presence_longpolls_held")
+        return int(float(found.group(1)))
+
+    def wait_held(self, expected: int, limit: float = 60.0) -> None:
+        deadline = time.monotonic() + limit
+        while (held := self.held()) != expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{held} long-polls held after {limit:.0f} s, expected {expected}")
+            time.sleep(0.02)  # each scrape costs the server a little
 
     def close(self) -> None:
         if self.conn is not None:
@@ -105,899 +199,788 @@ class Http:
             self.conn = None
 
 
-def held_in(metrics_body: bytes) -> int:
-    found = HELD.search(metrics_body)
-    if found is None:
-        raise RuntimeError("presence_longpolls_held is missing from /metrics")
-    return int(float(found.group(1)))
+def wait_up(child: Child, limit: float = 30.0) -> Child:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if Http(child.port).get("/health")[0] == 200:
+                return child
+        time.sleep(0.1)
+    raise RuntimeError(f"{child.name} did not answer /health within {limit:.0f} s:\n{child.tail()}")
 
 
-def wait_held(conn: Http, expected: int, limit: float) -> float:
-    """Poll /metrics until exactly ``expected`` long-polls are held; returns the seconds it took."""
-    started = time.monotonic()
-    held = -1
-    while time.monotonic() - started < limit:
-        status, body = conn.get("/metrics")
-        if status != 200:
-            raise RuntimeError(f"/metrics answered {status}")
-        held = held_in(body)
-        if held == expected:
-            return time.monotonic() - started
-        time.sleep(0.02)  # each scrape costs the server a few hundred microseconds
-    raise RuntimeError(f"{held} long-polls held after {limit:.0f} s, expected {expected}")
+# -- the servers under test -------------------------------------------------------------------------
 
 
-# -- fan-out generators -----------------------------------------------------------------------------
-
-
-class Feed:
-    """One bench.fanout_client process: its JSON-line events (read by a thread, so waits have a time
-    limit) and its command pipe."""
-
-    def __init__(self, child: Child) -> None:
-        self.child = child
-        self.events: dict[str, queue.Queue[dict[str, Any]]] = {
-            kind: queue.Queue() for kind in ("ready", "round", "stats", "error")
-        }
-        self.thread = threading.Thread(target=self._read, name=f"{child.name}-events", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        stdout = self.child.proc.stdout
-        if stdout is None:
-            return
-        for line in stdout:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                event = orjson.loads(line)
-                self.events.get(event.get("event"), self.events["error"]).put(event)
-
-    def next(self, kind: str, limit: float) -> dict[str, Any]:
-        deadline = time.monotonic() + limit
-        while True:
-            with contextlib.suppress(queue.Empty):
-                error = self.events["error"].get_nowait()
-                raise RuntimeError(f"{self.child.name}: {error}\n{self.child.log_tail()}")
-            try:
-                return self.events[kind].get(timeout=0.05)
-            except queue.Empty:
-                if self.child.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.child.name} exited with {self.child.proc.returncode}:\n{self.child.log_tail()}"
-                    ) from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.child.name}: no {kind!r} event within {limit:.0f} s") from None
-
-    def command(self, text: str) -> None:
-        stdin = self.child.proc.stdin
-        if stdin is not None:
-            stdin.write(f"{text}\n".encode())
-            stdin.flush()
-
-    def stats(self) -> dict[str, Any]:
-        self.command("stats")
-        return self.next("stats", 30)
-
-
-def start_feed(children: Children, name: str, argv: Sequence[str]) -> Feed:
-    """Start a generator with pipes, registered with ``children`` so it is stopped on the way out."""
-    log_path = children.workdir / f"{name}.log"
-    log_file: IO[bytes] = log_path.open("wb")
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT, start_new_session=True
-    )
-    child = Child(name, proc, log_path, log_file)
-    children.running.append(child)
-    return Feed(child)
-
-
-@dataclasses.dataclass
-class Target:
-    """What a fan-out run drives: the server (with its Redis) or the minimal long-poll app."""
+@dataclasses.dataclass(frozen=True)
+class Tree:
+    """A server to measure: this checkout, or a revision checked out with ``git worktree``."""
 
     label: str
-    port: int
-    child: Child
-    rcli: redis.Redis | None
+    path: Path
+    package: str  # presence_server, or server before the rename (60f2c84)
+
+
+def tree_at(path: Path, label: str) -> Tree:
+    for package in ("presence_server", "server"):
+        if (path / package / "__main__.py").is_file():
+            return Tree(label, path, package)
+    raise SystemExit(f"{path} has neither presence_server/ nor server/ with a __main__.py")
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def worktree(rev: str, workdir: Path) -> Iterator[Tree]:
+    path = workdir / "compare-tree"
+    git("worktree", "add", "--detach", str(path), rev)
+    try:
+        yield tree_at(path, git("rev-parse", "--short", rev))
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
 @dataclasses.dataclass
-class Round:
-    number: int
-    latencies: list[float]  # ms, sorted
-    window: float  # s, publish sent -> last subscriber got it
-    reheld: float  # s, publish sent -> every subscriber held again
-    publish_ms: float  # the publish request's own round trip
-    generator_cpu: list[float]  # s, per generator process, publish sent -> all held again
-    generator_lag_ms: list[float]  # longest event-loop stall per generator in the same span
-    read_delay_ms: list[float]  # per generator, the longest wait between an answer's arrival and its read
-    target_cpu: float
-    redis_cpu: float
-    machine_cpu: float  # s, every process on the machine in the same span
-    commands: dict[str, int]  # Redis commands run in the same span (INFO commandstats)
+class Bench:
+    opts: Options
+    children: Children
+    trees: list[Tree]
+    rcli: redis.Redis
+    url: str
 
-    def line(self) -> str:
-        lat = self.latencies
-        return (
-            f"  round {self.number:>2}: p50 {percentile(lat, 0.5):6.1f}  p99 {percentile(lat, 0.99):6.1f}  "
-            f"max {lat[-1]:6.1f} ms | last at {1000 * self.window:5.0f} ms, all held again at "
-            f"{1000 * self.reheld:5.0f} ms, publish answered in {self.publish_ms:5.1f} ms | CPU s: "
-            f"target {self.target_cpu:.2f}, redis {self.redis_cpu:.2f}, generators "
-            + "+".join(f"{c:.2f}" for c in self.generator_cpu)
-            + " | generator loop lag max "
-            + "/".join(f"{lag:.1f}" for lag in self.generator_lag_ms)
-            + " ms, read delay max "
-            + "/".join(f"{d:.1f}" for d in self.read_delay_ms)
-            + " ms"
-        )
+    def env(self, tree: Tree, prefix: str) -> dict[str, str]:
+        hold = f"{self.opts.hold:g}"
+        return dict(os.environ, PYTHONPATH=str(tree.path), PRESENCE_KEY_PREFIX=prefix, PRESENCE_LONGPOLL_HOLD=hold)
+
+    def server(self, tree: Tree, name: str) -> Child:
+        """A server process from ``tree``; each tree has a key prefix of its own on the one Redis."""
+        port = free_port()
+        argv = [sys.executable, "-m", tree.package, "--host", "127.0.0.1", "--port", str(port), "--redis-url"]
+        prefix = f"bench{self.trees.index(tree)}"
+        child = self.children.start(name, [*argv, self.url], port=port, cwd=tree.path, env=self.env(tree, prefix))
+        return wait_up(child)
+
+    def baseline(self) -> Child:
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.baseline", "--port", str(port), "--hold", f"{self.opts.hold:g}"]
+        return wait_up(self.children.start("baseline", argv, port=port))
+
+    def redis_cpu(self) -> float:
+        info = self.rcli.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def commands(self) -> Counter[str]:
+        """Calls per command so far (INFO commandstats: commands inside scripts too), the bench's INFOs left out."""
+        stats = self.rcli.info("commandstats")
+        return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if "info" not in k})
+
+    def alternate(self, repeat: int) -> list[Tree]:
+        """The trees in turn, the order reversed every other repeat so that neither always goes first."""
+        return self.trees if repeat % 2 == 0 else self.trees[::-1]
+
+
+# -- heartbeats with wrk ------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class FanoutRun:
-    rounds: list[Round]  # measured rounds, the warm-up left out
-    finals: list[dict[str, Any]]  # each generator's last stats
+class Wrk:
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    cpu: float
 
     @property
-    def pooled(self) -> list[float]:
-        return sorted(ms for r in self.rounds for ms in r.latencies)
-
-    @property
-    def trouble(self) -> dict[str, int]:
-        return {key: sum(int(f[key]) for f in self.finals) for key in ("errors", "lost", "duplicates", "empty")}
-
-    @property
-    def clean(self) -> bool:
-        trouble = self.trouble
-        return trouble["errors"] == trouble["lost"] == trouble["duplicates"] == 0
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
 
 
-def publish_path(channel: str, round_no: int, sent: float) -> str:
-    message = orjson.dumps({"r": round_no, "t": sent}).decode()
-    return f"/publish/{PUB_KEY}/{SUB_KEY}/0/{channel}/0/{urllib.parse.quote(message, safe='')}?uuid=bench-publisher"
+def _ms(text: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)] if found else 0.0
 
 
-def fanout(children: Children, opts: Options, port: int, server: Child, rcli: redis.Redis) -> list[tuple[str, bool]]:
-    total = opts.subscribers
-    say(
-        f"\n== 1. fan-out: {total} long-polling subscribers on one channel ({opts.generators} generator processes "
-        f"of raw asyncio connections, each subscriber a uuid of its own re-polling at once with the cursor it "
-        f"got), 1 warm-up round then {opts.rounds} publishes, each {opts.spacing:g} s after all are held again"
-    )
-    baseline_port = free_port()
-    baseline_child = children.start(
-        "baseline-longpoll",
-        [sys.executable, "-m", "bench.baseline_longpoll", "--port", str(baseline_port), "--hold", f"{opts.hold:g}"],
-    )
-    try:
-        wait_http(baseline_child, baseline_port)
-        say(
-            "  -- baseline: minimal aiohttp long-poll app (bench/baseline_longpoll.py: one asyncio.Event, the "
-            "answer encoded once per publish, no store)"
+def parse_wrk(out: str, cpu: float) -> Wrk:
+    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m),", out)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
+    if not done or len(latency) != 2:
+        raise RuntimeError(f"cannot read wrk's report:\n{out}")
+    seconds = float(done.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[done.group(3)]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors += sum(int(n) for n in sockets.groups()) if sockets else 0
+    return Wrk(int(done.group(1)), seconds, errors, _ms(latency["50"]), _ms(latency["99"]), cpu)
+
+
+def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options) -> list[Wrk]:
+    """One wrk per (port, connections), all at once; each reaped with wait4 for its CPU time."""
+    argv = ["wrk", "-t1", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", "-s", str(WRK_SCRIPT)]
+    args = ["--", SUB_KEY, str(opts.users), str(opts.channels), str(TIMEOUT)]
+    procs = [
+        subprocess.Popen(
+            [*argv, f"-c{conns}", f"http://127.0.0.1:{port}", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        base = fanout_run(children, opts, Target("baseline", baseline_port, baseline_child, None))
-    finally:
-        children.stop(baseline_child)
-    base_p99 = percentile(base.pooled, 0.99)
-    summarise_fanout(base, total, None)
-    say("  -- the server on Redis")
-    run = fanout_run(children, opts, Target("server", port, server, rcli))
-    ok = summarise_fanout(run, total, FANOUT_P99_MS)
-    p99 = percentile(run.pooled, 0.99)
-    say(
-        f"  server p99 / baseline p99: {p99 / base_p99 if base_p99 else 0:.1f}x  (baseline p99 {base_p99:.1f} ms: "
-        "what aiohttp alone costs on this machine for the same fan-out)"
-    )
-    return [("fan-out to 2,000 long-polls p99 < 250 ms", ok)]
-
-
-def fanout_run(children: Children, opts: Options, target: Target) -> FanoutRun:
-    total = opts.subscribers
-    sizes = [total // opts.generators + (1 if i < total % opts.generators else 0) for i in range(opts.generators)]
-    feeds: list[Feed] = []
-    first = 0
-    for i, size in enumerate(sizes):
-        feeds.append(
-            start_feed(
-                children,
-                f"fanout-{target.label}-{i}",
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.fanout_client",
-                    "--port",
-                    str(target.port),
-                    "--sub-key",
-                    SUB_KEY,
-                    "--channel",
-                    FANOUT_CHANNEL,
-                    "--first",
-                    str(first),
-                    "--count",
-                    str(size),
-                ],
-            )
-        )
-        first += size
-    conn = Http(target.port)
-    try:
-        started = time.monotonic()
-        for feed in feeds:
-            feed.next("ready", 90)
-        waited = wait_held(conn, total, 60)
-        say(
-            f"  {total} connections ({'+'.join(map(str, sizes))}), handshakes answered and first polls held after "
-            f"{time.monotonic() - started:.1f} s (the last {1000 * waited:.0f} ms waiting for /metrics to show all)"
-        )
-        rounds: list[Round] = []
-        with py_spy(opts.py_spy, f"fanout-{target.label}", [target.child.proc.pid]):
-            for number in range(opts.rounds + 1):
-                time.sleep(opts.spacing)
-                rounds.append(fanout_round(number, feeds, conn, total, target))
-                say(rounds[-1].line() + ("   (warm-up, not counted)" if number == 0 else ""))
-        finals = [feed.stats() for feed in feeds]
-    finally:
-        conn.close()
-        for feed in feeds:
-            feed.command("quit")
-        for feed in feeds:
-            children.stop(feed.child)
-    return FanoutRun(rounds[1:], finals)
-
-
-def fanout_round(number: int, feeds: list[Feed], conn: Http, total: int, target: Target) -> Round:
-    rcli = target.rcli
-    before = [feed.stats() for feed in feeds]  # also empties each generator's lag record
-    target_before = cpu_seconds(target.child.proc.pid)
-    redis_before = 0.0 if rcli is None else redis_cpu(rcli)
-    commands_before = {} if rcli is None else command_calls(rcli)
-    machine_before = machine_busy()
-    started = time.monotonic()
-    sent = time.time()  # the generators' arrival times are kernel timestamps: CLOCK_REALTIME
-    status, body = conn.get(publish_path(FANOUT_CHANNEL, number, sent))
-    publish_ms = 1000 * (time.monotonic() - started)
-    if status != 200 or not body.startswith(b'[1,"Sent"'):
-        raise RuntimeError(f"publish answered {status}: {body[:200]!r}")
-    last = sent
-    for feed in feeds:
-        done = feed.next("round", 60)
-        if done["r"] != number:
-            raise RuntimeError(f"{feed.child.name} completed round {done['r']} while waiting for {number}")
-        last = max(last, float(done["last"]))
-    wait_held(conn, total, 60)
-    reheld = time.monotonic() - started
-    machine = machine_busy() - machine_before
-    target_cpu = cpu_seconds(target.child.proc.pid) - target_before
-    spent_redis = 0.0 if rcli is None else redis_cpu(rcli) - redis_before
-    commands = {} if rcli is None else commands_between(commands_before, command_calls(rcli))
-    after = [feed.stats() for feed in feeds]
-    latencies = sorted(ms for stats in after for r, ms in stats["latencies"] if r == number)
-    if len(latencies) != total:
-        raise RuntimeError(f"round {number}: {len(latencies)} deliveries recorded, expected {total}")
-    return Round(
-        number,
-        latencies,
-        last - sent,
-        reheld,
-        publish_ms,
-        [a["cpu"] - b["cpu"] for a, b in zip(after, before, strict=True)],
-        [a["lag_ms"]["max"] for a in after],
-        [a["read_delay_ms"]["max"] for a in after],
-        target_cpu,
-        spent_redis,
-        machine,
-        commands,
-    )
-
-
-def summarise_fanout(run: FanoutRun, total: int, target_ms: float | None) -> bool:
-    rounds, pooled = run.rounds, run.pooled
-    p50, p99, worst = percentile(pooled, 0.5), percentile(pooled, 0.99), pooled[-1]
-    ok = target_ms is not None and p99 < target_ms and run.clean
-    tail = "" if target_ms is None else f"   target p99 < {target_ms:g} ms  {verdict(ok)}"
-    say(
-        f"  delivery latency, publish sent -> answer arrived, {len(pooled)} deliveries ({len(rounds)} rounds x "
-        f"{total}): p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {worst:.1f} ms{tail}"
-    )
-    trouble = run.trouble
-    sample = next((f["error_sample"] for f in run.finals if f["error_sample"]), "")
-    say(
-        f"  generator trouble: {trouble['errors']} error answers, {trouble['lost']} connections lost, "
-        f"{trouble['duplicates']} duplicate deliveries, {trouble['empty']} empty answers (holds that ran out)"
-        + (f"; first error: {sample}" if sample else "")
-    )
-
-    # Is the generator the bottleneck? Its CPU share of the round, and how long its event loop was
-    # ever busy: a response waits in the socket at most that long before it is timestamped.
-    window = statistics_mean([r.window for r in rounds])
-    generator_cpu = statistics_mean([sum(r.generator_cpu) for r in rounds])
-    per_process = statistics_mean([max(r.generator_cpu) for r in rounds])
-    span = statistics_mean([r.reheld for r in rounds])
-    lag = max(max(r.generator_lag_ms) for r in rounds)
-    target_cpu = statistics_mean([r.target_cpu for r in rounds])
-    redis_spent = statistics_mean([r.redis_cpu for r in rounds])
-    machine = statistics_mean([r.machine_cpu for r in rounds])
-    other = machine - target_cpu - redis_spent - generator_cpu
-    say(
-        f"  per round (mean): last delivery {1000 * window:.0f} ms after the publish, all held again after "
-        f"{1000 * span:.0f} ms; over that span the process under test used {target_cpu:.2f} CPU s "
-        f"({100 * target_cpu / span:.0f} % of one core), Redis {redis_spent:.2f} s, the generators "
-        f"{generator_cpu:.3f} s in all (busiest process {per_process:.3f} s = {100 * per_process / span:.0f} % "
-        f"of one core); the whole machine was busy {machine / span:.2f} cores, {max(0.0, other) / span:.2f} of them "
-        "with other work (this bench process included)"
-    )
-    calls: Counter[str] = Counter()
-    for r in rounds:
-        calls.update(r.commands)
-    if calls:
-        say(
-            "  Redis commands per round (mean, INFO commandstats, commands inside scripts included): "
-            + ", ".join(f"{name} {count / len(rounds):.0f}" for name, count in calls.most_common(8))
-        )
-    delay = max(max(r.read_delay_ms) for r in rounds)
-    stamps = all(f.get("kernel_stamps") for f in run.finals)
-    say(
-        f"  generators: event-loop lag (5 ms timer) at most {lag:.1f} ms; answers read at most {delay:.1f} ms after "
-        f"they arrived; arrival times from {'kernel receive timestamps' if stamps else 'the reads (no kernel stamps)'}"
-    )
-    if stamps and per_process < 0.5 * span:
-        say(
-            f"  -> the generators were not the bottleneck: the latencies use the kernel's arrival time of each "
-            f"answer, which a busy generator cannot delay (its reads lagged by up to {delay:.1f} ms, which only "
-            f"delays its next poll), and each generator process used at most {100 * per_process / span:.0f} % of a "
-            f"core; the process under test, at {100 * target_cpu / span:.0f} % of a core, is what this latency "
-            "measures"
-        )
-    elif not stamps and delay < 0.1 * p99 and per_process < 0.5 * span:
-        say(
-            f"  -> the generators were not the bottleneck: no answer waited more than {lag:.1f} ms in a generator "
-            f"before being read ({100 * lag / p99:.0f} % of the p99), each used at most "
-            f"{100 * per_process / span:.0f} % of a core"
-        )
-    else:
-        say(
-            f"  -> the generators may have weighed on these figures: busiest at {100 * per_process / span:.0f} % of a "
-            f"core (they share the machine's cores with the process under test), reads up to {delay:.1f} ms late"
-        )
-    return ok
-
-
-def statistics_mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-# -- presence event latency -------------------------------------------------------------------------
+        for port, conns in jobs
+    ]
+    loads = []
+    for proc in procs:
+        assert proc.stdout is not None
+        with proc.stdout:
+            out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"wrk exited with {proc.returncode}:\n{out}")
+        loads.append(parse_wrk(out, usage.ru_utime + usage.ru_stime))
+    return loads
 
 
 @dataclasses.dataclass
-class PresenceFigures:
-    join_ms: list[float]  # sorted; heartbeat answer read -> join event read
-    leave_ms: list[float]  # sorted; leave answer read -> leave event read
-    heartbeat_ms: list[float]  # sorted; the heartbeat request's own round trip
-    early: int  # join events read before the heartbeat's own answer (negative latencies)
+class Run:
+    """One load run: wrk's reports and the CPU every process spent meanwhile."""
 
-
-async def held_async(client: HttpClient) -> int:
-    response = await client.get("/metrics")
-    if response.status != 200:
-        raise RuntimeError(f"/metrics answered {response.status}")
-    return held_in(response.body)
-
-
-async def wait_held_async(client: HttpClient, expected: int, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    held = await held_async(client)
-    while held != expected:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{held} long-polls held after {limit:.0f} s, expected {expected}")
-        await asyncio.sleep(0.002)
-        held = await held_async(client)
-
-
-async def presence_latency(port: int, samples: int, warmup: int, limit: float = 10.0) -> PresenceFigures:  # noqa: C901 (to be split)
-    """A listener holds a poll on ``<ch>-pnpres``; another connection sends a join heartbeat (a new uuid
-    each time), then a leave, so occupancy stays at 0 or 1 and every event is announced."""
-    listener, joiner, scrape = await connect(port), await connect(port), await connect(port)
-    events: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
-    base = f"/v2/subscribe/{SUB_KEY}/{PRESENCE_CHANNEL}-pnpres/0?uuid=presence-listener"
-    presence = f"/v2/presence/sub-key/{SUB_KEY}/channel/{PRESENCE_CHANNEL}"
-
-    async def listen() -> None:
-        answer = await listener.get(f"{base}&tt=0")
-        while True:
-            if answer.status != 200:
-                raise RuntimeError(f"the listener's poll answered {answer.status}: {answer.body[:200]!r}")
-            reply = orjson.loads(answer.body)
-            for envelope in reply["m"]:
-                data = envelope["d"]
-                events.put_nowait((str(data.get("action")), str(data.get("uuid")), answer.received))
-            answer = await listener.get(f"{base}&tt={reply['t']['t']}&tr=1")
-
-    async def event(task: asyncio.Task[None], action: str, uuid: str) -> float:
-        getter = asyncio.ensure_future(events.get())
-        done, _ = await asyncio.wait({getter, task}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-        if getter not in done:
-            getter.cancel()
-            if task in done:
-                task.result()  # the listener's error
-            raise RuntimeError(f"no {action} event for {uuid} within {limit:.0f} s")
-        got_action, got_uuid, received = getter.result()
-        if (got_action, got_uuid) != (action, uuid):
-            raise RuntimeError(f"expected {action} of {uuid}, the listener got {got_action} of {got_uuid}")
-        return received
-
-    async def send(path: str) -> tuple[float, float]:
-        sent = time.monotonic()
-        answer = await joiner.get(path)
-        if answer.status != 200:
-            raise RuntimeError(f"{path} answered {answer.status}: {answer.body[:200]!r}")
-        return sent, answer.received
-
-    # The fan-out's subscribers may still be going away: start from no held poll at all.
-    await wait_held_async(scrape, 0, limit)
-    already = 0
-    task = asyncio.create_task(listen())
-    figures = PresenceFigures([], [], [], 0)
-    try:
-        for i in range(warmup + samples):
-            uuid = f"watch-{i:08d}-0000-4000-8000-000000000000"
-            await wait_held_async(scrape, already + 1, limit)
-            sent, answered = await send(f"{presence}/heartbeat?uuid={uuid}&heartbeat=60")
-            joined = await event(task, "join", uuid)
-            await wait_held_async(scrape, already + 1, limit)
-            _, left_answer = await send(f"{presence}/leave?uuid={uuid}")
-            left = await event(task, "leave", uuid)
-            if i >= warmup:
-                figures.join_ms.append(1000 * (joined - answered))
-                figures.leave_ms.append(1000 * (left - left_answer))
-                figures.heartbeat_ms.append(1000 * (answered - sent))
-                figures.early += joined < answered
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        for client in (listener, joiner, scrape):
-            client.close()
-    for values in (figures.join_ms, figures.leave_ms, figures.heartbeat_ms):
-        values.sort()
-    return figures
-
-
-def presence(opts: Options, port: int) -> list[tuple[str, bool]]:
-    say(
-        f"\n== 2. presence event latency: a listener holds a poll on {PRESENCE_CHANNEL}-pnpres; another connection "
-        f"sends a join heartbeat (new uuid each time) then a leave; {opts.samples} samples after 3 unmeasured, "
-        "all from this process"
-    )
-    figures = asyncio.run(presence_latency(port, opts.samples, warmup=3))
-    join = figures.join_ms
-    median = percentile(join, 0.5)
-    ok = median < PRESENCE_MEDIAN_MS
-    say(
-        f"  join: heartbeat answer read -> join event read   median {median:6.2f} ms  p99 {percentile(join, 0.99):6.2f}"
-        f" ms  max {join[-1]:6.2f} ms   target median < {PRESENCE_MEDIAN_MS:g} ms  {verdict(ok)}"
-    )
-    say(
-        f"    ({figures.early} of {len(join)} join events were read before the heartbeat's own answer: the wake-up "
-        "and the answer race, both after one script call)"
-    )
-    leave = figures.leave_ms
-    say(
-        f"  leave: leave answer read -> leave event read     median {percentile(leave, 0.5):6.2f} ms  "
-        f"p99 {percentile(leave, 0.99):6.2f} ms"
-    )
-    beat = figures.heartbeat_ms
-    say(
-        f"  the heartbeat request itself (send -> answer)     median {percentile(beat, 0.5):6.2f} ms  "
-        f"p99 {percentile(beat, 0.99):6.2f} ms"
-    )
-    return [("presence event latency median < 20 ms", ok)]
-
-
-# -- one process against two ------------------------------------------------------------------------
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has spent busy (all cores, every process), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def drive_both(plan: LoadPlan, ports: Sequence[int], servers: Sequence[Child], seconds: float) -> list[Load]:
-    """One wrk per server, all at once (threads only wait on the wrk processes)."""
-    with concurrent.futures.ThreadPoolExecutor(len(ports)) as pool:
-        runs = [
-            pool.submit(drive, plan, port, seconds, server, None) for port, server in zip(ports, servers, strict=True)
-        ]
-        return [run.result() for run in runs]
-
-
-@dataclasses.dataclass
-class Spent:
-    """One throughput run: the wrk reports (one per server process) and the CPU around them."""
-
-    loads: list[Load]
+    loads: list[Wrk]
+    server_cpu: list[float]  # per server process watched (an idle one included)
     redis_cpu: float
     machine_cpu: float
-    idle_cpu: float = 0.0  # server B while only A is loaded
-
-    @property
-    def requests(self) -> int:
-        return sum(load.requests for load in self.loads)
-
-    @property
-    def seconds(self) -> float:
-        return max(load.seconds for load in self.loads)
 
     @property
     def rps(self) -> float:
         return sum(load.rps for load in self.loads)
 
     @property
+    def requests(self) -> int:
+        return sum(load.requests for load in self.loads)
+
+    @property
     def errors(self) -> int:
         return sum(load.errors for load in self.loads)
 
     @property
-    def server_cpu(self) -> float:
-        return sum(load.target_cpu for load in self.loads)
+    def seconds(self) -> float:
+        return max(load.seconds for load in self.loads)
 
     @property
     def wrk_cpu(self) -> float:
-        return sum(load.generator_cpu for load in self.loads)
+        return sum(load.cpu for load in self.loads)
 
     def line(self, label: str) -> str:
-        loads = self.loads
+        each = "+".join(f"{load.rps:.0f}" for load in self.loads)
         return (
-            f"  {label:<44} {self.rps:6.0f} req/s ({'+'.join(f'{x.rps:.0f}' for x in loads)}), "
-            f"{self.errors} errors, p50 {'/'.join(f'{x.p50_ms:.1f}' for x in loads)} ms, "
-            f"p99 {'/'.join(f'{x.p99_ms:.1f}' for x in loads)} ms\n"
-            f"  {'':<44} CPU s: server {'+'.join(f'{x.target_cpu:.1f}' for x in loads)}"
-            + (f" (B idle {self.idle_cpu:.1f})" if len(loads) == 1 else "")
-            + f", redis {self.redis_cpu:.1f}, wrk {self.wrk_cpu:.1f}; server CPU per heartbeat "
-            f"{1e6 * self.server_cpu / max(1, self.requests):.0f} µs; machine busy "
-            f"{self.machine_cpu / self.seconds:.2f} cores"
+            f"  {label:<32} {self.rps:7.0f} req/s ({each}), {self.errors} errors, "
+            f"p50 {'/'.join(f'{x.p50_ms:.1f}' for x in self.loads)} ms, "
+            f"p99 {'/'.join(f'{x.p99_ms:.1f}' for x in self.loads)} ms\n"
+            f"  {'':<32} CPU s: process {'+'.join(f'{c:.1f}' for c in self.server_cpu)} "
+            f"({1e6 * sum(self.server_cpu) / max(1, self.requests):.0f} µs/request), redis {self.redis_cpu:.1f}, "
+            f"wrk {self.wrk_cpu:.1f}; machine busy {self.machine_cpu / self.seconds:.2f} cores"
         )
 
 
-def run_spent(rcli: redis.Redis, work: Callable[[], list[Load]], idle: Child | None = None) -> Spent:
-    idle_before = 0.0 if idle is None else cpu_seconds(idle.proc.pid)
-    redis_before, busy_before = redis_cpu(rcli), machine_busy()
-    loads = work()
-    spent = Spent(loads, redis_cpu(rcli) - redis_before, machine_busy() - busy_before)
-    if idle is not None:
-        spent.idle_cpu = cpu_seconds(idle.proc.pid) - idle_before
-    return spent
+def measure(bench: Bench, watched: Sequence[Child], jobs: Sequence[tuple[int, int]], seconds: float) -> Run:
+    before, redis_before, busy_before = [c.cpu() for c in watched], bench.redis_cpu(), machine_busy()
+    loads = wrk(jobs, seconds, bench.opts)
+    spent = [c.cpu() - b for c, b in zip(watched, before, strict=True)]
+    return Run(loads, spent, bench.redis_cpu() - redis_before, machine_busy() - busy_before)
+
+
+async def populate(port: int, users: int, channels: int, concurrency: int = 32) -> float:
+    """Make the uuids wrk will send present, through HTTP heartbeats; returns heartbeats per second."""
+    pending = iter(range(users))
+    base = f"http://127.0.0.1:{port}/v2/presence/sub-key/{SUB_KEY}/channel"
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for n in pending:
+            params = {"heartbeat": str(TIMEOUT), "uuid": uuid_of(n)}
+            async with session.get(f"{base}/room-{n % channels}/heartbeat", params=params) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"population heartbeat answered {response.status}: {await response.text()}")
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return users / (time.perf_counter() - started)
+
+
+def present(bench: Bench, server: Child) -> None:
+    rate = asyncio.run(populate(server.port, bench.opts.users, bench.opts.channels))
+    say(
+        f"  {bench.opts.users} uuids on {bench.opts.channels} channels made present through {server.name}: {rate:.0f}/s"
+    )
+
+
+def heartbeat(bench: Bench) -> list[Figure]:
+    o = bench.opts
+    say(
+        f"\n== 1. heartbeat throughput: wrk -t1 -c{o.connections}, {o.warmup:g} s warm-up, then {o.rounds} rounds of "
+        f"{o.seconds:g} s, the minimal aiohttp handler and each server in turn; {o.users} uuids, all present"
+    )
+    base = bench.baseline()
+    servers = [bench.server(tree, f"heartbeat-{i}") for i, tree in enumerate(bench.trees)]
+    ratios: dict[str, list[float]] = {tree.label: [] for tree in bench.trees}
+    errors = Counter[str]()
+    try:
+        for server in servers:
+            present(bench, server)
+        for child in [base, *servers] if o.warmup > 0 else []:
+            measure(bench, [child], [(child.port, o.connections)], o.warmup)
+        for number in range(o.rounds):
+            base_run = measure(bench, [base], [(base.port, o.connections)], o.seconds)
+            say(f"  round {number + 1}\n{base_run.line('minimal aiohttp handler')}")
+            for tree in bench.alternate(number):
+                server = servers[bench.trees.index(tree)]
+                run = measure(bench, [server], [(server.port, o.connections)], o.seconds)
+                ratios[tree.label].append(run.rps / base_run.rps if base_run.rps else 0.0)
+                errors[tree.label] += run.errors
+                say(run.line(tree.label) + f"\n  {'':<32} ratio to the baseline {ratios[tree.label][-1]:.2f}")
+    finally:
+        for child in [base, *servers]:
+            bench.children.stop(child)
+    values = {}
+    for label, each in ratios.items():
+        median = statistics.median(each)
+        rounds = ", ".join(f"{r:.2f}" for r in each)
+        ok = median >= HEARTBEAT_RATIO and not errors[label]
+        values[label] = (f"{median:.2f} (rounds {rounds}; {errors[label]} errors)", ok)
+    return [Figure("heartbeat throughput / minimal aiohttp, median", f">= {HEARTBEAT_RATIO:g}", values)]
+
+
+# -- fan-out ----------------------------------------------------------------------------------------
+
+
+class Feed:
+    """One bench.fanout_client process: its JSON-line events (read by a thread, so every wait has a
+    time limit) and its command pipe."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.child.proc.stdout or ():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self.events.put(orjson.loads(line))
+        self.events.put({"event": "exit"})
+
+    def next(self, kind: str, limit: float = 60.0) -> dict[str, Any]:
+        try:
+            event = self.events.get(timeout=limit)
+        except queue.Empty:
+            raise RuntimeError(f"{self.child.name}: no {kind!r} event within {limit:.0f} s") from None
+        if event.get("event") != kind:
+            raise RuntimeError(f"{self.child.name}: {event} while waiting for {kind!r}\n{self.child.tail()}")
+        return event
+
+    def send(self, command: str) -> None:
+        with contextlib.suppress(OSError):
+            assert self.child.proc.stdin is not None
+            self.child.proc.stdin.write(f"{command}\n".encode())
+            self.child.proc.stdin.flush()
+
+    def stats(self) -> dict[str, Any]:
+        self.send("stats")
+        return self.next("stats", 30)
+
+
+@dataclasses.dataclass
+class Round:
+    latencies: list[float]  # ms, every subscriber's delivery
+    last: float  # s, publish sent -> the last delivery arrived
+    reheld: float  # s, publish sent -> every subscriber held again
+    generator_cpu: list[float]  # s per generator process over that span
+    generator_lag_ms: float  # the longest event-loop stall of any generator
+    read_delay_ms: float  # the longest an answer waited in a generator before it was read
+    target_cpu: float
+    redis_cpu: float
+    machine_cpu: float
+    commands: Counter[str]  # Redis commands run over the span
+
+    def line(self, number: int) -> str:
+        lat = self.latencies
+        return (
+            f"  round {number:>2}: p50 {pct(lat, 0.5):6.1f}  p99 {pct(lat, 0.99):6.1f}  max {max(lat):6.1f} ms | "
+            f"last at {1000 * self.last:4.0f} ms, all held again at {1000 * self.reheld:4.0f} ms | CPU s: target "
+            f"{self.target_cpu:.2f}, redis {self.redis_cpu:.2f}, generators "
+            + "+".join(f"{c:.2f}" for c in self.generator_cpu)
+            + f" | generator lag {self.generator_lag_ms:.1f} ms, read delay {self.read_delay_ms:.1f} ms"
+        )
+
+
+def publish_path(number: int, sent: float) -> str:
+    message = urllib.parse.quote(orjson.dumps({"r": number, "t": sent}).decode(), safe="")
+    return f"/publish/bench-pub/{SUB_KEY}/0/{FANOUT_CHANNEL}/0/{message}?uuid=bench-publisher"
+
+
+def fanout_round(bench: Bench, number: int, feeds: list[Feed], conn: Http, target: Child) -> Round:
+    before = [feed.stats() for feed in feeds]  # also empties each generator's records
+    cpu, redis_cpu, busy, commands = target.cpu(), bench.redis_cpu(), machine_busy(), bench.commands()
+    sent = time.time()  # the generators' arrivals are kernel timestamps: CLOCK_REALTIME
+    status, body = conn.get(publish_path(number, sent))
+    if status != 200 or not body.startswith(b'[1,"Sent"'):
+        raise RuntimeError(f"publish answered {status}: {body[:200]!r}")
+    last = max(float(feed.next("round")["last"]) for feed in feeds)
+    conn.wait_held(bench.opts.subscribers)
+    reheld = time.time() - sent
+    target_cpu, redis_cpu, busy = target.cpu() - cpu, bench.redis_cpu() - redis_cpu, machine_busy() - busy
+    commands = bench.commands() - commands
+    after = [feed.stats() for feed in feeds]
+    latencies = [ms for stats in after for r, ms in stats["latencies"] if r == number]
+    if len(latencies) != bench.opts.subscribers:
+        raise RuntimeError(f"round {number}: {len(latencies)} deliveries, expected {bench.opts.subscribers}")
+    return Round(
+        latencies,
+        last - sent,
+        reheld,
+        [a["cpu"] - b["cpu"] for a, b in zip(after, before, strict=True)],
+        max(a["lag_ms"] for a in after),
+        max(a["read_delay_ms"] for a in after),
+        target_cpu,
+        redis_cpu,
+        busy,
+        commands,
+    )
+
+
+def fanout_run(bench: Bench, target: Child) -> tuple[list[Round], dict[str, Any]]:
+    """Subscribers in generator processes, one warm-up round that puts them on one cursor, then the
+    publishes; returns the measured rounds and the generators' trouble counts."""
+    o, total = bench.opts, bench.opts.subscribers
+    sizes = [total // o.generators + (i < total % o.generators) for i in range(o.generators)]
+    feeds = []
+    for i, size in enumerate(sizes):
+        argv = [sys.executable, "-m", "bench.fanout_client", "--port", str(target.port), "--channel", FANOUT_CHANNEL]
+        argv += ["--sub-key", SUB_KEY, "--first", str(sum(sizes[:i])), "--count", str(size)]
+        feeds.append(Feed(bench.children.start(f"{target.name}-gen{i}", argv, pipes=True)))
+    conn = Http(target.port)
+    try:
+        started = time.monotonic()
+        for feed in feeds:
+            feed.next("ready", 90)
+        conn.wait_held(total)
+        say(f"  {target.name}: {total} subscribers handshaken and held after {time.monotonic() - started:.1f} s")
+        rounds = []
+        for number in range(o.publishes + 1):
+            time.sleep(o.spacing)
+            rounds.append(fanout_round(bench, number, feeds, conn, target))
+            say(rounds[-1].line(number) + ("   (warm-up, not counted)" if number == 0 else ""))
+        finals = [feed.stats() for feed in feeds]
+    finally:
+        conn.close()
+        for feed in feeds:
+            feed.send("quit")
+            bench.children.stop(feed.child)
+    trouble: dict[str, Any] = {k: sum(f[k] for f in finals) for k in ("errors", "lost", "duplicates", "empty")}
+    trouble["sample"] = next((f["error_sample"] for f in finals if f["error_sample"]), "")
+    trouble["stamps"] = all(f["kernel_stamps"] for f in finals)
+    return rounds[1:], trouble
+
+
+def summarise_fanout(label: str, rounds: list[Round], trouble: dict[str, Any]) -> tuple[float, float, bool]:
+    pooled = sorted(ms for r in rounds for ms in r.latencies)
+    p50, p99 = pct(pooled, 0.5), pct(pooled, 0.99)
+    clean = trouble["errors"] == trouble["lost"] == trouble["duplicates"] == 0
+    span = mean([r.reheld for r in rounds])
+    busiest = mean([max(r.generator_cpu) for r in rounds])
+    calls: Counter[str] = sum((r.commands for r in rounds), Counter())
+    say(
+        f"  {label}: {len(pooled)} deliveries in {len(rounds)} rounds, p50 {p50:.1f} ms  p99 {p99:.1f} ms  "
+        f"max {pooled[-1]:.1f} ms; {trouble['errors']} error answers, {trouble['lost']} connections lost, "
+        f"{trouble['duplicates']} duplicates, {trouble['empty']} holds ran out {trouble['sample']}"
+    )
+    say(
+        f"    per round: all held again after {1000 * span:.0f} ms; the process under test "
+        f"{100 * mean([r.target_cpu for r in rounds]) / span:.0f} % of a core, Redis "
+        f"{mean([r.redis_cpu for r in rounds]):.2f} s, the busiest generator {100 * busiest / span:.0f} % of a core "
+        f"(arrivals from {'kernel timestamps' if trouble['stamps'] else 'the reads'}), the machine "
+        f"{mean([r.machine_cpu for r in rounds]) / span:.2f} cores"
+    )
+    if calls:
+        say(
+            "    Redis commands per round: "
+            + ", ".join(f"{name} {n / len(rounds):.0f}" for name, n in calls.most_common(8))
+        )
+    return p50, p99, clean
+
+
+def fanout(bench: Bench) -> list[Figure]:
+    o = bench.opts
+    say(
+        f"\n== 2. fan-out: {o.subscribers} long-polls on one channel in {o.generators} generator processes, "
+        f"1 warm-up round then {o.publishes} publishes, each {o.spacing:g} s after all are held again; "
+        f"{o.fanout_runs} run(s) per server"
+    )
+    base = bench.baseline()
+    try:
+        base_rounds, base_trouble = fanout_run(bench, base)
+    finally:
+        bench.children.stop(base)
+    _, base_p99, _ = summarise_fanout("minimal aiohttp long-poll (one Event, no store)", base_rounds, base_trouble)
+    results: dict[str, list[tuple[list[Round], dict[str, Any]]]] = {tree.label: [] for tree in bench.trees}
+    for repeat in range(o.fanout_runs):
+        for tree in bench.alternate(repeat):
+            bench.rcli.flushall()  # every run starts from nobody present
+            server = bench.server(tree, f"fanout-{bench.trees.index(tree)}-{repeat}")
+            try:
+                results[tree.label].append(fanout_run(bench, server))
+            finally:
+                bench.children.stop(server)
+            summarise_fanout(f"{tree.label}, run {repeat + 1}", *results[tree.label][-1])
+    values = {}
+    for label, runs in results.items():
+        trouble = {k: sum(t[k] for _, t in runs) for k in ("errors", "lost", "duplicates", "empty")}
+        p50, p99, clean = summarise_fanout(
+            f"{label}, all runs", [r for rs, _ in runs for r in rs], runs[0][1] | trouble
+        )
+        text = f"p99 {p99:.1f} ms (p50 {p50:.1f}; baseline p99 {base_p99:.1f}, x{p99 / base_p99:.1f})"
+        values[label] = (text, p99 < FANOUT_P99_MS and clean)
+    return [Figure(f"fan-out to {o.subscribers} long-polls", f"p99 < {FANOUT_P99_MS:g} ms", values)]
+
+
+# -- presence event latency -------------------------------------------------------------------------
+
+
+class Conn:
+    """One keep-alive connection; ``get`` returns (status, body, time.monotonic() once the body is read)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def get(self, path: str) -> tuple[int, bytes, float]:
+        self.writer.write(request_bytes(path, "127.0.0.1"))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = CONTENT_LENGTH.search(head)
+        body = await self.reader.readexactly(int(length.group(1)) if length else 0)
+        return int(head[9:12]), body, time.monotonic()
+
+    async def held(self, expected: int, limit: float = 10.0) -> None:
+        deadline = time.monotonic() + limit
+        while True:
+            found = HELD.search((await self.get("/metrics"))[1])
+            if found is None:
+                raise RuntimeError("presence_longpolls_held is missing from /metrics")
+            if int(float(found.group(1))) == expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{found.group(1)!r} long-polls held after {limit:.0f} s, expected {expected}")
+            await asyncio.sleep(0.002)
+
+
+class PresenceProbe:
+    """A listener holds a poll on ``<channel>-pnpres``; another connection makes a new uuid join, then
+    leave, so occupancy stays at 0 or 1 and every event is announced."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.events: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
+        self.presence = f"/v2/presence/sub-key/{SUB_KEY}/channel/{PRESENCE_CHANNEL}"
+        self.join_ms: list[float] = []
+        self.leave_ms: list[float] = []
+        self.heartbeat_ms: list[float] = []
+        self.early = 0
+
+    async def listen(self, listener: Conn) -> None:
+        path = f"/v2/subscribe/{SUB_KEY}/{PRESENCE_CHANNEL}-pnpres/0?uuid=presence-listener&tt="
+        status, body, received = await listener.get(path + "0")
+        while status == 200:
+            reply = orjson.loads(body)
+            for envelope in reply["m"]:
+                self.events.put_nowait((envelope["d"].get("action"), envelope["d"].get("uuid"), received))
+            status, body, received = await listener.get(f"{path}{reply['t']['t']}&tr=1")
+        raise RuntimeError(f"the listener's poll answered {status}: {body[:200]!r}")
+
+    async def event(self, listening: asyncio.Task[None], action: str, uuid: str) -> float:
+        getter = asyncio.ensure_future(self.events.get())
+        await asyncio.wait({getter, listening}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done():
+            getter.cancel()
+            if listening.done():
+                listening.result()  # the listener's error
+            raise RuntimeError(f"no {action} event for {uuid} within 10 s")
+        got_action, got_uuid, received = getter.result()
+        if (got_action, got_uuid) != (action, uuid):
+            raise RuntimeError(f"expected {action} of {uuid}, the listener got {got_action} of {got_uuid}")
+        return received
+
+    async def sample(self, i: int, listening: asyncio.Task[None], joiner: Conn, scrape: Conn) -> None:
+        uuid = f"watch-{i:08d}-0000-4000-8000-000000000000"
+        await scrape.held(1)
+        sent = time.monotonic()
+        _, _, answered = await joiner.get(f"{self.presence}/heartbeat?uuid={uuid}&heartbeat=60")
+        joined = await self.event(listening, "join", uuid)
+        await scrape.held(1)
+        _, _, left_answer = await joiner.get(f"{self.presence}/leave?uuid={uuid}")
+        left = await self.event(listening, "leave", uuid)
+        self.join_ms.append(1000 * (joined - answered))
+        self.leave_ms.append(1000 * (left - left_answer))
+        self.heartbeat_ms.append(1000 * (answered - sent))
+        self.early += joined < answered
+
+    async def run(self, samples: int, warmup: int = 3) -> PresenceProbe:
+        listener, joiner, scrape = [await Conn.open(self.port) for _ in range(3)]
+        listening = asyncio.create_task(self.listen(listener))
+        try:
+            for i in range(warmup + samples):
+                await self.sample(i, listening, joiner, scrape)
+                if i < warmup:
+                    self.join_ms, self.leave_ms, self.heartbeat_ms, self.early = [], [], [], 0
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listening
+            for conn in (listener, joiner, scrape):
+                conn.writer.close()
+        return self
+
+
+def presence(bench: Bench) -> list[Figure]:
+    say(
+        f"\n== 3. presence event latency: a listener holds a poll on {PRESENCE_CHANNEL}-pnpres, another "
+        f"connection joins a new uuid, then leaves; {bench.opts.samples} samples after 3 unmeasured"
+    )
+    values = {}
+    for tree in bench.trees:
+        server = bench.server(tree, f"presence-{bench.trees.index(tree)}")
+        try:
+            probe = asyncio.run(PresenceProbe(server.port).run(bench.opts.samples))
+        finally:
+            bench.children.stop(server)
+        join, median = probe.join_ms, statistics.median(probe.join_ms)
+        say(
+            f"  {tree.label}: heartbeat answer -> join event median {median:.2f} ms, p99 {pct(join, 0.99):.2f}, max "
+            f"{max(join):.2f} ({probe.early} of {len(join)} events read before the heartbeat's own answer); "
+            f"leave -> event median {statistics.median(probe.leave_ms):.2f} ms; the heartbeat's own round trip "
+            f"median {statistics.median(probe.heartbeat_ms):.2f} ms"
+        )
+        values[tree.label] = (f"median {median:.2f} ms", median < PRESENCE_MEDIAN_MS)
+    return [Figure("presence event latency (join)", f"median < {PRESENCE_MEDIAN_MS:g} ms", values)]
+
+
+# -- one process against two --------------------------------------------------------------------------
+
+
+def pair(bench: Bench, a: Child, b: Child) -> tuple[Run, Run]:
+    """wrk on A alone, then split over A and B: the same connections and duration."""
+    o, half = bench.opts, bench.opts.connections // 2
+    if o.warmup > 0:
+        measure(bench, [a], [(a.port, o.connections)], o.warmup)
+    one = measure(bench, [a, b], [(a.port, o.connections)], o.pair_seconds)
+    if o.warmup > 0:
+        measure(bench, [a, b], [(a.port, half), (b.port, half)], o.warmup)
+    two = measure(bench, [a, b], [(a.port, half), (b.port, half)], o.pair_seconds)
+    say(one.line("one process (A)") + "\n" + two.line(f"two processes (A and B, -c{half} each)"))
+    return one, two
+
+
+def judge(label: str, pairs: list[tuple[Run, Run]]) -> tuple[str, bool]:
+    """The ratio of the mean rates and what the machine allowed: with c cores and t CPU seconds per
+    heartbeat in all (server + Redis + wrk), no number of processes gets far past c / t."""
+    cores = os.cpu_count() or 1
+    ones, twos = [one for one, _ in pairs], [two for _, two in pairs]
+    ratio = mean([t.rps for t in twos]) / max(1e-9, mean([o.rps for o in ones]))
+    errors = sum(r.errors for r in ones + twos)
+    requests = max(1, sum(r.requests for r in ones))
+    parts = [sum(sum(r.server_cpu) for r in ones), sum(r.redis_cpu for r in ones), sum(r.wrk_cpu for r in ones)]
+    per_request = sum(parts) / requests
+    ceiling = cores / per_request / mean([o.rps for o in ones]) if per_request else 0.0
+    busy = sum(t.machine_cpu for t in twos) / sum(t.seconds for t in twos)
+    text = f"{ratio:.2f}x (pairs {', '.join(f'{t.rps / o.rps:.2f}' for o, t in pairs)}; {errors} errors)"
+    say(
+        f"  {label}: two / one {text}; one process costs {1e6 * per_request:.0f} µs of CPU per heartbeat in all "
+        f"(server {1e6 * parts[0] / requests:.0f}, redis {1e6 * parts[1] / requests:.0f}, wrk "
+        f"{1e6 * parts[2] / requests:.0f}), so {cores} cores allow about {ceiling:.2f}x; the machine was busy "
+        f"{busy:.2f} of {cores} cores in the two-process runs" + (" (saturated)" if busy > 0.9 * cores else "")
+    )
+    return text, ratio >= TWO_PROCESS_RATIO and errors == 0
 
 
 def server_share(opts: Options, cores: int) -> float:
-    """The share of a core each server is held to in the capped runs (1 = no capped runs).
-
-    Two servers, Redis and wrk need about four cores to run side by side without taking CPU from each
-    other; on fewer, each server gets a quarter of the machine, which leaves about half of it for Redis
-    and wrk while both servers run flat out.
-    """
+    """Each server's share of a core in the capped runs: a quarter of the machine below 4 cores, which
+    leaves about half of it for Redis and wrk while both run flat out; 1 (no capped runs) from 4 up."""
     if opts.server_cpu is not None:
         return opts.server_cpu
     return 1.0 if cores >= 4 else cores / 4
 
 
-def throughput_pairs(
-    opts: Options, rcli: redis.Redis, servers: tuple[Child, Child], ports: tuple[int, int], tag: str
-) -> tuple[list[Spent], list[Spent]]:
-    """``opts.repeats`` times: wrk on A alone, then wrk split over A and B, the same connections in all."""
-    (server_a, server_b), (port_a, port_b) = servers, ports
-    half = opts.connections // 2
-    plan = LoadPlan("wrk", opts.seconds, opts.warmup, opts.connections, opts.users, opts.channels, opts.repeats)
-    halves = dataclasses.replace(plan, connections=half)
-    ones: list[Spent] = []
-    twos: list[Spent] = []
-    for repeat in range(opts.repeats):
-        if opts.warmup > 0:
-            drive(plan, port_a, opts.warmup, server_a, None)
-        with py_spy(opts.py_spy if repeat == 0 else None, f"one-process{tag}", [server_a.proc.pid]):
-            ones.append(run_spent(rcli, lambda: [drive(plan, port_a, opts.seconds, server_a, None)], server_b))
-        say(ones[-1].line(f"one process (wrk -c{opts.connections} on A)"))
-        if opts.warmup > 0:
-            drive_both(halves, [port_a, port_b], [server_a, server_b], opts.warmup)
-        with py_spy(
-            opts.py_spy if repeat == 0 else None, f"two-processes{tag}", [server_a.proc.pid, server_b.proc.pid]
-        ):
-            twos.append(
-                run_spent(rcli, lambda: drive_both(halves, [port_a, port_b], [server_a, server_b], opts.seconds))
-            )
-        say(twos[-1].line(f"two processes (wrk -c{half} on A, -c{half} on B)"))
-    return ones, twos
-
-
-def judge_pairs(ones: list[Spent], twos: list[Spent], cores: int) -> tuple[bool, bool]:
-    """Prints the ratio of the pairs and what the machine allowed; returns (passed, saturated)."""
-    one_rps = statistics_mean([x.rps for x in ones])
-    two_rps = statistics_mean([x.rps for x in twos])
-    errors = sum(x.errors for x in ones + twos)
-    ratio = two_rps / one_rps if one_rps else 0.0
-    ok = ratio >= TWO_PROCESS_RATIO and errors == 0
-    each = ", ".join(f"{t.rps / o.rps:.2f}" for o, t in zip(ones, twos, strict=True) if o.rps)
-    say(
-        f"  mean: one process {one_rps:.0f} req/s, two processes {two_rps:.0f} req/s, {errors} errors; "
-        f"ratio two / one: {ratio:.2f} (each pair: {each})   target >= {TWO_PROCESS_RATIO:g}  {verdict(ok)}"
-    )
-
-    # What this machine allows: every request costs CPU in a server, in Redis and in wrk. With
-    # `cores` cores and nothing else running, no number of server processes gets much past cores / that.
-    requests = max(1, sum(x.requests for x in ones))
-    server_us = 1e6 * sum(x.server_cpu for x in ones) / requests
-    redis_us = 1e6 * sum(x.redis_cpu for x in ones) / requests
-    wrk_us = 1e6 * sum(x.wrk_cpu for x in ones) / requests
-    per_request = (server_us + redis_us + wrk_us) / 1e6
-    ceiling = cores / per_request if per_request else 0.0
-    busy_one = statistics_mean([x.server_cpu / x.seconds for x in ones])
-    two_seconds = sum(x.seconds for x in twos) or 1.0
-    machine = sum(x.machine_cpu for x in twos) / two_seconds
-    ours = sum(x.server_cpu + x.redis_cpu + x.wrk_cpu for x in twos) / two_seconds
-    say(
-        f"  machine: {cores} cores. One process: {1e6 * per_request:.0f} µs of CPU per heartbeat in all (server "
-        f"{server_us:.0f}, redis {redis_us:.0f}, wrk {wrk_us:.0f}), the server busy {100 * busy_one:.0f} % of a core"
-    )
-    say(
-        f"    at that cost {cores} cores serve about {ceiling:.0f} req/s however many processes (a ratio of "
-        f"~{ceiling / one_rps if one_rps else 0:.2f}). During the two-process runs the machine was busy "
-        f"{machine:.2f} of {cores} cores: {ours:.2f} for these processes, {max(0.0, machine - ours):.2f} for other "
-        f"work (this bench and py-spy included; load average now {load_average()})"
-    )
-    saturated = machine > 0.9 * cores
-    if saturated:
-        say(
-            f"    -> the machine was saturated: two server processes, Redis and wrk (and any other work) shared "
-            f"{cores} cores, so this ratio is bounded by the machine, not by the server"
-        )
-    else:
-        say(f"    -> the machine had CPU to spare ({cores - machine:.2f} cores idle): the ratio is the servers' own")
-    return ok, saturated
-
-
-def two_processes(
-    children: Children, opts: Options, url: str, rcli: redis.Redis, server_a: Child, port_a: int
-) -> list[tuple[str, bool]]:
-    cores = os.cpu_count() or 1
-    share = server_share(opts, cores)
-    name = "two server processes >= 1.4x one (heartbeats)"
-    say(
-        f"\n== 3. heartbeat throughput, one server process against two on the same Redis (wrk, "
-        f"{opts.connections} connections in all, each run {opts.warmup:g} s warm-up then {opts.seconds:g} s, one "
-        f"then two, {opts.repeats} times; {opts.users} uuids on {opts.channels} channels, all already present)"
-    )
-    members = members_of(0, opts.users, None, opts.channels)
-    asyncio.run(with_store(open_redis(url), lambda store: populate_store(store, members, time.time())))
-    server_b, port_b = start_server(children, "server-b", url)
-    servers, ports = (server_a, server_b), (port_a, port_b)
+def capped_pair(bench: Bench, a: Child, b: Child, share: float) -> tuple[Run, Run] | None:
     try:
-        say("  3a. each server may use a whole core")
-        ok, saturated = judge_pairs(*throughput_pairs(opts, rcli, servers, ports, ""), cores)
-        if share >= 1:
-            return [(name, ok)]
-        say(
-            f"\n  3b. each server held to {share:g} of a core (a cgroup CPU quota), in the one-process runs and "
-            f"the two-process runs alike, so that two servers, Redis and wrk fit in {cores} cores: the ratio then "
-            "shows how the servers scale on one Redis, not how much CPU 3a left over"
-        )
-        try:
-            with cpucap.capped([server_a.proc.pid, server_b.proc.pid], share):
-                ones, twos = throughput_pairs(opts, rcli, servers, ports, "-capped")
-        except cpucap.CapUnavailable as error:
-            say(
-                f"  !! no capped runs: {error}. Run as root (or in a delegated cgroup) for them; the verdict is "
-                f"3a's{', which the machine bounded' if saturated else ''}"
-            )
-            return [(name, ok)]
-        for spent in ones + twos:
-            for load in spent.loads:
-                if load.target_cpu > 1.05 * share * load.seconds:
-                    say(f"  !! a server used {load.target_cpu / load.seconds:.2f} of a core, over its quota")
-        capped_ok, _ = judge_pairs(ones, twos, cores)
-        say(f"  verdict from 3b: 3a {'was bounded by the machine' if saturated else 'is printed beside it'}")
-        return [(f"{name}, each held to {share:g} of a core", capped_ok)]
-    finally:
-        children.stop(server_b)
+        with cpucap.capped([a.proc.pid, b.proc.pid], share):
+            one, two = pair(bench, a, b)
+    except cpucap.CapUnavailable as error:
+        say(f"  !! no capped runs: {error} (run as root or in a delegated cgroup); the verdict is the uncapped one")
+        return None
+    for run in (one, two):
+        if max(run.server_cpu) > 1.05 * share * run.seconds:
+            say(f"  !! a server used {max(run.server_cpu) / run.seconds:.2f} of a core, over its quota")
+    return one, two
 
 
-# -- a look inside the server -----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def py_spy(directory: Path | None, name: str, pids: Sequence[int]) -> Iterator[None]:
-    """With --py-spy DIR: sample ``pids`` while the block runs, then print where they spent their time."""
-    if directory is None:
-        yield
-        return
-    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    directory.mkdir(parents=True, exist_ok=True)
-    outputs = [directory / f"{name}-{pid}.txt" for pid in pids]
-    spies = [
-        subprocess.Popen(
-            [
-                binary,
-                "record",
-                "--pid",
-                str(pid),
-                "--rate",
-                "100",
-                "--format",
-                "raw",
-                "--nonblocking",
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for pid, out in zip(pids, outputs, strict=True)
-    ]
-    started = time.monotonic()
+def processes(bench: Bench) -> list[Figure]:
+    o, cores = bench.opts, os.cpu_count() or 1
+    share = server_share(o, cores)
+    say(
+        f"\n== 4. heartbeats, one server process against two on one Redis: wrk -c{o.connections} in all, "
+        f"{o.warmup:g} s warm-up then {o.pair_seconds:g} s, one then two, {o.repeats} times per server tree"
+        + (f"; each pair also with every server held to {share:g} of a core (cgroup quota)" if share < 1 else "")
+    )
+    servers = {t.label: [bench.server(t, f"process-{bench.trees.index(t)}{x}") for x in "ab"] for t in bench.trees}
+    plain: dict[str, list[tuple[Run, Run]]] = {tree.label: [] for tree in bench.trees}
+    capped: dict[str, list[tuple[Run, Run]]] = {tree.label: [] for tree in bench.trees}
     try:
-        yield
+        for tree in bench.trees:
+            present(bench, servers[tree.label][0])
+        for repeat in range(o.repeats):
+            for tree in bench.alternate(repeat):
+                a, b = servers[tree.label]
+                say(f"  -- {tree.label}, pair {repeat + 1}, uncapped")
+                plain[tree.label].append(pair(bench, a, b))
+                if share < 1 and (repeat == 0 or capped[tree.label]):
+                    say(f"  -- {tree.label}, pair {repeat + 1}, each server held to {share:g} of a core")
+                    runs = capped_pair(bench, a, b, share)
+                    capped[tree.label] += [runs] if runs else []
     finally:
-        seconds = time.monotonic() - started
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)
-        for spy in spies:
-            try:
-                spy.wait(30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
-    for pid, out in zip(pids, outputs, strict=True):
-        if out.exists():
-            print_profile(out, pid, seconds)
+        for child in [c for pair_ in servers.values() for c in pair_]:
+            bench.children.stop(child)
+    name = "two processes / one (heartbeats)"
+    figures = [Figure(f"{name}, uncapped", f">= {TWO_PROCESS_RATIO:g}", {})]
+    for label in plain:
+        figures[0].values[label] = judge(f"{label}, uncapped", plain[label])
+    if any(capped.values()):
+        figures.append(Figure(f"{name}, each held to {share:g} of a core", f">= {TWO_PROCESS_RATIO:g}", {}))
+        for label in capped:
+            figures[1].values[label] = judge(f"{label}, capped", capped[label])
+        say(f"  below 4 cores the capped ratio is the verdict ({cores} here); the uncapped one is bounded by them")
+    return figures
 
 
-def print_profile(path: Path, pid: int, seconds: float, top: int = 10) -> None:
-    """From py-spy's raw (collapsed) stacks: the busy share, the functions with the most own time, and
-    the server's own functions with the most time spent in them and below (inclusive)."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, weight = line.rpartition(" ")
-        if not stack or not weight.isdigit():
-            continue
-        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
-        own[frames[-1]] += int(weight)
-        for frame in set(frames):
-            if (
-                "(presence_server/" in frame
-                and "(presence_server/cli.py)" not in frame
-                and "(presence_server/__main__.py)" not in frame
-            ):
-                inclusive[frame] += int(weight)
-        samples += int(weight)
-    say(
-        f"  py-spy, pid {pid}, {seconds:.1f} s: {samples} busy samples at 100 Hz = ~{samples / max(1, seconds):.0f} % "
-        f"of a core ({path})"
-    )
-    say(
-        "    own time: "
-        + "; ".join(f"{100 * hits / max(1, samples):.1f} % {frame}" for frame, hits in own.most_common(top))
-    )
-    if inclusive:
-        say(
-            "    inclusive, server code: "
-            + "; ".join(f"{100 * hits / max(1, samples):.1f} % {frame}" for frame, hits in inclusive.most_common(top))
-        )
-
-
-# -- main -------------------------------------------------------------------------------------------
+# -- main ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Options:
+    phases: list[str]
+    compare: str | None
+    engine: str
+    seconds: float
+    rounds: int
+    warmup: float
+    connections: int
+    users: int
+    channels: int
     subscribers: int
     generators: int
-    rounds: int
+    publishes: int
+    fanout_runs: int
     spacing: float
     hold: float
     samples: int
-    seconds: float
-    warmup: float
-    connections: int
+    pair_seconds: float
     repeats: int
-    users: int
-    channels: int
-    phases: list[str]
-    redis_server: str
-    py_spy: Path | None
     server_cpu: float | None
+    redis_server: str
 
 
-PHASES = ("fanout", "presence", "processes")
+def parse_args(argv: Sequence[str] | None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench.live", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)} (default all)")
+    p.add_argument("--compare", metavar="REV", help="also measure a server from REV, taking turns with this tree's")
+    p.add_argument("--engine", choices=["redis", "memory"], default="redis", help="the servers' store (memory://)")
+    p.add_argument("--seconds", type=float, default=5.0, help="each heartbeat throughput run (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="heartbeat rounds of baseline and server(s) (default 3)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured wrk run before each figure (default 2)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections in all (default 64)")
+    p.add_argument("--users", type=int, default=10_000, help="uuids heartbeating (default 10000)")
+    p.add_argument("--channels", type=int, default=4, help="channels they heartbeat (default 4)")
+    p.add_argument("--subscribers", type=int, default=2000, help="long-polls on the fan-out channel (default 2000)")
+    p.add_argument("--generators", type=int, default=2, help="processes holding them (default 2)")
+    p.add_argument("--publishes", type=int, default=10, help="measured fan-out rounds per run (default 10)")
+    p.add_argument("--fanout-runs", type=int, help="fan-out runs per server (default 1, 2 with --compare)")
+    p.add_argument("--spacing", type=float, default=1.0, help="pause before each publish, s (default 1)")
+    p.add_argument("--hold", type=float, default=60.0, help="PRESENCE_LONGPOLL_HOLD of the servers (default 60)")
+    p.add_argument("--samples", type=int, default=50, help="presence event samples (default 50)")
+    p.add_argument("--pair-seconds", type=float, default=10.0, help="each one/two-process run (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="one-then-two pairs per server tree (default 3)")
+    p.add_argument("--server-cpu", type=float, metavar="SHARE", help="core share per server in the capped pairs")
+    p.add_argument("--redis-server", default="redis-server", help="redis-server binary")
+    args = p.parse_args(argv)
+    args.phases = [x for x in args.phases.split(",") if x]
+    if not args.phases or not set(args.phases) <= set(PHASES):
+        p.error(f"--phases takes {', '.join(PHASES)}")
+    if args.fanout_runs is None:
+        args.fanout_runs = 2 if args.compare else 1
+    counts = (args.rounds, args.subscribers, args.generators, args.publishes, args.samples, args.repeats)
+    if min(*counts, args.fanout_runs) < 1 or args.connections < 2 or (args.server_cpu or 1) <= 0:
+        p.error("counts must be positive, --connections at least 2, --server-cpu above 0")
+    return Options(**vars(args))
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench.live", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--subscribers", type=int, default=2000, help="long-polls on the fan-out channel")
-    parser.add_argument("--generators", type=int, default=2, help="processes holding them (default 2)")
-    parser.add_argument("--rounds", type=int, default=10, help="measured publishes (default 10)")
-    parser.add_argument("--spacing", type=float, default=1.0, help="pause before each publish, s (default 1)")
-    parser.add_argument("--hold", type=float, default=60.0, help="PRESENCE_LONGPOLL_HOLD of the server (default 60)")
-    parser.add_argument("--samples", type=int, default=50, help="presence event samples (default 50)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="each throughput run (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured run before each (default 2)")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections in all (default 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="one-then-two throughput pairs (default 3)")
-    parser.add_argument(
-        "--server-cpu",
-        type=float,
-        metavar="SHARE",
-        help="share of a core each server gets in the capped throughput runs (default: a quarter "
-        "of the machine's cores below 4 cores, else no capped runs; 1 = none)",
+@contextlib.contextmanager
+def redis_server(binary: str, workdir: Path, children: Children) -> Iterator[redis.Redis]:
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    children.start("redis", [*argv, "--dir", str(workdir)])
+    client = redis.Redis(port=port, decode_responses=True)
+    for _ in range(200):
+        with contextlib.suppress(redis.ConnectionError):
+            client.ping()
+            break
+        time.sleep(0.05)
+    with client:
+        yield client
+
+
+def describe(bench: Bench) -> None:
+    say(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
+        f"(other work skews every figure); Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
+        f"redis-py {redis.__version__}, redis-server {bench.rcli.info('server')['redis_version']}"
     )
-    parser.add_argument("--users", type=int, default=10_000, help="uuids heartbeating (default 10000)")
-    parser.add_argument("--channels", type=int, default=4, help="channels they heartbeat (default 4)")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
-    parser.add_argument("--redis-server", default="redis-server", help="redis-server binary")
-    parser.add_argument(
-        "--py-spy",
-        type=Path,
-        metavar="DIR",
-        help="sample the server with py-spy during fan-out and throughput; raw stacks go to DIR",
-    )
-    args = parser.parse_args(argv)
-    phases = [p for p in args.phases.split(",") if p]
-    if not phases or not set(phases) <= set(PHASES):
-        parser.error(f"--phases takes {', '.join(PHASES)}")
-    if min(args.subscribers, args.generators, args.rounds, args.samples, args.repeats) < 1 or args.connections < 2:
-        parser.error(
-            "--subscribers, --generators, --rounds, --samples and --repeats must be positive, --connections at least 2"
-        )
-    if args.server_cpu is not None and args.server_cpu <= 0:
-        parser.error("--server-cpu must be positive")
-    return Options(
-        args.subscribers,
-        args.generators,
-        args.rounds,
-        args.spacing,
-        args.hold,
-        args.samples,
-        args.seconds,
-        args.warmup,
-        args.connections,
-        args.repeats,
-        args.users,
-        args.channels,
-        phases,
-        args.redis_server,
-        args.py_spy,
-        args.server_cpu,
-    )
+    for tree in bench.trees:
+        code = f"import {tree.package}; print({tree.package}.__file__)"
+        where = subprocess.run(
+            [sys.executable, "-c", code], cwd=tree.path, env=bench.env(tree, ""), capture_output=True, text=True
+        ).stdout.strip()
+        say(f"server {tree.label!r}: python -m {tree.package}, code from {where}; store {bench.url}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    if "processes" in opts.phases and not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk), or leave out phase processes")
-    # Every long-poll is a socket in the server: children inherit this process's raised limit.
-    fd_limit = raise_fd_limit(opts.subscribers + 1024)
-    # The server reads PRESENCE_* from the environment bench.presence.start_server passes on.
-    os.environ["PRESENCE_LONGPOLL_HOLD"] = f"{opts.hold:g}"
-    describe_machine("wrk")
-    say(f"open-file limit {fd_limit}; PRESENCE_LONGPOLL_HOLD={opts.hold:g}; phases: {', '.join(opts.phases)}")
+    if {"heartbeat", "processes"} & set(opts.phases) and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install -y wrk); or leave out heartbeat and processes")
+    raise_fd_limit(opts.subscribers + 1024)  # every long-poll is a socket; children inherit the limit
     started = time.monotonic()
-    results: list[tuple[str, bool]] = []
-    with workspace() as children:
-        _, redis_port, rcli = start_redis(children, opts.redis_server)
-        url = f"redis://127.0.0.1:{redis_port}/0"
-        say(f"redis-server {rcli.info('server')['redis_version']} at {url}")
-        server_a, port_a = start_server(children, "server-a", url)
-        if "fanout" in opts.phases:
-            results += fanout(children, opts, port_a, server_a, rcli)
-        if "presence" in opts.phases:
-            results += presence(opts, port_a)
-        if "processes" in opts.phases:
-            results += two_processes(children, opts, url, rcli, server_a, port_a)
-    say(
-        f"\n#### summary ({time.monotonic() - started:.0f} s in all, load average now {load_average()}; "
-        "the machine may be shared with other work)"
-    )
-    for name, ok in results:
-        say(f"  {verdict(ok)}  {name}")
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="presence-bench-") as workdir, contextlib.ExitStack() as stack:
+        trees = [tree_at(ROOT, f"this tree ({git('describe', '--always', '--dirty')})")]
+        if opts.compare:
+            trees.append(stack.enter_context(worktree(opts.compare, Path(workdir))))
+        children = Children(Path(workdir))
+        stack.callback(children.stop_all)  # before the worktree is removed
+        rcli = stack.enter_context(redis_server(opts.redis_server, Path(workdir), children))
+        port = rcli.connection_pool.connection_kwargs["port"]
+        url = "memory://" if opts.engine == "memory" else f"redis://127.0.0.1:{port}/0"
+        bench = Bench(opts, children, trees, rcli, url)
+        describe(bench)
+        for phase in opts.phases:
+            figures += {"heartbeat": heartbeat, "fanout": fanout, "presence": presence, "processes": processes}[phase](
+                bench
+            )
+    say(f"\n#### summary ({time.monotonic() - started:.0f} s, load average now {os.getloadavg()[0]:.2f})")
+    for figure in figures:
+        say(f"  {figure.name} (target {figure.target})")
+        for label, (text, ok) in figure.values.items():
+            say(f"    {verdict(ok)}  {label:<28} {text}")
     return 0
 
 

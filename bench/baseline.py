@@ -1,10 +1,12 @@
-"""The fan-out baseline: the least an aiohttp app can do to hold long-polls and answer them on a publish.
+"""The baselines: the least an aiohttp app can do on the paths bench.live measures.
 
-Same paths and answer shapes as the server (subscribe v2, GET publish, ``presence_longpolls_held`` on
-/metrics), but with no store, no presence and no parsing beyond the cursor: a publish keeps the
-message in memory, encodes the answer once and wakes every held poll through one asyncio.Event.
-bench.live drives it exactly like the server, so the gap between the two is what the server's own
-work costs. Run as ``python -m bench.baseline_longpoll --port P --hold 60``.
+- Heartbeats: the same pre-encoded body the server sends, no parsing, no store. The ratio of the
+  server's throughput to this one's is what the presence code costs.
+- Long-polls: holds subscribe polls on one asyncio.Event and answers them, on a publish, with a body
+  encoded once (no store, no Redis, no presence); ``presence_longpolls_held`` on /metrics as the
+  server has it. Its fan-out latency is what one aiohttp process costs on this machine.
+
+Run as ``python -m bench.baseline --port P --hold 60``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import orjson
 from aiohttp import web
 
 HEADERS = {"Content-Type": 'text/javascript; charset="UTF-8"'}
+HEARTBEAT = b'{"status":200,"message":"OK","service":"Presence"}'
 HOLD = web.AppKey("hold", float)
 
 
 class Channel:
-    """One message log of length one: the last message, its timetoken and its encoded answer."""
+    """A message log of length one: the last message's timetoken and its encoded answer."""
 
     def __init__(self) -> None:
         self.timetoken = int(time.time() * 10_000_000)
@@ -47,24 +50,22 @@ def reply(body: bytes) -> web.Response:
     return web.Response(body=body, headers=HEADERS)
 
 
-def empty(timetoken: str) -> web.Response:
-    return reply(b'{"t":{"t":"' + timetoken.encode() + b'","r":1},"m":[]}')
+async def heartbeat(request: web.Request) -> web.Response:
+    return reply(HEARTBEAT)
 
 
 async def subscribe(request: web.Request) -> web.Response:
     state = request.app[STATE]
     cursor = request.query.get("tt", "0") or "0"
-    if cursor == "0":
-        return empty(str(state.timetoken))
-    if int(cursor) < state.timetoken:
-        return reply(state.answer)
+    if cursor == "0" or int(cursor) < state.timetoken:
+        return reply(state.answer if cursor != "0" else b'{"t":{"t":"%d","r":1},"m":[]}' % state.timetoken)
     event = state.event
     state.held += 1
     try:
-        async with asyncio.timeout(request.app[HOLD]):  # no task of its own, unlike wait_for before 3.12
+        async with asyncio.timeout(request.app[HOLD]):
             await event.wait()
     except TimeoutError:
-        return empty(cursor)
+        return reply(b'{"t":{"t":"' + cursor.encode() + b'","r":1},"m":[]}')
     finally:
         state.held -= 1
     return reply(state.answer)
@@ -73,37 +74,33 @@ async def subscribe(request: web.Request) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     message = unquote(request.match_info["message"]).encode()
     tt = request.app[STATE].publish(request.match_info["sub_key"], request.match_info["channel"], message)
-    return reply(b'[1,"Sent","' + str(tt).encode() + b'"]')
+    return reply(b'[1,"Sent","%d"]' % tt)
 
 
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=f"presence_longpolls_held {request.app[STATE].held}\n")
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
 def create_app(hold: float) -> web.Application:
     app = web.Application()
     app[HOLD] = hold
     app[STATE] = Channel()
+    app.router.add_get("/v2/presence/sub-key/{sub_key}/channel/{channels}/heartbeat", heartbeat)
     app.router.add_get("/v2/subscribe/{sub_key}/{channels:[^/]+}/{callback}", subscribe)
     # The message is JSON: braces, which the default placeholder pattern refuses.
     app.router.add_get("/publish/{pub_key}/{sub_key}/{signature}/{channel}/{callback}/{message:[^/]+}", publish)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", heartbeat)
     return app
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.baseline_longpoll")
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hold", type=float, default=60.0)
     args = parser.parse_args()
-    web.run_app(
-        create_app(args.hold), host="127.0.0.1", port=args.port, access_log=None, print=None, handler_cancellation=True
-    )
+    app = create_app(args.hold)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, handler_cancellation=True)
 
 
 if __name__ == "__main__":
