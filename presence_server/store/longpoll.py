@@ -127,8 +127,19 @@ class _SharedRead:
 class _Waiter:
     """One held poll: what it reads, the names and wildcard prefixes it is woken for, and its wake-up."""
 
-    __slots__ = ("_future", "_polls", "cursor", "marker", "names", "prefixes", "read_key", "result", "sub_key",
-                 "subscription", "woken")  # fmt: skip
+    __slots__ = (
+        "_future",
+        "_polls",
+        "cursor",
+        "marker",
+        "names",
+        "prefixes",
+        "read_key",
+        "result",
+        "sub_key",
+        "subscription",
+        "woken",
+    )
 
     def __init__(self, polls: LongPolls, sub_key: str, subscription: Subscription, cursor: str) -> None:
         self._polls = polls
@@ -251,6 +262,8 @@ class LongPolls:
         if not channels and not groups:
             return False
         now = self.clock()
+        # Python's own hash (keyed per process): equal calls give equal digests, and two different
+        # ones collide with odds of about 2**-64, which would only skip one refresh of that user's.
         digest = hash((subscription.names, call.timeout, tuple(sorted(call.states.items()))))
         if self.memo.due(call.sub_key, call.uuid, digest, now) or call.cursor == "0":
             await self.store.heartbeat(

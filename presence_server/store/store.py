@@ -11,6 +11,10 @@
 - ``admin.py``: admin clock, keyset reset, snapshot
 - ``totals.py``: metric totals
 - ``keys.py`` builds every key name; ``fields.py`` names the data the scripts write.
+
+Beside the store: ``longpoll.py`` owns subscribe polls (waiting, wake-ups, shared reads, the
+refresh memo), ``bus.py`` is the pub/sub listener that feeds it, ``subscription.py`` maps subscribed
+names onto logs, ``batch.py`` coalesces script calls, ``connect.py`` opens the client.
 """
 
 from __future__ import annotations
