@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -156,6 +157,29 @@ def query_names(request: web.Request, key: str, what: str, max_length: int, serv
     for name in names:
         check_name(name, what, max_length, service)
     return list(dict.fromkeys(names))
+
+
+# How many names one request may carry (docs/protocol.md, "Limits"). Channels: ours, as many as
+# subscribe always took (a `-pnpres` name counts as one). Groups: PubNub's 10 per client; a group's
+# `-pnpres` names count with it, since SDKs send `cg` and `cg-pnpres` for one group with presence.
+# Each group holds up to 2,000 channels, and the store splits what a request names into script
+# calls of a bounded size (store/core.py), so that no single call holds Redis or the event loop long.
+MAX_CHANNELS = 500
+MAX_GROUPS = 10
+
+
+def check_counts(channels: Sequence[str], groups: Sequence[str], service: str = PRESENCE) -> None:
+    """Refuse a request naming more than MAX_CHANNELS channels or MAX_GROUPS channel groups."""
+    if len(channels) > MAX_CHANNELS:
+        raise bad_request(f"Too many channels: at most {MAX_CHANNELS} per request", service)
+    if len(groups) > MAX_GROUPS and len({_base(group) for group in groups}) > MAX_GROUPS:
+        raise bad_request(f"Too many channel groups: at most {MAX_GROUPS} per request", service)
+
+
+def _base(name: str) -> str:
+    while name.endswith("-pnpres"):
+        name = name[: -len("-pnpres")]
+    return name
 
 
 def query_uuid(request: web.Request, max_length: int) -> str:

@@ -10,6 +10,7 @@ from aiohttp import web
 from presence_server.context import CLOCK, SETTINGS, STORE
 from presence_server.http import bad_request, ok
 from presence_server.params import (
+    check_counts,
     dump_json,
     path_name,
     path_names,
@@ -38,6 +39,7 @@ class _Call:
             self.groups = query_names(request, "channel-group", "channel group", limit)
             if not self.channels and not self.groups:
                 raise bad_request("Missing channels and channel groups: name at least one")
+            check_counts(self.channels, self.groups)
 
 
 async def heartbeat(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from aiohttp import web
 from presence_server.context import LONGPOLLS, SETTINGS
 from presence_server.http import bad_request, raw_json_response
 from presence_server.params import (
+    check_counts,
     path_name,
     path_names,
     query_json_object,
@@ -70,6 +71,7 @@ def _check_names(channels: list[str], groups: list[str]) -> None:
         raise bad_request("Missing channels and channel groups: name at least one")
     if len(channels) + len(groups) > MAX_NAMES:
         raise bad_request(f"Too many channels and channel groups: at most {MAX_NAMES}")
+    check_counts(channels, groups)
     for name in channels:
         if is_wildcard(name) and split_presence(name)[0].count(".") > MAX_WILDCARD_DOTS:
             raise bad_request("Wildcard maximum depth exceeded")

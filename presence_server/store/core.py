@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -19,6 +19,7 @@ from presence_server.store.subscription import is_presence_name
 # Called with (subscribe key, uuid) when a user left channels of the keyset in this process, and
 # with (subscribe key, None) when the keyset was reset: whatever is remembered about them must go.
 Departure = Callable[[str, str | None], None]
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -34,6 +35,17 @@ def timetoken_at(now: float) -> str:
 
 def ms(now: float) -> int:
     return int(now * 1000)
+
+
+# At most this many channels go into one script call: a request naming many channels, or groups of
+# up to 2,000 each, becomes several calls, so that no single one holds Redis (or, on memory://, the
+# event loop) for long. Each call is atomic over its own channels only.
+SCRIPT_CHANNELS = 500
+
+
+def chunks(items: Sequence[T], size: int = SCRIPT_CHANNELS) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _load_script(redis: aioredis.Redis, name: str, *, with_common: bool) -> AsyncScript:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from presence_server.store.core import StoreCore
+from presence_server.store.core import StoreCore, chunks
 
 
 class PresenceWrites(StoreCore):
@@ -31,13 +31,18 @@ class PresenceWrites(StoreCore):
         if not targets:
             return 0
         states = states or {}
-        keys, args = self._mutation_call(
-            ks, now, (ch for ch, _ in targets), [uuid, _num(timeout), _num(self.default_timeout)], uuid
-        )
-        for channel, group in targets:
-            args += [channel, states.get(channel, states.get(group or "", ""))]
-        joins, earlier = await self._batch.call(self._heartbeat, keys, args)
-        self.counts["join"] += int(joins)
+        joins, earlier = 0, ""
+        for part in chunks(targets):
+            keys, args = self._mutation_call(
+                ks, now, (ch for ch, _ in part), [uuid, _num(timeout), _num(self.default_timeout)], uuid
+            )
+            for channel, group in part:
+                args += [channel, states.get(channel, states.get(group or "", ""))]
+            part_joins, part_earlier = await self._batch.call(self._heartbeat, keys, args)
+            joins += int(part_joins)
+            if part_earlier and (not earlier or float(part_earlier) < float(earlier)):
+                earlier = part_earlier
+        self.counts["join"] += joins
         if earlier:
             # The global index lives in another cluster slot, so this cannot be part of the script.
             # Shielded: a client that goes away must not leave a join the sweeper never looks at;
@@ -62,9 +67,11 @@ class PresenceWrites(StoreCore):
         targets = await self._expand(ks, channels, groups)
         if not targets:
             return 0
-        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid])
-        args += [channel for channel, _ in targets]
-        left = int(await self._batch.call(self._leave, keys, args))
+        left = 0
+        for part in chunks(targets):
+            keys, args = self._mutation_call(ks, now, (ch for ch, _ in part), [uuid])
+            args += [channel for channel, _ in part]
+            left += int(await self._batch.call(self._leave, keys, args))
         self.counts["leave"] += left
         self._departed(sub_key, uuid)
         return left
@@ -77,9 +84,11 @@ class PresenceWrites(StoreCore):
         targets = await self._expand(ks, channels, groups)
         if not targets:
             return 0
-        keys, args = self._mutation_call(ks, now, (ch for ch, _ in targets), [uuid, state])
-        args += [channel for channel, _ in targets]
-        changed = int(await self._batch.call(self._set_state, keys, args))
+        changed = 0
+        for part in chunks(targets):
+            keys, args = self._mutation_call(ks, now, (ch for ch, _ in part), [uuid, state])
+            args += [channel for channel, _ in part]
+            changed += int(await self._batch.call(self._set_state, keys, args))
         self.counts["state-change"] += changed
         return changed
 

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import orjson
 
-from presence_server.store.core import StoreCore, ms
+from presence_server.store.core import StoreCore, chunks, ms
 from presence_server.store.keys import KeysetKeys
 
 
@@ -97,11 +97,13 @@ class PresenceReads(StoreCore):
     ) -> list[HereNowChannel]:
         if not channels:
             return []
-        keys: list[str] = []
-        for channel in channels:
-            keys += [ks.occupants(channel), ks.state(channel)]
         args = [ms(now), offset, limit, int(with_uuids), int(with_state)]
-        replies = await self._batch.call(self._here_now, keys, args)
+        replies: list[Any] = []
+        for part in chunks(channels):
+            keys: list[str] = []
+            for channel in part:
+                keys += [ks.occupants(channel), ks.state(channel)]
+            replies += await self._batch.call(self._here_now, keys, args)
         out = []
         for channel, (occupancy, uuids, states) in zip(channels, replies, strict=True):
             parsed = [orjson.loads(s) if s else None for s in states] if with_state else []
