@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from presence_server.store import GroupCapExceeded, LogEntry, PresenceStore, timetoken_at
+from presence_server.store.fields import EVENT_UUID
 from tests.conftest import START
 
 SUB = "demo"
@@ -30,7 +31,7 @@ def at(ms: int) -> float:
 
 async def events(store: PresenceStore, channel: str, *, sub: str = SUB, after: str | None = None) -> list[Event]:
     """(action, uuid, occupancy) of each entry of a channel's log."""
-    return [(e.action, e.fields.get("u"), e.occupancy) for e in await store.read_log(sub, channel, after)]
+    return [(e.action, e.fields.get(EVENT_UUID), e.occupancy) for e in await store.read_log(sub, channel, after)]
 
 
 async def with_data(store: PresenceStore, channel: str, *, sub: str = SUB) -> list[tuple[str, Any]]:
