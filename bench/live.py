@@ -16,7 +16,6 @@ import dataclasses
 import http.client
 import os
 import platform
-import queue
 import re
 import shutil
 import socket
@@ -24,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -40,14 +38,10 @@ from bench import cpucap
 from bench.fanout_client import CONTENT_LENGTH, raise_fd_limit, request_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-WRK_SCRIPT = ROOT / "bench" / "heartbeat.lua"
 SUB_KEY = "bench"
 TIMEOUT = 300  # heartbeat=300, as the SDKs send by default
-FANOUT_CHANNEL = "fanout"
-PRESENCE_CHANNEL = "presence-watch"
 HELD = re.compile(rb"^presence_longpolls_held (\S+)$", re.MULTILINE)
 PHASES = ("heartbeat", "fanout", "presence", "processes")
-
 # The targets (issues 2 and 3).
 HEARTBEAT_RATIO = 0.5
 FANOUT_P99_MS = 250.0
@@ -68,27 +62,6 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def uuid_of(n: int) -> str:
-    """bench/heartbeat.lua builds the same text for the same n."""
-    return f"{n:08x}-0000-4000-8000-{n:012x}"
-
-
-@dataclasses.dataclass
-class Figure:
-    """One line of the summary: per server tree, the figure as text and whether it met the target."""
-
-    name: str
-    target: str
-    values: dict[str, tuple[str, bool]]
-
-
-# -- processes --------------------------------------------------------------------------------------
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -102,116 +75,86 @@ def machine_busy() -> float:
 
 
 @dataclasses.dataclass
+class Figure:
+    """One entry of the summary: per server tree, the figure as text and whether it met the target."""
+
+    name: str
+    target: str
+    values: dict[str, tuple[str, bool]] = dataclasses.field(default_factory=dict)
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
     port: int = 0
 
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-
     def cpu(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def wait_up(self, limit: float = 30.0) -> Child:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer /health within {limit:.0f} s (log: {self.log})")
+
 
 class Children:
-    """Every subprocess of the run; all are stopped on the way out, whatever happens."""
+    """Every long-lived subprocess of the run; all are stopped on the way out, whatever happens."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.running: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], *, port: int = 0, pipes: bool = False, **popen: Any) -> Child:
+    def start(self, name: str, argv: Sequence[str], port: int = 0, **popen: Any) -> Child:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
-            pipe_or = subprocess.PIPE if pipes else None
-            proc = subprocess.Popen(
-                argv,
-                stdin=pipe_or or subprocess.DEVNULL,
-                stdout=pipe_or or out,
-                stderr=out,
-                start_new_session=True,
-                **{"cwd": ROOT, **popen},
-            )
-        self.running.append(Child(name, proc, log, port))
+            options = {"cwd": ROOT, "stdin": subprocess.DEVNULL, "stdout": out, "stderr": out, **popen}
+            self.running.append(Child(name, subprocess.Popen(argv, start_new_session=True, **options), log, port))
         return self.running[-1]
 
-    def stop(self, child: Child) -> None:
-        if child.proc.poll() is None:
-            child.proc.terminate()
-            try:
-                child.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
-        for stream in (child.proc.stdin, child.proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        if child in self.running:
+    def stop(self, *children: Child) -> None:
+        for child in children:
+            if child.proc.poll() is None:
+                child.proc.terminate()
+                try:
+                    child.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
             self.running.remove(child)
 
     def stop_all(self) -> None:
-        for child in reversed(list(self.running)):
-            self.stop(child)
+        self.stop(*reversed(self.running))
 
 
-class Http:
-    """A keep-alive connection for the few requests this process makes itself (publish, /metrics)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.conn: http.client.HTTPConnection | None = None
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        for attempt in (1, 2):  # once more on a new connection if the server closed an idle one
-            try:
-                if self.conn is None:
-                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                self.conn.request("GET", path)
-                response = self.conn.getresponse()
-                return response.status, response.read()
-            except (http.client.HTTPException, OSError):
-                self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def held(self) -> int:
-        status, body = self.get("/metrics")
-        found = HELD.search(body)
-        if status != 200 or found is None:
-            raise RuntimeError(f"/metrics answered {status} without presence_longpolls_held")
-        return int(float(found.group(1)))
-
-    def wait_held(self, expected: int, limit: float = 60.0) -> None:
-        deadline = time.monotonic() + limit
-        while (held := self.held()) != expected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{held} long-polls held after {limit:.0f} s, expected {expected}")
-            time.sleep(0.02)  # each scrape costs the server a little
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-def wait_up(child: Child, limit: float = 30.0) -> Child:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if Http(child.port).get("/health")[0] == 200:
-                return child
-        time.sleep(0.1)
-    raise RuntimeError(f"{child.name} did not answer /health within {limit:.0f} s:\n{child.tail()}")
-
-
-# -- the servers under test -------------------------------------------------------------------------
+@contextlib.contextmanager
+def redis_server(binary: str, workdir: Path, children: Children) -> Iterator[redis.Redis]:
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    children.start("redis", [*argv, "--dir", str(workdir)])
+    client = redis.Redis(port=port, decode_responses=True)
+    for _ in range(200):
+        with contextlib.suppress(redis.ConnectionError):
+            client.ping()
+            break
+        time.sleep(0.05)
+    with client:
+        yield client
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,22 +195,20 @@ class Bench:
     rcli: redis.Redis
     url: str
 
-    def env(self, tree: Tree, prefix: str) -> dict[str, str]:
-        hold = f"{self.opts.hold:g}"
+    def env(self, tree: Tree) -> dict[str, str]:
+        """Each tree has a key prefix of its own on the one Redis."""
+        prefix, hold = f"bench{self.trees.index(tree)}", f"{self.opts.hold:g}"
         return dict(os.environ, PYTHONPATH=str(tree.path), PRESENCE_KEY_PREFIX=prefix, PRESENCE_LONGPOLL_HOLD=hold)
 
     def server(self, tree: Tree, name: str) -> Child:
-        """A server process from ``tree``; each tree has a key prefix of its own on the one Redis."""
         port = free_port()
         argv = [sys.executable, "-m", tree.package, "--host", "127.0.0.1", "--port", str(port), "--redis-url"]
-        prefix = f"bench{self.trees.index(tree)}"
-        child = self.children.start(name, [*argv, self.url], port=port, cwd=tree.path, env=self.env(tree, prefix))
-        return wait_up(child)
+        return self.children.start(name, [*argv, self.url], port, cwd=tree.path, env=self.env(tree)).wait_up()
 
     def baseline(self) -> Child:
         port = free_port()
         argv = [sys.executable, "-m", "bench.baseline", "--port", str(port), "--hold", f"{self.opts.hold:g}"]
-        return wait_up(self.children.start("baseline", argv, port=port))
+        return self.children.start("baseline", argv, port).wait_up()
 
     def redis_cpu(self) -> float:
         info = self.rcli.info("cpu")
@@ -287,17 +228,31 @@ class Bench:
 
 
 @dataclasses.dataclass
-class Wrk:
-    requests: int
-    seconds: float
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    cpu: float
+class Run:
+    """One load run: what each wrk reported and the CPU every process spent meanwhile."""
 
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+    rps: list[float]  # per wrk
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: list[float]
+    p99_ms: list[float]
+    wrk_cpu: float
+    server_cpu: list[float]  # per server process watched (an idle one included)
+    redis_cpu: float = 0.0
+    machine_cpu: float = 0.0
+
+    def line(self, label: str) -> str:
+        rps, p50, p99 = (sep.join(f"{x:.{n}f}" for x in xs) for xs, sep, n in self._parts())
+        return (
+            f"  {label:<32} {sum(self.rps):7.0f} req/s ({rps}), {self.errors} errors, p50 {p50} ms, p99 {p99} ms\n"
+            f"  {'':<32} CPU s: process {'+'.join(f'{c:.1f}' for c in self.server_cpu)} ("
+            f"{1e6 * sum(self.server_cpu) / max(1, self.requests):.0f} µs/request), redis {self.redis_cpu:.1f}, "
+            f"wrk {self.wrk_cpu:.1f}; machine busy {self.machine_cpu / self.seconds:.2f} cores"
+        )
+
+    def _parts(self) -> list[tuple[list[float], str, int]]:
+        return [(self.rps, "+", 0), (self.p50_ms, "/", 1), (self.p99_ms, "/", 1)]
 
 
 def _ms(text: str) -> float:
@@ -305,100 +260,55 @@ def _ms(text: str) -> float:
     return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)] if found else 0.0
 
 
-def parse_wrk(out: str, cpu: float) -> Wrk:
-    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m),", out)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
-    if not done or len(latency) != 2:
-        raise RuntimeError(f"cannot read wrk's report:\n{out}")
-    seconds = float(done.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[done.group(3)]
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors += sum(int(n) for n in sockets.groups()) if sockets else 0
-    return Wrk(int(done.group(1)), seconds, errors, _ms(latency["50"]), _ms(latency["99"]), cpu)
-
-
-def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options) -> list[Wrk]:
-    """One wrk per (port, connections), all at once; each reaped with wait4 for its CPU time."""
-    argv = ["wrk", "-t1", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", "-s", str(WRK_SCRIPT)]
+def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options) -> Run:
+    """One wrk per (port, connections), all at once, each reaped with wait4 for its CPU time."""
+    argv = ["wrk", "-t1", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", "-s", "bench/heartbeat.lua"]
     args = ["--", SUB_KEY, str(opts.users), str(opts.channels), str(TIMEOUT)]
     procs = [
-        subprocess.Popen(
-            [*argv, f"-c{conns}", f"http://127.0.0.1:{port}", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for port, conns in jobs
+        subprocess.Popen([*argv, f"-c{n}", f"http://127.0.0.1:{port}", *args], cwd=ROOT, stdout=subprocess.PIPE)
+        for port, n in jobs
     ]
-    loads = []
+    run = Run([], 0, 0, 0.0, [], [], 0.0, [])
     for proc in procs:
         assert proc.stdout is not None
         with proc.stdout:
-            out = proc.stdout.read()
+            out = proc.stdout.read().decode()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
+        done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m),", out)
+        latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
+        if proc.returncode or not done or len(latency) != 2:
             raise RuntimeError(f"wrk exited with {proc.returncode}:\n{out}")
-        loads.append(parse_wrk(out, usage.ru_utime + usage.ru_stime))
-    return loads
-
-
-@dataclasses.dataclass
-class Run:
-    """One load run: wrk's reports and the CPU every process spent meanwhile."""
-
-    loads: list[Wrk]
-    server_cpu: list[float]  # per server process watched (an idle one included)
-    redis_cpu: float
-    machine_cpu: float
-
-    @property
-    def rps(self) -> float:
-        return sum(load.rps for load in self.loads)
-
-    @property
-    def requests(self) -> int:
-        return sum(load.requests for load in self.loads)
-
-    @property
-    def errors(self) -> int:
-        return sum(load.errors for load in self.loads)
-
-    @property
-    def seconds(self) -> float:
-        return max(load.seconds for load in self.loads)
-
-    @property
-    def wrk_cpu(self) -> float:
-        return sum(load.cpu for load in self.loads)
-
-    def line(self, label: str) -> str:
-        each = "+".join(f"{load.rps:.0f}" for load in self.loads)
-        return (
-            f"  {label:<32} {self.rps:7.0f} req/s ({each}), {self.errors} errors, "
-            f"p50 {'/'.join(f'{x.p50_ms:.1f}' for x in self.loads)} ms, "
-            f"p99 {'/'.join(f'{x.p99_ms:.1f}' for x in self.loads)} ms\n"
-            f"  {'':<32} CPU s: process {'+'.join(f'{c:.1f}' for c in self.server_cpu)} "
-            f"({1e6 * sum(self.server_cpu) / max(1, self.requests):.0f} µs/request), redis {self.redis_cpu:.1f}, "
-            f"wrk {self.wrk_cpu:.1f}; machine busy {self.machine_cpu / self.seconds:.2f} cores"
-        )
+        elapsed = float(done.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[done.group(3)]
+        sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        run.errors += sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+        run.errors += sum(int(n) for n in sockets.groups()) if sockets else 0
+        run.requests += int(done.group(1))
+        run.rps.append(int(done.group(1)) / elapsed)
+        run.seconds = max(run.seconds, elapsed)
+        run.p50_ms.append(_ms(latency["50"]))
+        run.p99_ms.append(_ms(latency["99"]))
+        run.wrk_cpu += usage.ru_utime + usage.ru_stime
+    return run
 
 
 def measure(bench: Bench, watched: Sequence[Child], jobs: Sequence[tuple[int, int]], seconds: float) -> Run:
     before, redis_before, busy_before = [c.cpu() for c in watched], bench.redis_cpu(), machine_busy()
-    loads = wrk(jobs, seconds, bench.opts)
-    spent = [c.cpu() - b for c, b in zip(watched, before, strict=True)]
-    return Run(loads, spent, bench.redis_cpu() - redis_before, machine_busy() - busy_before)
+    run = wrk(jobs, seconds, bench.opts)
+    run.server_cpu = [c.cpu() - b for c, b in zip(watched, before, strict=True)]
+    run.redis_cpu, run.machine_cpu = bench.redis_cpu() - redis_before, machine_busy() - busy_before
+    return run
 
 
 async def populate(port: int, users: int, channels: int, concurrency: int = 32) -> float:
-    """Make the uuids wrk will send present, through HTTP heartbeats; returns heartbeats per second."""
+    """Make the uuids wrk sends present, through HTTP heartbeats; returns heartbeats per second.
+    uuid n is built as bench/heartbeat.lua builds it."""
     pending = iter(range(users))
     base = f"http://127.0.0.1:{port}/v2/presence/sub-key/{SUB_KEY}/channel"
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for n in pending:
-            params = {"heartbeat": str(TIMEOUT), "uuid": uuid_of(n)}
+            params = {"heartbeat": str(TIMEOUT), "uuid": f"{n:08x}-0000-4000-8000-{n:012x}"}
             async with session.get(f"{base}/room-{n % channels}/heartbeat", params=params) as response:
                 if response.status != 200:
                     raise RuntimeError(f"population heartbeat answered {response.status}: {await response.text()}")
@@ -410,10 +320,9 @@ async def populate(port: int, users: int, channels: int, concurrency: int = 32) 
 
 
 def present(bench: Bench, server: Child) -> None:
-    rate = asyncio.run(populate(server.port, bench.opts.users, bench.opts.channels))
-    say(
-        f"  {bench.opts.users} uuids on {bench.opts.channels} channels made present through {server.name}: {rate:.0f}/s"
-    )
+    o = bench.opts
+    rate = asyncio.run(populate(server.port, o.users, o.channels))
+    say(f"  {o.users} uuids on {o.channels} channels made present through {server.name}: {rate:.0f}/s")
 
 
 def heartbeat(bench: Bench) -> list[Figure]:
@@ -423,228 +332,32 @@ def heartbeat(bench: Bench) -> list[Figure]:
         f"{o.seconds:g} s, the minimal aiohttp handler and each server in turn; {o.users} uuids, all present"
     )
     base = bench.baseline()
-    servers = [bench.server(tree, f"heartbeat-{i}") for i, tree in enumerate(bench.trees)]
-    ratios: dict[str, list[float]] = {tree.label: [] for tree in bench.trees}
-    errors = Counter[str]()
+    servers = {tree: bench.server(tree, f"heartbeat-{i}") for i, tree in enumerate(bench.trees)}
+    ratios: dict[Tree, list[float]] = {tree: [] for tree in bench.trees}
+    errors = Counter[Tree]()
     try:
-        for server in servers:
-            present(bench, server)
-        for child in [base, *servers] if o.warmup > 0 else []:
+        for child in servers.values():
+            present(bench, child)
+        for child in [base, *servers.values()] if o.warmup > 0 else []:
             measure(bench, [child], [(child.port, o.connections)], o.warmup)
         for number in range(o.rounds):
             base_run = measure(bench, [base], [(base.port, o.connections)], o.seconds)
             say(f"  round {number + 1}\n{base_run.line('minimal aiohttp handler')}")
             for tree in bench.alternate(number):
-                server = servers[bench.trees.index(tree)]
-                run = measure(bench, [server], [(server.port, o.connections)], o.seconds)
-                ratios[tree.label].append(run.rps / base_run.rps if base_run.rps else 0.0)
-                errors[tree.label] += run.errors
-                say(run.line(tree.label) + f"\n  {'':<32} ratio to the baseline {ratios[tree.label][-1]:.2f}")
+                run = measure(bench, [servers[tree]], [(servers[tree].port, o.connections)], o.seconds)
+                ratios[tree].append(sum(run.rps) / sum(base_run.rps))
+                errors[tree] += run.errors
+                say(run.line(tree.label) + f"\n  {'':<32} ratio to the baseline {ratios[tree][-1]:.2f}")
     finally:
-        for child in [base, *servers]:
-            bench.children.stop(child)
-    values = {}
-    for label, each in ratios.items():
-        median = statistics.median(each)
-        rounds = ", ".join(f"{r:.2f}" for r in each)
-        ok = median >= HEARTBEAT_RATIO and not errors[label]
-        values[label] = (f"{median:.2f} (rounds {rounds}; {errors[label]} errors)", ok)
-    return [Figure("heartbeat throughput / minimal aiohttp, median", f">= {HEARTBEAT_RATIO:g}", values)]
+        bench.children.stop(base, *servers.values())
+    figure = Figure("heartbeat throughput / minimal aiohttp, median of rounds", f">= {HEARTBEAT_RATIO:g}, no errors")
+    for tree, each in ratios.items():
+        text = f"{statistics.median(each):.2f} (rounds {', '.join(f'{r:.2f}' for r in each)}; {errors[tree]} errors)"
+        figure.values[tree.label] = (text, statistics.median(each) >= HEARTBEAT_RATIO and not errors[tree])
+    return [figure]
 
 
-# -- fan-out ----------------------------------------------------------------------------------------
-
-
-class Feed:
-    """One bench.fanout_client process: its JSON-line events (read by a thread, so every wait has a
-    time limit) and its command pipe."""
-
-    def __init__(self, child: Child) -> None:
-        self.child = child
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.child.proc.stdout or ():
-            with contextlib.suppress(orjson.JSONDecodeError):
-                self.events.put(orjson.loads(line))
-        self.events.put({"event": "exit"})
-
-    def next(self, kind: str, limit: float = 60.0) -> dict[str, Any]:
-        try:
-            event = self.events.get(timeout=limit)
-        except queue.Empty:
-            raise RuntimeError(f"{self.child.name}: no {kind!r} event within {limit:.0f} s") from None
-        if event.get("event") != kind:
-            raise RuntimeError(f"{self.child.name}: {event} while waiting for {kind!r}\n{self.child.tail()}")
-        return event
-
-    def send(self, command: str) -> None:
-        with contextlib.suppress(OSError):
-            assert self.child.proc.stdin is not None
-            self.child.proc.stdin.write(f"{command}\n".encode())
-            self.child.proc.stdin.flush()
-
-    def stats(self) -> dict[str, Any]:
-        self.send("stats")
-        return self.next("stats", 30)
-
-
-@dataclasses.dataclass
-class Round:
-    latencies: list[float]  # ms, every subscriber's delivery
-    last: float  # s, publish sent -> the last delivery arrived
-    reheld: float  # s, publish sent -> every subscriber held again
-    generator_cpu: list[float]  # s per generator process over that span
-    generator_lag_ms: float  # the longest event-loop stall of any generator
-    read_delay_ms: float  # the longest an answer waited in a generator before it was read
-    target_cpu: float
-    redis_cpu: float
-    machine_cpu: float
-    commands: Counter[str]  # Redis commands run over the span
-
-    def line(self, number: int) -> str:
-        lat = self.latencies
-        return (
-            f"  round {number:>2}: p50 {pct(lat, 0.5):6.1f}  p99 {pct(lat, 0.99):6.1f}  max {max(lat):6.1f} ms | "
-            f"last at {1000 * self.last:4.0f} ms, all held again at {1000 * self.reheld:4.0f} ms | CPU s: target "
-            f"{self.target_cpu:.2f}, redis {self.redis_cpu:.2f}, generators "
-            + "+".join(f"{c:.2f}" for c in self.generator_cpu)
-            + f" | generator lag {self.generator_lag_ms:.1f} ms, read delay {self.read_delay_ms:.1f} ms"
-        )
-
-
-def publish_path(number: int, sent: float) -> str:
-    message = urllib.parse.quote(orjson.dumps({"r": number, "t": sent}).decode(), safe="")
-    return f"/publish/bench-pub/{SUB_KEY}/0/{FANOUT_CHANNEL}/0/{message}?uuid=bench-publisher"
-
-
-def fanout_round(bench: Bench, number: int, feeds: list[Feed], conn: Http, target: Child) -> Round:
-    before = [feed.stats() for feed in feeds]  # also empties each generator's records
-    cpu, redis_cpu, busy, commands = target.cpu(), bench.redis_cpu(), machine_busy(), bench.commands()
-    sent = time.time()  # the generators' arrivals are kernel timestamps: CLOCK_REALTIME
-    status, body = conn.get(publish_path(number, sent))
-    if status != 200 or not body.startswith(b'[1,"Sent"'):
-        raise RuntimeError(f"publish answered {status}: {body[:200]!r}")
-    last = max(float(feed.next("round")["last"]) for feed in feeds)
-    conn.wait_held(bench.opts.subscribers)
-    reheld = time.time() - sent
-    target_cpu, redis_cpu, busy = target.cpu() - cpu, bench.redis_cpu() - redis_cpu, machine_busy() - busy
-    commands = bench.commands() - commands
-    after = [feed.stats() for feed in feeds]
-    latencies = [ms for stats in after for r, ms in stats["latencies"] if r == number]
-    if len(latencies) != bench.opts.subscribers:
-        raise RuntimeError(f"round {number}: {len(latencies)} deliveries, expected {bench.opts.subscribers}")
-    return Round(
-        latencies,
-        last - sent,
-        reheld,
-        [a["cpu"] - b["cpu"] for a, b in zip(after, before, strict=True)],
-        max(a["lag_ms"] for a in after),
-        max(a["read_delay_ms"] for a in after),
-        target_cpu,
-        redis_cpu,
-        busy,
-        commands,
-    )
-
-
-def fanout_run(bench: Bench, target: Child) -> tuple[list[Round], dict[str, Any]]:
-    """Subscribers in generator processes, one warm-up round that puts them on one cursor, then the
-    publishes; returns the measured rounds and the generators' trouble counts."""
-    o, total = bench.opts, bench.opts.subscribers
-    sizes = [total // o.generators + (i < total % o.generators) for i in range(o.generators)]
-    feeds = []
-    for i, size in enumerate(sizes):
-        argv = [sys.executable, "-m", "bench.fanout_client", "--port", str(target.port), "--channel", FANOUT_CHANNEL]
-        argv += ["--sub-key", SUB_KEY, "--first", str(sum(sizes[:i])), "--count", str(size)]
-        feeds.append(Feed(bench.children.start(f"{target.name}-gen{i}", argv, pipes=True)))
-    conn = Http(target.port)
-    try:
-        started = time.monotonic()
-        for feed in feeds:
-            feed.next("ready", 90)
-        conn.wait_held(total)
-        say(f"  {target.name}: {total} subscribers handshaken and held after {time.monotonic() - started:.1f} s")
-        rounds = []
-        for number in range(o.publishes + 1):
-            time.sleep(o.spacing)
-            rounds.append(fanout_round(bench, number, feeds, conn, target))
-            say(rounds[-1].line(number) + ("   (warm-up, not counted)" if number == 0 else ""))
-        finals = [feed.stats() for feed in feeds]
-    finally:
-        conn.close()
-        for feed in feeds:
-            feed.send("quit")
-            bench.children.stop(feed.child)
-    trouble: dict[str, Any] = {k: sum(f[k] for f in finals) for k in ("errors", "lost", "duplicates", "empty")}
-    trouble["sample"] = next((f["error_sample"] for f in finals if f["error_sample"]), "")
-    trouble["stamps"] = all(f["kernel_stamps"] for f in finals)
-    return rounds[1:], trouble
-
-
-def summarise_fanout(label: str, rounds: list[Round], trouble: dict[str, Any]) -> tuple[float, float, bool]:
-    pooled = sorted(ms for r in rounds for ms in r.latencies)
-    p50, p99 = pct(pooled, 0.5), pct(pooled, 0.99)
-    clean = trouble["errors"] == trouble["lost"] == trouble["duplicates"] == 0
-    span = mean([r.reheld for r in rounds])
-    busiest = mean([max(r.generator_cpu) for r in rounds])
-    calls: Counter[str] = sum((r.commands for r in rounds), Counter())
-    say(
-        f"  {label}: {len(pooled)} deliveries in {len(rounds)} rounds, p50 {p50:.1f} ms  p99 {p99:.1f} ms  "
-        f"max {pooled[-1]:.1f} ms; {trouble['errors']} error answers, {trouble['lost']} connections lost, "
-        f"{trouble['duplicates']} duplicates, {trouble['empty']} holds ran out {trouble['sample']}"
-    )
-    say(
-        f"    per round: all held again after {1000 * span:.0f} ms; the process under test "
-        f"{100 * mean([r.target_cpu for r in rounds]) / span:.0f} % of a core, Redis "
-        f"{mean([r.redis_cpu for r in rounds]):.2f} s, the busiest generator {100 * busiest / span:.0f} % of a core "
-        f"(arrivals from {'kernel timestamps' if trouble['stamps'] else 'the reads'}), the machine "
-        f"{mean([r.machine_cpu for r in rounds]) / span:.2f} cores"
-    )
-    if calls:
-        say(
-            "    Redis commands per round: "
-            + ", ".join(f"{name} {n / len(rounds):.0f}" for name, n in calls.most_common(8))
-        )
-    return p50, p99, clean
-
-
-def fanout(bench: Bench) -> list[Figure]:
-    o = bench.opts
-    say(
-        f"\n== 2. fan-out: {o.subscribers} long-polls on one channel in {o.generators} generator processes, "
-        f"1 warm-up round then {o.publishes} publishes, each {o.spacing:g} s after all are held again; "
-        f"{o.fanout_runs} run(s) per server"
-    )
-    base = bench.baseline()
-    try:
-        base_rounds, base_trouble = fanout_run(bench, base)
-    finally:
-        bench.children.stop(base)
-    _, base_p99, _ = summarise_fanout("minimal aiohttp long-poll (one Event, no store)", base_rounds, base_trouble)
-    results: dict[str, list[tuple[list[Round], dict[str, Any]]]] = {tree.label: [] for tree in bench.trees}
-    for repeat in range(o.fanout_runs):
-        for tree in bench.alternate(repeat):
-            bench.rcli.flushall()  # every run starts from nobody present
-            server = bench.server(tree, f"fanout-{bench.trees.index(tree)}-{repeat}")
-            try:
-                results[tree.label].append(fanout_run(bench, server))
-            finally:
-                bench.children.stop(server)
-            summarise_fanout(f"{tree.label}, run {repeat + 1}", *results[tree.label][-1])
-    values = {}
-    for label, runs in results.items():
-        trouble = {k: sum(t[k] for _, t in runs) for k in ("errors", "lost", "duplicates", "empty")}
-        p50, p99, clean = summarise_fanout(
-            f"{label}, all runs", [r for rs, _ in runs for r in rs], runs[0][1] | trouble
-        )
-        text = f"p99 {p99:.1f} ms (p50 {p50:.1f}; baseline p99 {base_p99:.1f}, x{p99 / base_p99:.1f})"
-        values[label] = (text, p99 < FANOUT_P99_MS and clean)
-    return [Figure(f"fan-out to {o.subscribers} long-polls", f"p99 < {FANOUT_P99_MS:g} ms", values)]
-
-
-# -- presence event latency -------------------------------------------------------------------------
+# -- fan-out and presence: asyncio from here ------------------------------------------------------------
 
 
 class Conn:
@@ -664,107 +377,229 @@ class Conn:
         body = await self.reader.readexactly(int(length.group(1)) if length else 0)
         return int(head[9:12]), body, time.monotonic()
 
-    async def held(self, expected: int, limit: float = 10.0) -> None:
+    async def held(self, expected: int, limit: float = 60.0, pause: float = 0.002) -> None:
+        """Until /metrics shows exactly ``expected`` long-polls held (each scrape costs the server a little)."""
         deadline = time.monotonic() + limit
-        while True:
-            found = HELD.search((await self.get("/metrics"))[1])
-            if found is None:
-                raise RuntimeError("presence_longpolls_held is missing from /metrics")
-            if int(float(found.group(1))) == expected:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{found.group(1)!r} long-polls held after {limit:.0f} s, expected {expected}")
-            await asyncio.sleep(0.002)
+        while (found := HELD.search((await self.get("/metrics"))[1])) is None or int(float(found[1])) != expected:
+            if found is None or time.monotonic() > deadline:
+                raise RuntimeError(f"{found and found[1]!r} long-polls held after {limit:.0f} s, expected {expected}")
+            await asyncio.sleep(pause)
 
 
-class PresenceProbe:
-    """A listener holds a poll on ``<channel>-pnpres``; another connection makes a new uuid join, then
-    leave, so occupancy stays at 0 or 1 and every event is announced."""
+Process = asyncio.subprocess.Process
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.events: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
-        self.presence = f"/v2/presence/sub-key/{SUB_KEY}/channel/{PRESENCE_CHANNEL}"
-        self.join_ms: list[float] = []
-        self.leave_ms: list[float] = []
-        self.heartbeat_ms: list[float] = []
-        self.early = 0
 
-    async def listen(self, listener: Conn) -> None:
-        path = f"/v2/subscribe/{SUB_KEY}/{PRESENCE_CHANNEL}-pnpres/0?uuid=presence-listener&tt="
-        status, body, received = await listener.get(path + "0")
-        while status == 200:
-            reply = orjson.loads(body)
-            for envelope in reply["m"]:
-                self.events.put_nowait((envelope["d"].get("action"), envelope["d"].get("uuid"), received))
-            status, body, received = await listener.get(f"{path}{reply['t']['t']}&tr=1")
-        raise RuntimeError(f"the listener's poll answered {status}: {body[:200]!r}")
+async def event(gen: Process, kind: str, limit: float = 60.0) -> dict[str, Any]:
+    """The next JSON-line event of a bench.fanout_client process, which must be of ``kind``."""
+    assert gen.stdout is not None
+    line = await asyncio.wait_for(gen.stdout.readline(), limit)
+    found: dict[str, Any] = orjson.loads(line) if line else {"event": "exit", "code": await gen.wait()}
+    if found.get("event") != kind:
+        raise RuntimeError(f"fan-out generator {gen.pid}: {found} while waiting for {kind!r}")
+    return found
 
-    async def event(self, listening: asyncio.Task[None], action: str, uuid: str) -> float:
-        getter = asyncio.ensure_future(self.events.get())
-        await asyncio.wait({getter, listening}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if not getter.done():
-            getter.cancel()
-            if listening.done():
-                listening.result()  # the listener's error
-            raise RuntimeError(f"no {action} event for {uuid} within 10 s")
-        got_action, got_uuid, received = getter.result()
-        if (got_action, got_uuid) != (action, uuid):
-            raise RuntimeError(f"expected {action} of {uuid}, the listener got {got_action} of {got_uuid}")
-        return received
 
-    async def sample(self, i: int, listening: asyncio.Task[None], joiner: Conn, scrape: Conn) -> None:
-        uuid = f"watch-{i:08d}-0000-4000-8000-000000000000"
+async def stats(gens: Sequence[Process]) -> list[dict[str, Any]]:
+    for gen in gens:
+        assert gen.stdin is not None
+        gen.stdin.write(b"stats\n")
+    return [await event(gen, "stats", 30) for gen in gens]
+
+
+@dataclasses.dataclass
+class Round:
+    latencies: list[float]  # ms, every subscriber's delivery
+    reheld: float  # s, publish sent -> every subscriber held again
+    generator_cpu: list[float]  # s per generator process over that span
+    generator_lag_ms: float  # the longest event-loop stall of any generator
+    read_delay_ms: float  # the longest an answer waited in a generator before it was read
+    spent: tuple[float, float, float]  # CPU s of the process under test, Redis, the whole machine
+    commands: Counter[str]  # Redis commands run over the span
+
+    def line(self, number: int, last: float) -> str:
+        lat, (target, redis_cpu, _) = self.latencies, self.spent
+        return (
+            f"  round {number:>2}: p50 {pct(lat, 0.5):6.1f}  p99 {pct(lat, 0.99):6.1f}  max {max(lat):6.1f} ms | last "
+            f"at {1000 * last:4.0f} ms, all held again at {1000 * self.reheld:4.0f} ms | CPU s: target {target:.2f}, "
+            f"redis {redis_cpu:.2f}, generators {'+'.join(f'{c:.2f}' for c in self.generator_cpu)} | generator "
+            f"lag {self.generator_lag_ms:.1f} ms, read delay {self.read_delay_ms:.1f} ms"
+        )
+
+
+async def fanout_round(bench: Bench, number: int, gens: list[Process], conn: Conn, target: Child) -> Round:
+    before = await stats(gens)  # also empties each generator's records
+    cpu, redis_cpu, busy, commands = target.cpu(), bench.redis_cpu(), machine_busy(), bench.commands()
+    sent = time.time()  # the generators' arrivals are kernel timestamps: CLOCK_REALTIME
+    message = urllib.parse.quote(orjson.dumps({"r": number, "t": sent}).decode(), safe="")
+    status, body, _ = await conn.get(f"/publish/bench-pub/{SUB_KEY}/0/fanout/0/{message}?uuid=bench-publisher")
+    if status != 200 or not body.startswith(b'[1,"Sent"'):
+        raise RuntimeError(f"publish answered {status}: {body[:200]!r}")
+    last = max([float((await event(gen, "round"))["last"]) for gen in gens])
+    await conn.held(bench.opts.subscribers, pause=0.02)
+    reheld = time.time() - sent
+    spent = (target.cpu() - cpu, bench.redis_cpu() - redis_cpu, machine_busy() - busy)
+    commands = bench.commands() - commands
+    after = await stats(gens)
+    latencies = [ms for each in after for r, ms in each["latencies"] if r == number]
+    if len(latencies) != bench.opts.subscribers:
+        raise RuntimeError(f"round {number}: {len(latencies)} deliveries, expected {bench.opts.subscribers}")
+    generator_cpu = [a["cpu"] - b["cpu"] for a, b in zip(after, before, strict=True)]
+    lag, delay = max(a["lag_ms"] for a in after), max(a["read_delay_ms"] for a in after)
+    done = Round(latencies, reheld, generator_cpu, lag, delay, spent, commands)
+    say(done.line(number, last - sent) + ("   (warm-up, not counted)" if number == 0 else ""))
+    return done
+
+
+async def fanout_run(bench: Bench, target: Child) -> tuple[list[Round], dict[str, Any]]:
+    """Subscribers in generator processes, one warm-up round that puts them on one cursor, then the
+    publishes; returns the measured rounds and the generators' trouble counts."""
+    o, total = bench.opts, bench.opts.subscribers
+    sizes = [total // o.generators + (i < total % o.generators) for i in range(o.generators)]
+    argv = [sys.executable, "-m", "bench.fanout_client", "--port", str(target.port), "--channel", "fanout"]
+    gens: list[Process] = []
+    conn = None
+    try:
+        for i, size in enumerate(sizes):
+            more = ["--sub-key", SUB_KEY, "--first", str(sum(sizes[:i])), "--count", str(size)]
+            pipe = subprocess.PIPE
+            gens.append(
+                await asyncio.create_subprocess_exec(*argv, *more, cwd=ROOT, stdin=pipe, stdout=pipe, limit=1 << 26)
+            )
+        started = time.monotonic()
+        for gen in gens:
+            await event(gen, "ready", 90)
+        conn = await Conn.open(target.port)
+        await conn.held(total, pause=0.02)
+        say(f"  {target.name}: {total} subscribers handshaken and held after {time.monotonic() - started:.1f} s")
+        rounds = [await fanout_round(bench, number, gens, conn, target) for number in range(o.publishes + 1)]
+        finals = await stats(gens)
+    finally:
+        if conn is not None:
+            conn.writer.close()
+        for gen in gens:
+            with contextlib.suppress(ProcessLookupError):
+                gen.terminate()
+            await gen.wait()
+    trouble: dict[str, Any] = {k: sum(f[k] for f in finals) for k in ("errors", "lost", "duplicates", "empty")}
+    trouble["sample"] = next((f["error_sample"] for f in finals if f["error_sample"]), "")
+    trouble["stamps"] = all(f["kernel_stamps"] for f in finals)
+    return rounds[1:], trouble
+
+
+def summarise_fanout(label: str, rounds: list[Round], trouble: dict[str, Any]) -> tuple[float, float, bool]:
+    pooled = sorted(ms for r in rounds for ms in r.latencies)
+    p50, p99 = pct(pooled, 0.5), pct(pooled, 0.99)
+    span = mean([r.reheld for r in rounds])
+    target, redis_cpu, machine = (mean([r.spent[i] for r in rounds]) for i in range(3))
+    calls: Counter[str] = sum((r.commands for r in rounds), Counter())
+    say(
+        f"  {label}: {len(pooled)} deliveries in {len(rounds)} rounds, p50 {p50:.1f} ms  p99 {p99:.1f} ms  max "
+        f"{pooled[-1]:.1f} ms; {trouble['errors']} error answers, {trouble['lost']} connections lost, "
+        f"{trouble['duplicates']} duplicates, {trouble['empty']} holds ran out {trouble['sample']}\n"
+        f"    per round: all held again after {1000 * span:.0f} ms; the process under test {100 * target / span:.0f} % "
+        f"of a core, Redis {redis_cpu:.2f} s, the busiest generator "
+        f"{100 * mean([max(r.generator_cpu) for r in rounds]) / span:.0f} % of a core (arrivals from "
+        f"{'kernel timestamps' if trouble['stamps'] else 'the reads'}), the machine {machine / span:.2f} cores"
+    )
+    if calls:
+        say("    Redis commands per round: " + ", ".join(f"{k} {n / len(rounds):.0f}" for k, n in calls.most_common()))
+    return p50, p99, trouble["errors"] == trouble["lost"] == trouble["duplicates"] == 0
+
+
+def fanout(bench: Bench) -> list[Figure]:
+    o = bench.opts
+    say(
+        f"\n== 2. fan-out: {o.subscribers} long-polls on one channel in {o.generators} generator processes, "
+        f"1 warm-up round then {o.publishes} publishes, each {o.spacing:g} s after all are held again; "
+        f"{o.fanout_runs} run(s) per server"
+    )
+    base = bench.baseline()
+    try:
+        base_rounds, base_trouble = asyncio.run(fanout_run(bench, base))
+    finally:
+        bench.children.stop(base)
+    _, base_p99, _ = summarise_fanout("minimal aiohttp long-poll (one Event, no store)", base_rounds, base_trouble)
+    runs: dict[Tree, list[tuple[list[Round], dict[str, Any]]]] = {tree: [] for tree in bench.trees}
+    for repeat in range(o.fanout_runs):
+        for tree in bench.alternate(repeat):
+            bench.rcli.flushall()  # every run starts from nobody present
+            server = bench.server(tree, f"fanout-{bench.trees.index(tree)}-{repeat}")
+            try:
+                runs[tree].append(asyncio.run(fanout_run(bench, server)))
+            finally:
+                bench.children.stop(server)
+            summarise_fanout(f"{tree.label}, run {repeat + 1}", *runs[tree][-1])
+    figure = Figure(f"fan-out to {o.subscribers} long-polls", f"p99 < {FANOUT_P99_MS:g} ms")
+    for tree, each in runs.items():
+        trouble = each[0][1] | {k: sum(t[k] for _, t in each) for k in ("errors", "lost", "duplicates", "empty")}
+        p50, p99, clean = summarise_fanout(f"{tree.label}, all runs", [r for rs, _ in each for r in rs], trouble)
+        text = f"p99 {p99:.1f} ms (p50 {p50:.1f}; baseline p99 {base_p99:.1f}, x{p99 / base_p99:.1f})"
+        figure.values[tree.label] = (text, p99 < FANOUT_P99_MS and clean)
+    return [figure]
+
+
+async def presence_latency(port: int, samples: int, warmup: int = 3) -> tuple[list[float], ...]:
+    """A listener holds a poll on ``<ch>-pnpres``; another connection makes a new uuid join, then leave,
+    so occupancy stays at 0 or 1 and every event is announced. Returns the join and leave latencies,
+    the heartbeats' own round trips (ms) and the number of joins read before the heartbeat's answer."""
+    listener, joiner, scrape = [await Conn.open(port) for _ in range(3)]
+    poll = f"/v2/subscribe/{SUB_KEY}/presence-watch-pnpres/0?uuid=presence-listener&tr=1&tt="
+    presence = f"/v2/presence/sub-key/{SUB_KEY}/channel/presence-watch"
+    cursor = orjson.loads((await listener.get(poll + "0"))[1])["t"]["t"]
+
+    async def announced(path: str, action: str, uuid: str) -> tuple[float, float, float]:
+        nonlocal cursor
+        listening = asyncio.create_task(listener.get(poll + cursor))
         await scrape.held(1)
         sent = time.monotonic()
-        _, _, answered = await joiner.get(f"{self.presence}/heartbeat?uuid={uuid}&heartbeat=60")
-        joined = await self.event(listening, "join", uuid)
-        await scrape.held(1)
-        _, _, left_answer = await joiner.get(f"{self.presence}/leave?uuid={uuid}")
-        left = await self.event(listening, "leave", uuid)
-        self.join_ms.append(1000 * (joined - answered))
-        self.leave_ms.append(1000 * (left - left_answer))
-        self.heartbeat_ms.append(1000 * (answered - sent))
-        self.early += joined < answered
+        _, _, answered = await joiner.get(path)
+        status, body, received = await asyncio.wait_for(listening, 10)
+        reply = orjson.loads(body)
+        if status != 200 or [(e["d"]["action"], e["d"]["uuid"]) for e in reply["m"]] != [(action, uuid)]:
+            raise RuntimeError(f"expected the {action} of {uuid}, the listener got {status}: {body[:300]!r}")
+        cursor = reply["t"]["t"]
+        return sent, answered, received
 
-    async def run(self, samples: int, warmup: int = 3) -> PresenceProbe:
-        listener, joiner, scrape = [await Conn.open(self.port) for _ in range(3)]
-        listening = asyncio.create_task(self.listen(listener))
-        try:
-            for i in range(warmup + samples):
-                await self.sample(i, listening, joiner, scrape)
-                if i < warmup:
-                    self.join_ms, self.leave_ms, self.heartbeat_ms, self.early = [], [], [], 0
-        finally:
-            listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await listening
-            for conn in (listener, joiner, scrape):
-                conn.writer.close()
-        return self
+    join: list[float] = []
+    leave: list[float] = []
+    beat: list[float] = []
+    early: list[float] = []
+    try:
+        for i in range(warmup + samples):
+            uuid = f"watch-{i:08d}-0000-4000-8000-000000000000"
+            sent, answered, joined = await announced(f"{presence}/heartbeat?uuid={uuid}&heartbeat=60", "join", uuid)
+            _, left_answer, left = await announced(f"{presence}/leave?uuid={uuid}", "leave", uuid)
+            if i >= warmup:
+                join.append(1000 * (joined - answered))
+                leave.append(1000 * (left - left_answer))
+                beat.append(1000 * (answered - sent))
+                early += [join[-1]] * (joined < answered)
+    finally:
+        for conn in (listener, joiner, scrape):
+            conn.writer.close()
+    return join, leave, beat, early
 
 
 def presence(bench: Bench) -> list[Figure]:
     say(
-        f"\n== 3. presence event latency: a listener holds a poll on {PRESENCE_CHANNEL}-pnpres, another "
+        f"\n== 3. presence event latency: a listener holds a poll on presence-watch-pnpres, another "
         f"connection joins a new uuid, then leaves; {bench.opts.samples} samples after 3 unmeasured"
     )
-    values = {}
+    figure = Figure("presence event latency (join)", f"median < {PRESENCE_MEDIAN_MS:g} ms")
     for tree in bench.trees:
         server = bench.server(tree, f"presence-{bench.trees.index(tree)}")
         try:
-            probe = asyncio.run(PresenceProbe(server.port).run(bench.opts.samples))
+            join, leave, beat, early = asyncio.run(presence_latency(server.port, bench.opts.samples))
         finally:
             bench.children.stop(server)
-        join, median = probe.join_ms, statistics.median(probe.join_ms)
         say(
-            f"  {tree.label}: heartbeat answer -> join event median {median:.2f} ms, p99 {pct(join, 0.99):.2f}, max "
-            f"{max(join):.2f} ({probe.early} of {len(join)} events read before the heartbeat's own answer); "
-            f"leave -> event median {statistics.median(probe.leave_ms):.2f} ms; the heartbeat's own round trip "
-            f"median {statistics.median(probe.heartbeat_ms):.2f} ms"
+            f"  {tree.label}: heartbeat answer -> join event median {statistics.median(join):.2f} ms, p99 "
+            f"{pct(join, 0.99):.2f}, max {max(join):.2f} ({len(early)} joins read before the heartbeat's own answer); "
+            f"leave -> event median {statistics.median(leave):.2f} ms; the heartbeat's round trip median "
+            f"{statistics.median(beat):.2f} ms"
         )
-        values[tree.label] = (f"median {median:.2f} ms", median < PRESENCE_MEDIAN_MS)
-    return [Figure("presence event latency (join)", f"median < {PRESENCE_MEDIAN_MS:g} ms", values)]
+        figure.values[tree.label] = (f"median {statistics.median(join):.2f} ms", statistics.median(join) < 20)
+    return [figure]
 
 
 # -- one process against two --------------------------------------------------------------------------
@@ -773,14 +608,10 @@ def presence(bench: Bench) -> list[Figure]:
 def pair(bench: Bench, a: Child, b: Child) -> tuple[Run, Run]:
     """wrk on A alone, then split over A and B: the same connections and duration."""
     o, half = bench.opts, bench.opts.connections // 2
-    if o.warmup > 0:
-        measure(bench, [a], [(a.port, o.connections)], o.warmup)
-    one = measure(bench, [a, b], [(a.port, o.connections)], o.pair_seconds)
-    if o.warmup > 0:
-        measure(bench, [a, b], [(a.port, half), (b.port, half)], o.warmup)
-    two = measure(bench, [a, b], [(a.port, half), (b.port, half)], o.pair_seconds)
-    say(one.line("one process (A)") + "\n" + two.line(f"two processes (A and B, -c{half} each)"))
-    return one, two
+    one, two = [(a.port, o.connections)], [(a.port, half), (b.port, half)]
+    runs = [measure(bench, [a, b], jobs, seconds) for jobs in (one, two) for seconds in (o.warmup, o.pair_seconds)]
+    say(runs[1].line("one process (A)") + "\n" + runs[3].line(f"two processes (A and B, -c{half} each)"))
+    return runs[1], runs[3]
 
 
 def judge(label: str, pairs: list[tuple[Run, Run]]) -> tuple[str, bool]:
@@ -788,29 +619,21 @@ def judge(label: str, pairs: list[tuple[Run, Run]]) -> tuple[str, bool]:
     heartbeat in all (server + Redis + wrk), no number of processes gets far past c / t."""
     cores = os.cpu_count() or 1
     ones, twos = [one for one, _ in pairs], [two for _, two in pairs]
-    ratio = mean([t.rps for t in twos]) / max(1e-9, mean([o.rps for o in ones]))
+    one_rps = mean([sum(r.rps) for r in ones])
+    ratio = mean([sum(r.rps) for r in twos]) / one_rps
     errors = sum(r.errors for r in ones + twos)
     requests = max(1, sum(r.requests for r in ones))
     parts = [sum(sum(r.server_cpu) for r in ones), sum(r.redis_cpu for r in ones), sum(r.wrk_cpu for r in ones)]
     per_request = sum(parts) / requests
-    ceiling = cores / per_request / mean([o.rps for o in ones]) if per_request else 0.0
-    busy = sum(t.machine_cpu for t in twos) / sum(t.seconds for t in twos)
-    text = f"{ratio:.2f}x (pairs {', '.join(f'{t.rps / o.rps:.2f}' for o, t in pairs)}; {errors} errors)"
+    busy = sum(r.machine_cpu for r in twos) / sum(r.seconds for r in twos)
+    text = f"{ratio:.2f}x (pairs {', '.join(f'{sum(t.rps) / sum(o.rps):.2f}' for o, t in pairs)}; {errors} errors)"
     say(
         f"  {label}: two / one {text}; one process costs {1e6 * per_request:.0f} µs of CPU per heartbeat in all "
         f"(server {1e6 * parts[0] / requests:.0f}, redis {1e6 * parts[1] / requests:.0f}, wrk "
-        f"{1e6 * parts[2] / requests:.0f}), so {cores} cores allow about {ceiling:.2f}x; the machine was busy "
-        f"{busy:.2f} of {cores} cores in the two-process runs" + (" (saturated)" if busy > 0.9 * cores else "")
+        f"{1e6 * parts[2] / requests:.0f}), so {cores} cores allow about {cores / per_request / one_rps:.2f}x; the "
+        f"machine was busy {busy:.2f} of {cores} cores in the two-process runs" + " (saturated)" * (busy > 0.9 * cores)
     )
     return text, ratio >= TWO_PROCESS_RATIO and errors == 0
-
-
-def server_share(opts: Options, cores: int) -> float:
-    """Each server's share of a core in the capped runs: a quarter of the machine below 4 cores, which
-    leaves about half of it for Redis and wrk while both run flat out; 1 (no capped runs) from 4 up."""
-    if opts.server_cpu is not None:
-        return opts.server_cpu
-    return 1.0 if cores >= 4 else cores / 4
 
 
 def capped_pair(bench: Bench, a: Child, b: Child, share: float) -> tuple[Run, Run] | None:
@@ -828,116 +651,85 @@ def capped_pair(bench: Bench, a: Child, b: Child, share: float) -> tuple[Run, Ru
 
 def processes(bench: Bench) -> list[Figure]:
     o, cores = bench.opts, os.cpu_count() or 1
-    share = server_share(o, cores)
+    # Two servers, Redis and wrk need about 4 cores; below that each server gets a quarter of the
+    # machine in every run, one process or two, which leaves about half of it for Redis and wrk.
+    share = o.server_cpu or (1.0 if cores >= 4 else cores / 4)
     say(
         f"\n== 4. heartbeats, one server process against two on one Redis: wrk -c{o.connections} in all, "
         f"{o.warmup:g} s warm-up then {o.pair_seconds:g} s, one then two, {o.repeats} times per server tree"
-        + (f"; each pair also with every server held to {share:g} of a core (cgroup quota)" if share < 1 else "")
+        + f"; each pair also with every server held to {share:g} of a core (cgroup quota)"
+        * (share < 1)
     )
-    servers = {t.label: [bench.server(t, f"process-{bench.trees.index(t)}{x}") for x in "ab"] for t in bench.trees}
-    plain: dict[str, list[tuple[Run, Run]]] = {tree.label: [] for tree in bench.trees}
-    capped: dict[str, list[tuple[Run, Run]]] = {tree.label: [] for tree in bench.trees}
+    servers = {
+        tree: [bench.server(tree, f"process-{bench.trees.index(tree)}{x}") for x in "ab"] for tree in bench.trees
+    }
+    plain: dict[Tree, list[tuple[Run, Run]]] = {tree: [] for tree in bench.trees}
+    capped: dict[Tree, list[tuple[Run, Run]]] = {tree: [] for tree in bench.trees}
     try:
         for tree in bench.trees:
-            present(bench, servers[tree.label][0])
+            present(bench, servers[tree][0])
         for repeat in range(o.repeats):
             for tree in bench.alternate(repeat):
-                a, b = servers[tree.label]
+                a, b = servers[tree]
                 say(f"  -- {tree.label}, pair {repeat + 1}, uncapped")
-                plain[tree.label].append(pair(bench, a, b))
-                if share < 1 and (repeat == 0 or capped[tree.label]):
+                plain[tree].append(pair(bench, a, b))
+                if share < 1 and (repeat == 0 or capped[tree]):
                     say(f"  -- {tree.label}, pair {repeat + 1}, each server held to {share:g} of a core")
-                    runs = capped_pair(bench, a, b, share)
-                    capped[tree.label] += [runs] if runs else []
+                    capped[tree] += filter(None, [capped_pair(bench, a, b, share)])
     finally:
-        for child in [c for pair_ in servers.values() for c in pair_]:
-            bench.children.stop(child)
-    name = "two processes / one (heartbeats)"
-    figures = [Figure(f"{name}, uncapped", f">= {TWO_PROCESS_RATIO:g}", {})]
-    for label in plain:
-        figures[0].values[label] = judge(f"{label}, uncapped", plain[label])
-    if any(capped.values()):
-        figures.append(Figure(f"{name}, each held to {share:g} of a core", f">= {TWO_PROCESS_RATIO:g}", {}))
-        for label in capped:
-            figures[1].values[label] = judge(f"{label}, capped", capped[label])
-        say(f"  below 4 cores the capped ratio is the verdict ({cores} here); the uncapped one is bounded by them")
+        bench.children.stop(*(child for pair_ in servers.values() for child in pair_))
+    figures = [Figure("two processes / one (heartbeats), uncapped", f">= {TWO_PROCESS_RATIO:g}")]
+    figures[0].values = {tree.label: judge(f"{tree.label}, uncapped", runs) for tree, runs in plain.items()}
+    if all(capped.values()):
+        figures.append(Figure(f"two processes / one, each held to {share:g} of a core", f">= {TWO_PROCESS_RATIO:g}"))
+        figures[1].values = {tree.label: judge(f"{tree.label}, capped", runs) for tree, runs in capped.items()}
+        say(f"  below 4 cores the capped ratio is the verdict ({cores} here): the uncapped one is bounded by them")
     return figures
 
 
 # -- main ---------------------------------------------------------------------------------------------
 
 
+def knob(default: Any, text: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
 @dataclasses.dataclass
 class Options:
-    phases: list[str]
-    compare: str | None
-    engine: str
-    seconds: float
-    rounds: int
-    warmup: float
-    connections: int
-    users: int
-    channels: int
-    subscribers: int
-    generators: int
-    publishes: int
-    fanout_runs: int
-    spacing: float
-    hold: float
-    samples: int
-    pair_seconds: float
-    repeats: int
-    server_cpu: float | None
-    redis_server: str
+    phases: str = knob(",".join(PHASES), "comma list of " + ", ".join(PHASES))
+    compare: str = knob("", "also measure a server from this git revision, taking turns with this tree's")
+    engine: str = knob("redis", "the servers' store: redis, or memory (memory://)")
+    seconds: float = knob(5.0, "each heartbeat run, s")
+    rounds: int = knob(3, "heartbeat rounds of the baseline and each server")
+    warmup: float = knob(2.0, "unmeasured wrk run before each heartbeat figure, s")
+    connections: int = knob(64, "wrk connections in all")
+    users: int = knob(10_000, "uuids heartbeating")
+    channels: int = knob(4, "channels they heartbeat")
+    subscribers: int = knob(2000, "long-polls on the fan-out channel")
+    generators: int = knob(2, "processes holding them")
+    publishes: int = knob(10, "measured fan-out rounds per run")
+    fanout_runs: int = knob(0, "fan-out runs per server; 0: 1, or 2 with --compare")
+    spacing: float = knob(1.0, "pause before each publish, s")
+    hold: float = knob(60.0, "PRESENCE_LONGPOLL_HOLD of the servers, s")
+    samples: int = knob(50, "presence event samples")
+    pair_seconds: float = knob(10.0, "each one- or two-process run, s")
+    repeats: int = knob(3, "one-then-two pairs per server tree")
+    server_cpu: float = knob(0.0, "share of a core per server in the capped pairs; 0: a quarter of the cores below 4")
+    redis_server: str = knob("redis-server", "the redis-server binary")
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
-    p = argparse.ArgumentParser(prog="python -m bench.live", description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)} (default all)")
-    p.add_argument("--compare", metavar="REV", help="also measure a server from REV, taking turns with this tree's")
-    p.add_argument("--engine", choices=["redis", "memory"], default="redis", help="the servers' store (memory://)")
-    p.add_argument("--seconds", type=float, default=5.0, help="each heartbeat throughput run (default 5)")
-    p.add_argument("--rounds", type=int, default=3, help="heartbeat rounds of baseline and server(s) (default 3)")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured wrk run before each figure (default 2)")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections in all (default 64)")
-    p.add_argument("--users", type=int, default=10_000, help="uuids heartbeating (default 10000)")
-    p.add_argument("--channels", type=int, default=4, help="channels they heartbeat (default 4)")
-    p.add_argument("--subscribers", type=int, default=2000, help="long-polls on the fan-out channel (default 2000)")
-    p.add_argument("--generators", type=int, default=2, help="processes holding them (default 2)")
-    p.add_argument("--publishes", type=int, default=10, help="measured fan-out rounds per run (default 10)")
-    p.add_argument("--fanout-runs", type=int, help="fan-out runs per server (default 1, 2 with --compare)")
-    p.add_argument("--spacing", type=float, default=1.0, help="pause before each publish, s (default 1)")
-    p.add_argument("--hold", type=float, default=60.0, help="PRESENCE_LONGPOLL_HOLD of the servers (default 60)")
-    p.add_argument("--samples", type=int, default=50, help="presence event samples (default 50)")
-    p.add_argument("--pair-seconds", type=float, default=10.0, help="each one/two-process run (default 10)")
-    p.add_argument("--repeats", type=int, default=3, help="one-then-two pairs per server tree (default 3)")
-    p.add_argument("--server-cpu", type=float, metavar="SHARE", help="core share per server in the capped pairs")
-    p.add_argument("--redis-server", default="redis-server", help="redis-server binary")
-    args = p.parse_args(argv)
-    args.phases = [x for x in args.phases.split(",") if x]
-    if not args.phases or not set(args.phases) <= set(PHASES):
-        p.error(f"--phases takes {', '.join(PHASES)}")
-    if args.fanout_runs is None:
-        args.fanout_runs = 2 if args.compare else 1
-    counts = (args.rounds, args.subscribers, args.generators, args.publishes, args.samples, args.repeats)
-    if min(*counts, args.fanout_runs) < 1 or args.connections < 2 or (args.server_cpu or 1) <= 0:
-        p.error("counts must be positive, --connections at least 2, --server-cpu above 0")
-    return Options(**vars(args))
-
-
-@contextlib.contextmanager
-def redis_server(binary: str, workdir: Path, children: Children) -> Iterator[redis.Redis]:
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    children.start("redis", [*argv, "--dir", str(workdir)])
-    client = redis.Redis(port=port, decode_responses=True)
-    for _ in range(200):
-        with contextlib.suppress(redis.ConnectionError):
-            client.ping()
-            break
-        time.sleep(0.05)
-    with client:
-        yield client
+    parser = argparse.ArgumentParser(prog="python -m bench.live", description=(__doc__ or "").splitlines()[0])
+    for field in dataclasses.fields(Options):
+        help_text = f"{field.metadata['help']} (default {field.default})"
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), help=help_text)
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    opts = Options(**given)
+    opts.fanout_runs = opts.fanout_runs or (2 if opts.compare else 1)
+    counts = [opts.rounds, opts.subscribers, opts.generators, opts.publishes, opts.samples, opts.repeats]
+    if not set(opts.phases.split(",")) <= set(PHASES) or min(counts) < 1 or opts.connections < 2:
+        parser.error(f"--phases takes {', '.join(PHASES)}; counts must be positive, --connections at least 2")
+    return opts
 
 
 def describe(bench: Bench) -> None:
@@ -948,15 +740,14 @@ def describe(bench: Bench) -> None:
     )
     for tree in bench.trees:
         code = f"import {tree.package}; print({tree.package}.__file__)"
-        where = subprocess.run(
-            [sys.executable, "-c", code], cwd=tree.path, env=bench.env(tree, ""), capture_output=True, text=True
-        ).stdout.strip()
-        say(f"server {tree.label!r}: python -m {tree.package}, code from {where}; store {bench.url}")
+        run = subprocess.run([sys.executable, "-c", code], cwd=tree.path, env=bench.env(tree), capture_output=True)
+        say(f"server {tree.label!r}: python -m {tree.package}, code from {run.stdout.decode().strip()}; {bench.url}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    if {"heartbeat", "processes"} & set(opts.phases) and not shutil.which("wrk"):
+    phases = opts.phases.split(",")
+    if {"heartbeat", "processes"} & set(phases) and not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk); or leave out heartbeat and processes")
     raise_fd_limit(opts.subscribers + 1024)  # every long-poll is a socket; children inherit the limit
     started = time.monotonic()
@@ -972,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = "memory://" if opts.engine == "memory" else f"redis://127.0.0.1:{port}/0"
         bench = Bench(opts, children, trees, rcli, url)
         describe(bench)
-        for phase in opts.phases:
+        for phase in phases:
             figures += {"heartbeat": heartbeat, "fanout": fanout, "presence": presence, "processes": processes}[phase](
                 bench
             )
@@ -980,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for figure in figures:
         say(f"  {figure.name} (target {figure.target})")
         for label, (text, ok) in figure.values.items():
-            say(f"    {verdict(ok)}  {label:<28} {text}")
+            say(f"    {'PASS' if ok else 'FAIL'}  {label:<28} {text}")
     return 0
 
 
