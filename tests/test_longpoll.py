@@ -10,6 +10,7 @@ import orjson
 
 from presence_server.context import LONGPOLLS
 from presence_server.store.longpoll import RefreshMemo
+from presence_server.store.subscription import CACHED_NAMES, subscription_of
 from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, NewClient, serve
 from tests.helpers.http import HOLD, P, handshake, occupants, ok_body, poll
 from tests.helpers.wait import wait_until
@@ -123,3 +124,12 @@ async def test_a_held_poll_does_not_refresh_again_within_the_window(
     assert batcher.calls == scripts and len(memo_of(client)) == 1
     await poll(client, "ch1", cursor, uuid="u1", state='{"new": 1}')
     assert batcher.calls == scripts + 1  # a new state is refreshed at once
+
+
+def test_only_small_subscriptions_are_kept_between_polls() -> None:
+    small = tuple(f"ch{i}" for i in range(CACHED_NAMES))
+    large = tuple(f"ch{i}" for i in range(CACHED_NAMES + 1))
+    assert subscription_of(small, ()) is subscription_of(small, ())
+    # Built again for each request, and still read like the same subscription (shared reads key on names).
+    assert subscription_of(large, ()) is not subscription_of(large, ())
+    assert subscription_of(large, ()).names == subscription_of(large, ()).names

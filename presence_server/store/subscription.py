@@ -146,6 +146,18 @@ class Subscription:
         return list(out.values())
 
 
-@functools.lru_cache(maxsize=4096)
+CACHED_NAMES = 50  # subscriptions naming more are built for each request
+
+
 def subscription_of(channels: tuple[str, ...], groups: tuple[str, ...]) -> Subscription:
+    """The Subscription of these names, built once per distinct request of up to CACHED_NAMES names
+    (the polls a publish wakes repeat theirs). Larger ones are built each time, so that the cache's
+    4,096 entries stay within a few MB whatever requests name (500 names each would be hundreds)."""
+    if len(channels) + len(groups) > CACHED_NAMES:
+        return Subscription(channels, groups)
+    return _cached_subscription(channels, groups)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_subscription(channels: tuple[str, ...], groups: tuple[str, ...]) -> Subscription:
     return Subscription(channels, groups)
