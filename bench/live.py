@@ -502,7 +502,8 @@ def summarise_fanout(label: str, rounds: list[Round], trouble: dict[str, Any]) -
         f"{'kernel timestamps' if trouble['stamps'] else 'the reads'}), the machine {machine / span:.2f} cores"
     )
     if calls:
-        say("    Redis commands per round: " + ", ".join(f"{k} {n / len(rounds):.0f}" for k, n in calls.most_common()))
+        each = ", ".join(f"{k} {n / len(rounds):.0f}" for k, n in calls.most_common() if n >= len(rounds) / 2)
+        say(f"    Redis commands per round: {each}")
     return p50, p99, trouble["errors"] == trouble["lost"] == trouble["duplicates"] == 0
 
 
