@@ -105,7 +105,7 @@ def lent_site_packages(view: Path) -> Path:
     ours = {
         Path(str(file)).parts[0]
         for dist in importlib.metadata.distributions(path=[str(p) for p in sources])
-        if dist.metadata["Name"] == DISTRIBUTION
+        if dist.metadata["Name"].lower().replace("_", "-") == DISTRIBUTION
         for file in dist.files or ()
     }
     view.mkdir()

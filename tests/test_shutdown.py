@@ -147,7 +147,7 @@ async def test_sigterm_answers_a_held_poll_and_exits_cleanly(
     )
     loop = asyncio.get_running_loop()
     async with server_process(env, stderr=log) as proc, aiohttp.ClientSession() as session:
-        await wait_answering(base, "/health", 200, proc)
+        await wait_answering(base, "/health", 200, proc, log=log)
         status, body = await raw_poll(session, base, "ch1", "0", "watcher", heartbeat=120)
         assert status == 200
         cursor = body["t"]["t"]
