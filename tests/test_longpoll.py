@@ -5,9 +5,15 @@ was reset. Its memory is bounded in entries and bytes whatever the states subscr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import tracemalloc
 
+import aiohttp
 import orjson
+import redis.asyncio as aioredis
 
+from presence_server.app import create_app
+from presence_server.config import Settings
 from presence_server.context import LONGPOLLS
 from presence_server.store.longpoll import RefreshMemo
 from presence_server.store.subscription import CACHED_NAMES, subscription_of
@@ -16,6 +22,7 @@ from tests.helpers.http import HOLD, P, handshake, occupants, ok_body, poll
 from tests.helpers.wait import wait_until
 
 STATE_SIZE = 60_000
+WARM_UP = 300
 
 
 def memo_of(client: Client) -> RefreshMemo:
@@ -133,3 +140,38 @@ def test_only_small_subscriptions_are_kept_between_polls() -> None:
     # Built again for each request, and still read like the same subscription (shared reads key on names).
     assert subscription_of(large, ()) is not subscription_of(large, ())
     assert subscription_of(large, ()).names == subscription_of(large, ()).names
+
+
+async def test_process_memory_does_not_grow_with_distinct_states(
+    real_redis: aioredis.Redis,
+    settings: Settings,
+    clock: FakeClock,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+) -> None:
+    # On the real redis-server only: fakeredis would keep the logged states in this process.
+    app = create_app(dataclasses.replace(settings, longpoll_hold=HOLD), redis=real_redis, clock=clock, sweeper=False)
+    client = await serve(aiohttp_server, aiohttp_client, app)
+
+    url = client.make_url("/v2/subscribe/demo/ch1/0")
+
+    async def handshakes(first: int, count: int) -> None:
+        # A session of its own: the test client keeps every response it got until it closes.
+        async with aiohttp.ClientSession() as session:
+            for i in range(first, first + count):
+                state = orjson.dumps({"s": f"{i:06d}" + "x" * STATE_SIZE}).decode()
+                async with session.get(url, params={"uuid": "u1", "tt": "0", "state": state}) as resp:
+                    assert resp.status == 200, await resp.text()
+
+    tracemalloc.start()
+    try:
+        # Warm-up: past the size of every cache a request's text passes through (the query parse,
+        # yarl's), which then stay full without growing.
+        await handshakes(0, WARM_UP)
+        before = tracemalloc.get_traced_memory()[0]
+        await handshakes(WARM_UP, 200)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # A memo keyed by the state itself kept each one: 200 x 60 KB, 12 MB.
+    assert grown < 2_000_000, f"{grown} bytes more after 200 distinct 60 KB states"
