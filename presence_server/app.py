@@ -22,14 +22,15 @@ from presence_server.context import (
     CLOCK,
     LONGPOLLS,
     METRICS,
-    ON_REDIS_ERROR,
     REDIS,
+    REDIS_OUTAGE,
     SETTINGS,
     STORE,
     SWEEPER,
 )
 from presence_server.http import RUNNER_OPTIONS
 from presence_server.keysets import keyset_checked
+from presence_server.logs import RedisOutage
 from presence_server.metrics import Metrics, instrumented
 from presence_server.routes import Router, setup_admin_routes, setup_routes
 from presence_server.store import LongPolls, PresenceStore, WakeBus, open_redis
@@ -107,7 +108,7 @@ async def _longpolls_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE], app[CLOCK], hold=settings.longpoll_hold, refresh_window=min(10.0, settings.min_timeout / 2)
     )
     app[METRICS] = Metrics(app[STORE], polls)
-    app[ON_REDIS_ERROR] = app[METRICS].redis_errors.inc
+    app[REDIS_OUTAGE] = RedisOutage(app[METRICS].redis_errors.inc)
     yield
     await polls.aclose()
 
@@ -140,7 +141,7 @@ async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _sweeper_ctx(*, run: bool) -> Callable[[web.Application], AsyncIterator[None]]:
     async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-        sweeper = app[SWEEPER] = Sweeper(app[STORE], app[CLOCK], app[SETTINGS].sweep_interval)
+        sweeper = app[SWEEPER] = Sweeper(app[STORE], app[CLOCK], app[SETTINGS].sweep_interval, app[REDIS_OUTAGE])
         if not run:
             yield
             return

@@ -32,10 +32,17 @@ class Settings:
     keysets: str = ""
     admin: bool = False
     admin_remote: bool = False
+    admin_token: str = ""  # when set, every admin call needs "Authorization: Bearer <token>"
     log_format: str = "text"
     access_log: bool = False
 
-    def __post_init__(self) -> None:  # noqa: C901 (to be split)
+    def __post_init__(self) -> None:
+        self._check_address()
+        self._check_times()
+        self._check_sizes()
+        self._check_formats()
+
+    def _check_address(self) -> None:
         if not self.host:
             raise SettingsError("PRESENCE_HOST must not be empty")
         if not 0 <= self.port <= 65535:
@@ -45,6 +52,8 @@ class Settings:
                 "PRESENCE_REDIS_URL must be a URL such as memory:// or redis://host:6379/0, "
                 f"got {redact_url(self.redis_url)!r}"
             )
+
+    def _check_times(self) -> None:
         for name in ("default_timeout", "min_timeout", "max_timeout", "sweep_interval", "interval", "longpoll_hold"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise SettingsError(f"{_env_name(name)} must be a positive number, got {getattr(self, name)}")
@@ -52,10 +61,16 @@ class Settings:
             raise SettingsError(
                 f"PRESENCE_MIN_TIMEOUT ({self.min_timeout}) must not exceed PRESENCE_MAX_TIMEOUT ({self.max_timeout})"
             )
+
+    def _check_sizes(self) -> None:
         if self.max_name_length < 1:
             raise SettingsError(f"PRESENCE_MAX_NAME_LENGTH must be a positive integer, got {self.max_name_length}")
         if self.announce_max < 0:
             raise SettingsError(f"PRESENCE_ANNOUNCE_MAX must be zero or more, got {self.announce_max}")
+        if self.log_size < 100:
+            raise SettingsError(f"PRESENCE_LOG_SIZE must be at least 100, got {self.log_size}")
+
+    def _check_formats(self) -> None:
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"PRESENCE_LOG_FORMAT must be text or json, got {self.log_format!r}")
         for pair in self.keyset_pairs():
@@ -63,10 +78,11 @@ class Settings:
                 raise SettingsError(
                     f"PRESENCE_KEYSETS must be a comma list of publish_key:subscribe_key pairs, got {self.keysets!r}"
                 )
-        if self.log_size < 100:
-            raise SettingsError(f"PRESENCE_LOG_SIZE must be at least 100, got {self.log_size}")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}"):
             raise SettingsError(f"PRESENCE_KEY_PREFIX must be non-empty and free of braces, got {self.key_prefix!r}")
+        if self.admin_token and not re.fullmatch(r"[!-~]{16,}", self.admin_token):
+            # Never echoed: the message names the setting only.
+            raise SettingsError("PRESENCE_ADMIN_TOKEN must be at least 16 printable ASCII characters without spaces")
 
     def keyset_pairs(self) -> list[tuple[str, str]]:
         """PRESENCE_KEYSETS as (publish key, subscribe key) pairs; empty means every keyset is accepted."""
@@ -97,6 +113,7 @@ class Settings:
         data = dataclasses.asdict(self)
         data["redis_url"] = redact_url(self.redis_url)
         data["keysets"] = f"{len(self.keyset_pairs())} listed" if self.keysets else "any"
+        data["admin_token"] = "set" if self.admin_token else "unset"
         return data
 
 

@@ -1,13 +1,12 @@
 """Every typed application key, in one place: what the app factory builds and the handlers read.
 
 Set by app.py: SETTINGS and CLOCK when the app is built; the others by one cleanup context each, in
-this order (torn down in reverse): REDIS, STORE, LONGPOLLS (with METRICS and ON_REDIS_ERROR), BUS,
+this order (torn down in reverse): REDIS, STORE, LONGPOLLS (with METRICS and REDIS_OUTAGE), BUS,
 SWEEPER.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from presence_server.clock import Clock
 from presence_server.config import Settings
+from presence_server.logs import RedisOutage
 from presence_server.store import LongPolls, PresenceStore, WakeBus
 from presence_server.sweeper import Sweeper
 
@@ -29,5 +29,6 @@ LONGPOLLS = web.AppKey("longpolls", LongPolls)  # every subscribe call: held pol
 BUS = web.AppKey("bus", WakeBus)  # the wake listener; also announces admin clock moves
 SWEEPER = web.AppKey("sweeper", Sweeper)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-# Called once for each request that failed because Redis could not be reached (metrics count them).
-ON_REDIS_ERROR: web.AppKey[Callable[[], None]] = web.AppKey("on_redis_error")
+# Told of each call that failed because Redis could not be reached: counts the requests (metrics)
+# and logs once when Redis is lost and once when it is back.
+REDIS_OUTAGE = web.AppKey("redis_outage", RedisOutage)

@@ -7,10 +7,11 @@ import logging
 from typing import Any
 
 import orjson
-import redis.exceptions
 from aiohttp import hdrs, web
 
-from presence_server.context import ON_REDIS_ERROR
+from presence_server.context import REDIS_OUTAGE
+from presence_server.logs import REDIS_DOWN as REDIS_DOWN  # re-exported: metrics reads it here
+from presence_server.store.core import ClockOutOfRange
 
 log = logging.getLogger("presence_server")
 
@@ -29,8 +30,6 @@ RUNNER_OPTIONS: dict[str, object] = {
     "auto_decompress": False,
     "max_line_size": 128 * 1024,
 }
-
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -61,22 +60,35 @@ def _plain_ok(service: str) -> bytes:
 class PubNubError(Exception):
     """An error answered with PubNub's JSON error body (docs/protocol.md 1.5); never a 2xx."""
 
-    def __init__(self, status: int, message: str, service: str = PRESENCE, payload: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        service: str = PRESENCE,
+        payload: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.service = service
         self.payload = payload
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
         body: dict[str, Any] = {"status": self.status, "error": True, "message": self.message, "service": self.service}
         if self.payload is not None:
             body["payload"] = self.payload
-        return json_response(body, self.status)
+        response = json_response(body, self.status)
+        response.headers.update(self.headers)
+        return response
 
 
 def bad_request(message: str, service: str = PRESENCE) -> PubNubError:
     return PubNubError(400, message, service)
+
+
+_clock_reported: list[bool] = []  # said once per process
 
 
 def error_response(request: web.Request, exc: Exception) -> web.Response:
@@ -87,11 +99,18 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, web.HTTPException):
         return PubNubError(exc.status, exc.reason, _service_of(request.path)).response()
     if isinstance(exc, REDIS_DOWN):
-        log.warning("redis unavailable during %s %s: %s", request.method, request.path, exc)
-        on_error = request.app.get(ON_REDIS_ERROR)
-        if on_error is not None:
-            on_error()
+        outage = request.app.get(REDIS_OUTAGE)
+        if outage is not None:
+            outage.failed(f"{request.method} {request.path}", exc)
+        else:
+            log.warning("redis unavailable during %s %s: %s", request.method, request.path, exc)
         return PubNubError(503, "Service Unavailable", _service_of(request.path)).response()
+    if isinstance(exc, ClockOutOfRange):
+        # Nothing was written (store.core.timetoken_at refuses first); /health says so too.
+        if not _clock_reported:
+            _clock_reported.append(True)
+            log.error("clock out of range, answering 503 until it is back: %s", exc)
+        return PubNubError(503, "Service Unavailable: clock out of range", _service_of(request.path)).response()
     log.error("internal error during %s %s", request.method, request.path, exc_info=exc)
     return PubNubError(500, "Internal Server Error", _service_of(request.path)).response()
 

@@ -1,12 +1,49 @@
-"""Logging set-up: plain lines, or one JSON object per line with PRESENCE_LOG_FORMAT=json."""
+"""Logging set-up (plain lines, or one JSON object per line with PRESENCE_LOG_FORMAT=json), and the
+once-per-outage report of Redis going away and coming back."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
+import redis.exceptions
+
+log = logging.getLogger("presence_server")
+
+# What a call to Redis raises when Redis cannot be reached (or is still loading its data).
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+
+
+class RedisOutage:
+    """Says once that Redis is lost and once that it is back, however many calls fail in between
+    (during a 20 s outage, one warning per failed request made thousands of lines). Each failed
+    request is still counted, by ``count`` (the presence_redis_errors metric)."""
+
+    def __init__(self, count: Callable[[], None] | None = None) -> None:
+        self.count = count
+        self.down = False
+        self.failures = 0
+
+    def failed(self, what: str, exc: BaseException, *, request: bool = True) -> None:
+        """A call to Redis failed because it could not be reached; ``request`` when a client's did."""
+        if request and self.count is not None:
+            self.count()
+        self.failures += 1
+        if not self.down:
+            self.down = True
+            log.warning(
+                "redis lost during %s: %s (said once; failed requests are counted in presence_redis_errors)", what, exc
+            )
+
+    def answered(self) -> None:
+        """A call to Redis succeeded (the sweeper makes one every second)."""
+        if self.down:
+            self.down = False
+            log.warning("redis back after %d failed calls", self.failures)
+            self.failures = 0
 
 
 class JsonFormatter(logging.Formatter):

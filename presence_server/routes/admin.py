@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 
 from aiohttp import web
@@ -11,6 +12,12 @@ from presence_server.http import PubNubError, json_response
 from presence_server.params import path_name, query_seconds
 
 ADMIN = "Admin"
+
+# How far the admin clock may move: a year per call and ten years in all. Timetokens then stay 17
+# digits (they would reach 18 only after the year 2286) and well inside the 64-bit integers Redis
+# counts them in; before, one advance of 1e13 seconds left timetokens nothing could read back.
+MAX_ADVANCE = 366 * 86_400.0
+MAX_OFFSET = 10 * MAX_ADVANCE
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -24,8 +31,16 @@ def _is_loopback(remote: str | None) -> bool:
 
 
 def _check(request: web.Request) -> None:
-    if not request.app[SETTINGS].admin_remote and not _is_loopback(request.remote):
+    settings = request.app[SETTINGS]
+    if not settings.admin_remote and not _is_loopback(request.remote):
         raise PubNubError(403, "The admin API answers loopback clients only", ADMIN)
+    if settings.admin_token:
+        # Whatever the peer: behind a reverse proxy on the same host every client looks loopback.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        expected = settings.admin_token.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            message = "The admin API needs Authorization: Bearer <PRESENCE_ADMIN_TOKEN>"
+            raise PubNubError(401, message, ADMIN, headers={"WWW-Authenticate": 'Bearer realm="admin"'})
 
 
 async def advance_clock(request: web.Request) -> web.Response:
@@ -34,7 +49,13 @@ async def advance_clock(request: web.Request) -> web.Response:
     seconds = query_seconds(request, "seconds", ADMIN)
     if seconds is None:
         raise PubNubError(400, "Missing seconds", ADMIN)
+    if seconds > MAX_ADVANCE:
+        raise PubNubError(400, f"Invalid seconds: at most {MAX_ADVANCE:.0f} (366 days) per call", ADMIN)
     store, clock = request.app[STORE], request.app[CLOCK]
+    if await store.clock_offset() + seconds > MAX_OFFSET:
+        # Checked before the move, so two advances racing may pass it together: the bound keeps a
+        # margin of centuries before timetokens would change length.
+        raise PubNubError(400, f"Invalid seconds: the clock moves at most {MAX_OFFSET:.0f} s in all", ADMIN)
     offset = await store.advance_clock(seconds)
     clock.set_offset(offset)
     await request.app[BUS].announce_clock(offset)

@@ -1,20 +1,42 @@
+"""Time, and the health check a load balancer asks (``/health`` and ``/ready``)."""
+
 from __future__ import annotations
 
 from aiohttp import web
 
-from presence_server.context import CLOCK, STORE
-from presence_server.http import REDIS_DOWN, json_response
+from presence_server.context import CLOCK, REDIS_OUTAGE, SETTINGS, STORE
+from presence_server.http import json_response
+from presence_server.logs import REDIS_DOWN
+from presence_server.routes.admin import MAX_OFFSET
 from presence_server.store import timetoken_at
+from presence_server.store.core import ClockOutOfRange
 
 
 async def time(request: web.Request) -> web.Response:
-    # A one-element array holding a number (docs/protocol.md 2.1).
+    # A one-element array holding a number (protocol 2.1).
     return json_response([int(timetoken_at(request.app[CLOCK]()))])
 
 
 async def health(request: web.Request) -> web.Response:
+    app = request.app
     try:
-        await request.app[STORE].ping()
+        await app[STORE].ping()
+        # Read only where it is used: the admin API's clock moves.
+        offset = await app[STORE].clock_offset() if app[SETTINGS].admin else 0.0
     except REDIS_DOWN as exc:
-        return json_response({"status": "unavailable", "reason": f"store unreachable: {exc}"}, 503)
+        return _unavailable(f"store unreachable: {exc}")
+    if REDIS_OUTAGE in app:
+        app[REDIS_OUTAGE].answered()
+    if offset > MAX_OFFSET:
+        return _unavailable(
+            f"the admin clock offset in Redis ({offset:.0f} s) is beyond its bound ({MAX_OFFSET:.0f} s)"
+        )
+    try:
+        timetoken_at(app[CLOCK]())
+    except ClockOutOfRange as exc:
+        return _unavailable(str(exc))
     return json_response({"status": "ok"})
+
+
+def _unavailable(reason: str) -> web.Response:
+    return json_response({"status": "unavailable", "reason": reason}, 503)

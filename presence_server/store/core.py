@@ -28,9 +28,21 @@ def _keyset_keys(prefix: str, sub_key: str) -> KeysetKeys:
     return KeysetKeys(prefix, sub_key)
 
 
+class ClockOutOfRange(Exception):
+    """The clock reads a time no 17-digit timetoken can tell (before 1973 or after 2286)."""
+
+
 def timetoken_at(now: float) -> str:
-    """The 17-digit PubNub timetoken (100 ns units) of a Unix time."""
-    return str(int(now * 10_000_000))
+    """The 17-digit PubNub timetoken (100 ns units) of a Unix time.
+
+    Raises ClockOutOfRange rather than hand out another length: every script takes its time from
+    here before it writes, so a clock moved too far (the admin API bounds its moves) writes nothing
+    that a later read, a cursor check or Redis's 64-bit INCR could not take back.
+    """
+    timetoken = str(int(now * 10_000_000))
+    if len(timetoken) != 17:
+        raise ClockOutOfRange(f"the clock reads {now!r} s, which no 17-digit timetoken tells")
+    return timetoken
 
 
 def ms(now: float) -> int:

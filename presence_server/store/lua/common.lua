@@ -48,6 +48,10 @@ end
 -- Strictly increasing across the keyset whatever the callers' clocks do.
 local function next_timetoken()
   local last = redis.call('GET', TT_KEY)
+  if last and #last > 19 then
+    -- Longer than any stream id (an older server's clock went too far): no entry ever used it.
+    last = nil
+  end
   if last and (#last > #NOW_TT or (#last == #NOW_TT and last >= NOW_TT)) then
     redis.call('INCR', TT_KEY)
     return redis.call('GET', TT_KEY)
