@@ -730,6 +730,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     counts = [opts.rounds, opts.subscribers, opts.generators, opts.publishes, opts.samples, opts.repeats]
     if not set(opts.phases.split(",")) <= set(PHASES) or min(counts) < 1 or opts.connections < 2:
         parser.error(f"--phases takes {', '.join(PHASES)}; counts must be positive, --connections at least 2")
+    if opts.engine == "memory" and "processes" in opts.phases:
+        parser.error("processes on memory:// would be two servers with a store each: leave out phase processes")
     return opts
 
 
