@@ -727,6 +727,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     opts = Options(**given)
     opts.fanout_runs = opts.fanout_runs or (2 if opts.compare else 1)
+    if opts.engine == "memory" and "phases" not in given:
+        opts.phases = "heartbeat,fanout,presence"
     counts = [opts.rounds, opts.subscribers, opts.generators, opts.publishes, opts.samples, opts.repeats]
     if not set(opts.phases.split(",")) <= set(PHASES) or min(counts) < 1 or opts.connections < 2:
         parser.error(f"--phases takes {', '.join(PHASES)}; counts must be positive, --connections at least 2")
