@@ -293,11 +293,18 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
+# The largest JSON object a query parameter (state, meta) may carry, in UTF-8 bytes once decoded:
+# as large as a message (publish's bound); more is a 400 before it is parsed.
+MAX_QUERY_JSON = 32 * 1024
+
+
 def query_json_object(request: web.Request, key: str) -> dict[str, Any] | None:
     """A JSON object from the query, or None when absent; anything else is a 400."""
     raw = query_value(request, key)
     if raw is None:
         return None
+    if len(raw) > MAX_QUERY_JSON // 4 and len(raw.encode()) > MAX_QUERY_JSON:
+        raise bad_request(f"Invalid {key}: larger than {MAX_QUERY_JSON} bytes")
     value = load_json(raw, key)
     if not isinstance(value, dict):
         raise bad_request(f"Invalid {key}: must be a JSON object")

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from yarl import URL
 
-from presence_server.params import MAX_JSON_DEPTH
+from presence_server.params import MAX_JSON_DEPTH, MAX_QUERY_JSON
 from tests.conftest import Client
 
 P = "/v2/presence/sub-key/demo"
@@ -196,3 +196,27 @@ async def test_a_publish_body_over_aiohttps_limit_gets_publishs_413_array(
     # Within aiohttp's limit but over the message bound: the same answer.
     assert_publish_error(*await send(seeded, f"{PUB}/ch1/0?uuid=u1", "POST", b'"' + b"x" * 40_000 + b'"'), 413)
     assert await snapshot(redis_client, prefix) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{P}/channel/ch1/heartbeat?uuid=u1&state=",
+        f"{P}/channel/ch1/uuid/u0/data?state=",
+        "/v2/subscribe/demo/ch1/0?uuid=u1&tt=0&state=",
+        f"{PUB}/ch1/0/1?uuid=u1&meta=",
+    ],
+)
+async def test_state_and_meta_are_bounded_in_size(
+    seeded: Client, redis_client: aioredis.Redis, prefix: str, path: str
+) -> None:
+    # 32 KiB of JSON (MAX_QUERY_JSON) is accepted, a byte more is not.
+    def sized(size: int) -> str:
+        return enc('{"k":"' + "x" * (size - 8) + '"}')
+
+    before = await snapshot(redis_client, prefix)
+    status, body = await send(seeded, path + sized(MAX_QUERY_JSON + 1))
+    (assert_publish_error if path.startswith(PUB) else assert_error)(status, body)
+    assert await snapshot(redis_client, prefix) == before
+    status, body = await send(seeded, path + sized(MAX_QUERY_JSON))
+    assert status == 200, body
