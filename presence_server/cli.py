@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
+import signal
 import sys
 
 from aiohttp import web
 
 from presence_server.app import RUNNER_OPTIONS, create_app
 from presence_server.config import Settings, SettingsError
+from presence_server.http import AppRunner
 from presence_server.logs import setup_logging
 
 log = logging.getLogger("presence_server")
@@ -42,6 +45,30 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
 
 
+async def serve(app: web.Application, host: str, port: int, access_log: logging.Logger | None) -> None:
+    """Run ``app`` until SIGINT or SIGTERM, as ``web.run_app`` does (same keep-alive and shutdown
+    timeouts), but through http.AppRunner: even requests aiohttp refuses before any handler runs get a
+    JSON answer."""
+    runner = AppRunner(
+        app,
+        access_log=access_log,
+        keepalive_timeout=75.0,
+        shutdown_timeout=60.0,
+        **RUNNER_OPTIONS,  # type: ignore[arg-type]
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+    finally:
+        # With every request still under way: held long-polls are answered before connections close.
+        await runner.cleanup()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -55,12 +82,6 @@ def main(argv: list[str] | None = None) -> None:
     if settings.redis_url.startswith("memory://"):
         log.info("embedded store (memory://): presence lives in this process and a restart forgets everyone")
     tune_gc()
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        **RUNNER_OPTIONS,  # type: ignore[arg-type]
-    )
+    access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+    asyncio.run(serve(create_app(settings), settings.host, settings.port, access_log))
     log.info("stopped")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from presence_server.context import REDIS_OUTAGE
 from presence_server.logs import REDIS_DOWN as REDIS_DOWN  # re-exported: metrics reads it here
@@ -119,3 +122,49 @@ def _service_of(path: str) -> str:
     if path.startswith("/v1/channel-registration"):
         return CHANNEL_REGISTRY
     return PRESENCE
+
+
+# -- what aiohttp answers before any handler runs ----------------------------------------------------
+#
+# aiohttp refuses some requests while parsing them, before routing: a request line over max_line_size
+# (128 KiB here) or a header over 8 KiB, characters a request line or header may not hold, a bad
+# method, an unsupported HTTP version, a malformed chunked body. Its own answer is a plain-text 400 (or
+# 505, 413...) that the SDKs cannot parse (docs/protocol.md 1.4). Servers started through AppRunner
+# below answer those in PubNub's JSON error shape, with the same status and the parser's reason, and
+# close the connection as aiohttp does. (aiohttp's test server, which route tests use, keeps its own.)
+
+
+class _JsonErrorHandler(RequestHandler):
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        # aiohttp's own first: it logs, and raises when part of an answer has already gone out.
+        super().handle_error(request, status, exc, message)
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Error"
+        if message and status != HTTPStatus.INTERNAL_SERVER_ERROR:
+            reason = f"{reason}: {message[:200]}"
+        response = PubNubError(status, reason, _service_of(request.path)).response()
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer aiohttp's own refusals in JSON (see above)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _JsonErrorServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )

@@ -1,0 +1,80 @@
+"""Issue 10, item 8: requests aiohttp refuses while parsing, before any handler runs (a request line
+or header too long, characters they may not hold, a bad method or version), get PubNub's JSON error
+shape with a JSON content type from a server run as the command line runs it (http.AppRunner)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from presence_server.app import RUNNER_OPTIONS, create_app
+from presence_server.config import Settings
+from presence_server.http import AppRunner
+from tests.conftest import FakeClock
+from tests.helpers.http import ERROR_KEYS
+from tests.helpers.redis import free_port
+
+
+@pytest.fixture
+async def port(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[int]:
+    app = create_app(settings, redis=redis_client, clock=clock, sweeper=False)
+    runner = AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
+    await runner.setup()
+    chosen = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", chosen).start()
+        yield chosen
+    finally:
+        await runner.cleanup()
+
+
+async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+REFUSED_BY_THE_PARSER = {
+    "request line over 128 KiB": b"GET /time/0?x=" + b"a" * (129 * 1024) + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+    "header over 8 KiB": b"GET /time/0 HTTP/1.1\r\nHost: h\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+    "control character in the target": b"GET /time/0\x01x HTTP/1.1\r\nHost: h\r\n\r\n",
+    "bad method": b"G@T /time/0 HTTP/1.1\r\nHost: h\r\n\r\n",
+    "unknown HTTP version": b"GET /time/0 HTTP/9.9\r\nHost: h\r\n\r\n",
+    "not HTTP at all": b"hello there\r\n\r\n",
+    "bad header line": b"GET /time/0 HTTP/1.1\r\nHost: h\r\nno colon here\r\n\r\n",
+    "bad chunked body": (
+        b"POST /publish/demo/demo/0/ch1/0 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    ),
+    "content length and chunked": (
+        b"POST /publish/demo/demo/0/ch1/0 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("raw", REFUSED_BY_THE_PARSER.values(), ids=REFUSED_BY_THE_PARSER.keys())
+async def test_what_the_parser_refuses_is_answered_in_json(port: int, raw: bytes) -> None:
+    status, headers, body = await exchange(port, raw)
+    assert 400 <= status < 600, status
+    content_type = headers.get("content-type", "")
+    assert "json" in content_type or "javascript" in content_type, (status, headers, body[:200])
+    parsed = orjson.loads(body)
+    assert set(parsed) == ERROR_KEYS and parsed["status"] == status and parsed["error"] is True, parsed
+    # and the connection was closed (exchange read to its end), as aiohttp does after these
+
+
+async def test_a_good_request_on_the_same_server_is_served(port: int) -> None:
+    status, _, body = await exchange(port, b"GET /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (status, orjson.loads(body)) == (200, {"status": "ok"})
