@@ -8,6 +8,7 @@ there is what an operator sees: the exit code and the lines on stderr.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
@@ -238,6 +239,20 @@ async def down(
         await client.close()  # the app first: its wake-up listener uses the Redis client
     finally:
         await broken.aclose()
+
+
+async def test_a_redis_outage_is_logged_once_however_many_requests_fail(
+    down: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, one warning per failed request: 2,532 lines in a 20 s outage.
+    caplog.set_level(logging.INFO, logger="presence_server")
+    for i in range(20):
+        assert (await get(down, f"{P}/channel/ch{i}/heartbeat", {"uuid": "u1"})).status == 503
+    said = [
+        r.getMessage() for r in caplog.records if r.name.startswith("presence_server") and "redis" in r.getMessage()
+    ]
+    assert len(said) == 1 and said[0].startswith("redis lost during GET "), said
+    assert (await scrape(down)).value("presence_redis_errors_total") == 20
 
 
 async def test_redis_errors_are_counted_and_metrics_still_answer(down: Client) -> None:
