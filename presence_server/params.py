@@ -23,7 +23,7 @@ def raw_path_value(request: web.Request, name: str) -> str:
     """A path placeholder's value exactly as sent, still percent-encoded.
 
     aiohttp decodes path parameters, so ``a%2Cb`` (one channel named ``a,b``) and ``a,b`` (two
-    channels) would look alike; channel lists must be split on literal commas first (protocol 1.2).
+    channels) would look alike; channel lists must be split on literal commas first (docs/protocol.md 1.2).
     """
     canonical = request.match_info.route.resource.canonical  # type: ignore[union-attr]
     return _segments(raw_target_path(request))[_position(canonical, name)]
@@ -105,7 +105,7 @@ def _split_names(raw: str, what: str, max_length: int, service: str, whole_list_
 
 # JavaScript SDKs before 8 (pubnub@7.3.3 among them) percent-encode a channel list as one string,
 # `a%2Cb`, and the placeholder as `%2C`; later ones, and every Python SDK, encode each name and
-# join them with literal commas (protocol 1.2). They say who they are in `pnsdk`.
+# join them with literal commas (docs/protocol.md 1.2). They say who they are in `pnsdk`.
 _JS_SDK = re.compile(r"PubNub-JS-[A-Za-z-]+/([0-9]+)\.")
 
 
@@ -130,7 +130,7 @@ def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str 
 
     Not ``request.query``: it turns invalid UTF-8 into U+FFFD (a different name, accepted silently)
     and ``+`` into a space. No SDK sends ``+`` for a space (both write ``%20``), but Python sends
-    ``uuid`` and ``channel-group`` unencoded (protocol 1.2), so a literal ``+`` is part of the name.
+    ``uuid`` and ``channel-group`` unencoded (docs/protocol.md 1.2), so a literal ``+`` is part of the name.
     """
     raw = _raw_query(request).get(key)
     return None if raw is None else _decode(raw, key, service)

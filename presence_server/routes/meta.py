@@ -13,7 +13,7 @@ from presence_server.store.core import ClockOutOfRange
 
 
 async def time(request: web.Request) -> web.Response:
-    # A one-element array holding a number (protocol 2.1).
+    # A one-element array holding a number (docs/protocol.md 2.1).
     return json_response([int(timetoken_at(request.app[CLOCK]()))])
 
 

@@ -1,4 +1,4 @@
-"""Publish, fire and signal (protocol 2.9). Their errors are arrays: ``[0, "<message>", "<tt>"]``."""
+"""Publish, fire and signal (docs/protocol.md 2.9). Their errors are arrays: ``[0, "<message>", "<tt>"]``."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ async def _send(request: web.Request, *, kind: int | None) -> web.Response:
             raise bad_request("Invalid custom_message_type: 3 to 50 characters")
         publisher = query_value(request, "uuid") or None
     except PubNubError as exc:
-        # Publish errors are arrays, not the error object of other services (protocol 2.9).
+        # Publish errors are arrays, not the error object of other services (docs/protocol.md 2.9).
         return json_response([0, exc.message, timetoken_at(now)], exc.status)
     if query_flag(request, "norep"):
         # Fire (norep=true): meant for server-side handlers only, never replicated to subscribers.
@@ -71,7 +71,7 @@ async def _send(request: web.Request, *, kind: int | None) -> web.Response:
 
 async def _message(request: web.Request) -> str:
     """The message as canonical JSON text: from the path (GET) or the body (POST, maybe zlib or
-    gzip whatever its label says: Python labels a zlib stream gzip, protocol 2.9)."""
+    gzip whatever its label says: Python labels a zlib stream gzip, docs/protocol.md 2.9)."""
     if request.method == "POST":
         try:
             raw = await request.read()
