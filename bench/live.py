@@ -58,6 +58,10 @@ def pct(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else 0.0
 
 
+def listed(values: Sequence[float], sep: str = "/", digits: int = 1) -> str:
+    return sep.join(f"{x:.{digits}f}" for x in values)
+
+
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -243,16 +247,13 @@ class Run:
     machine_cpu: float = 0.0
 
     def line(self, label: str) -> str:
-        rps, p50, p99 = (sep.join(f"{x:.{n}f}" for x in xs) for xs, sep, n in self._parts())
+        per_request = 1e6 * sum(self.server_cpu) / max(1, self.requests)
         return (
-            f"  {label:<32} {sum(self.rps):7.0f} req/s ({rps}), {self.errors} errors, p50 {p50} ms, p99 {p99} ms\n"
-            f"  {'':<32} CPU s: process {'+'.join(f'{c:.1f}' for c in self.server_cpu)} ("
-            f"{1e6 * sum(self.server_cpu) / max(1, self.requests):.0f} µs/request), redis {self.redis_cpu:.1f}, "
+            f"  {label:<32} {sum(self.rps):7.0f} req/s ({listed(self.rps, '+', 0)}), {self.errors} errors, "
+            f"p50 {listed(self.p50_ms)} ms, p99 {listed(self.p99_ms)} ms\n  {'':<32} CPU s: process "
+            f"{listed(self.server_cpu, '+')} ({per_request:.0f} µs/request), redis {self.redis_cpu:.1f}, "
             f"wrk {self.wrk_cpu:.1f}; machine busy {self.machine_cpu / self.seconds:.2f} cores"
         )
-
-    def _parts(self) -> list[tuple[list[float], str, int]]:
-        return [(self.rps, "+", 0), (self.p50_ms, "/", 1), (self.p99_ms, "/", 1)]
 
 
 def _ms(text: str) -> float:
@@ -278,7 +279,7 @@ def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options) -> Run:
         done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m),", out)
         latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
         if proc.returncode or not done or len(latency) != 2:
-            raise RuntimeError(f"wrk exited with {proc.returncode}:\n{out}")
+            raise RuntimeError(f"wrk (exit status {proc.returncode}) gave no report:\n{out}")
         elapsed = float(done.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[done.group(3)]
         sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
         run.errors += sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
@@ -352,7 +353,7 @@ def heartbeat(bench: Bench) -> list[Figure]:
         bench.children.stop(base, *servers.values())
     figure = Figure("heartbeat throughput / minimal aiohttp, median of rounds", f">= {HEARTBEAT_RATIO:g}, no errors")
     for tree, each in ratios.items():
-        text = f"{statistics.median(each):.2f} (rounds {', '.join(f'{r:.2f}' for r in each)}; {errors[tree]} errors)"
+        text = f"{statistics.median(each):.2f} (rounds {listed(each, ', ', 2)}; {errors[tree]} errors)"
         figure.values[tree.label] = (text, statistics.median(each) >= HEARTBEAT_RATIO and not errors[tree])
     return [figure]
 
@@ -421,7 +422,7 @@ class Round:
         return (
             f"  round {number:>2}: p50 {pct(lat, 0.5):6.1f}  p99 {pct(lat, 0.99):6.1f}  max {max(lat):6.1f} ms | last "
             f"at {1000 * last:4.0f} ms, all held again at {1000 * self.reheld:4.0f} ms | CPU s: target {target:.2f}, "
-            f"redis {redis_cpu:.2f}, generators {'+'.join(f'{c:.2f}' for c in self.generator_cpu)} | generator "
+            f"redis {redis_cpu:.2f}, generators {listed(self.generator_cpu, '+', 2)} | generator "
             f"lag {self.generator_lag_ms:.1f} ms, read delay {self.read_delay_ms:.1f} ms"
         )
 
