@@ -66,7 +66,7 @@ def assert_error(status: int, body: Any, expected: int = 400) -> None:
 
 
 def assert_publish_error(status: int, body: Any, expected: int = 400) -> None:
-    # Publish answers errors as [0, "<message>", "<timetoken>"] (protocol 2.9).
+    # Publish answers errors as [0, "<message>", "<timetoken>"] (docs/protocol.md 2.9).
     assert status == expected, body
     assert isinstance(body, list) and body[0] == 0 and isinstance(body[1], str) and len(body[2]) == 17, body
 

@@ -21,7 +21,7 @@ from tests.conftest import TEST_SERVER_OPTIONS, AiohttpServer, FakeClock
 
 async def raw_request(server: TestServer, target: str, method: str = "GET", body: bytes = b"") -> tuple[int, Any]:
     """Send one request with ``target`` written verbatim into the request line; the answer must be
-    JSON with a JSON/JavaScript content type (protocol 1.4)."""
+    JSON with a JSON/JavaScript content type (docs/protocol.md 1.4)."""
     assert server.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: close\r\n"

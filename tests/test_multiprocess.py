@@ -1,4 +1,4 @@
-"""Several server processes on one Redis behave as one server (protocol 2.2, 3; STYLE: no leader).
+"""Several server processes on one Redis behave as one server (docs/protocol.md 2.2, 3; STYLE: no leader).
 
 First as two apps in this process sharing one Redis client, key prefix and FakeClock (so presence
 time is injected and both sweepers can run at the same instant); then as two real server processes

@@ -1,5 +1,5 @@
 """Every refused request: right status, PubNub's JSON error body with a JSON content type, and the
-store left exactly as it was (protocol 1.4, 1.5, 7). Also Redis outages and unknown paths."""
+store left exactly as it was (docs/protocol.md 1.4, 1.5, 7). Also Redis outages and unknown paths."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ P = "/v2/presence/sub-key/demo"
 CG = "/v1/channel-registration/sub-key/demo/channel-group"
 PRESENCE = "Presence"
 REGISTRY = "channel-registry"
-LONG = "x" * 93  # one over the default limit of 92 (protocol 3)
+LONG = "x" * 93  # one over the default limit of 92 (docs/protocol.md 3)
 
 
 async def send(client: Client, path: str, method: str = "GET") -> tuple[int, Any]:
     """Send ``path`` byte for byte (already percent-encoded); the answer must be JSON with a
-    JSON/JavaScript content type, whatever the status (protocol 1.4)."""
+    JSON/JavaScript content type, whatever the status (docs/protocol.md 1.4)."""
     resp = await client.request(method, URL(path, encoded=True))
     content_type = resp.headers.get("Content-Type", "")
     assert "json" in content_type or "javascript" in content_type, content_type
@@ -35,7 +35,7 @@ async def send(client: Client, path: str, method: str = "GET") -> tuple[int, Any
 
 def assert_error(status: int, body: Any, expected: int, service: str) -> None:
     # JS reads an error object only when all four keys are there, and then takes the status from
-    # the body (protocol 1.5); Python reads `error`.
+    # the body (docs/protocol.md 1.5); Python reads `error`.
     assert status == expected, body
     assert set(body) == {"status", "error", "message", "service"}, body
     assert body["status"] == expected and body["error"] is True and body["service"] == service

@@ -1,4 +1,4 @@
-"""Channel groups over raw HTTP (protocol 2.10) and presence through groups (2.3 to 2.8, 1.2)."""
+"""Channel groups over raw HTTP (docs/protocol.md 2.10) and presence through groups (2.3 to 2.8, 1.2)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ async def test_list_groups(client: Client) -> None:
 
 
 async def test_add_and_remove_lists_in_either_sdk_encoding(client: Client) -> None:
-    # Python sends the commas raw, JS as %2C (protocol 2.10); both separate names.
+    # Python sends the commas raw, JS as %2C (docs/protocol.md 2.10); both separate names.
     assert await ok_body(client, f"{REGISTRY}/cg1?add=a,b&uuid=py") == REGISTRY_OK
     assert await ok_body(client, f"{REGISTRY}/cg1?add=c%2Cd&uuid=js") == REGISTRY_OK
     assert await ok_body(client, f"{REGISTRY}/cg1?add=a,a,e,") == REGISTRY_OK
@@ -97,7 +97,7 @@ async def test_two_hundred_channels_in_one_add(client: Client) -> None:
 
 async def test_heartbeat_here_now_and_leave_through_a_group(client: Client) -> None:
     await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch1,ch2"})
-    # Groups only: the path holds the placeholder "," (protocol 1.2).
+    # Groups only: the path holds the placeholder "," (docs/protocol.md 1.2).
     assert await ok_body(client, f"{P}/channel/,/heartbeat", {"uuid": "u1", "channel-group": "cg1"}) == OK
     await ok_body(client, f"{P}/channel/ch2/heartbeat", {"uuid": "u2"})
     both = {"ch1": {"uuids": ["u1"], "occupancy": 1}, "ch2": {"uuids": ["u1", "u2"], "occupancy": 2}}
@@ -113,7 +113,7 @@ async def test_heartbeat_here_now_and_leave_through_a_group(client: Client) -> N
 
 
 async def test_any_group_gets_the_payload_shape(client: Client) -> None:
-    # The single shape for a group request crashes both SDKs (protocol 2.5).
+    # The single shape for a group request crashes both SDKs (docs/protocol.md 2.5).
     await ok_body(client, f"{REGISTRY}/one", {"add": "ch1"})
     await ok_body(client, f"{P}/channel/ch1/heartbeat", {"uuid": "u1"})
     entry = {"ch1": {"uuids": ["u1"], "occupancy": 1}}
@@ -150,7 +150,7 @@ async def test_a_channel_in_the_path_and_in_a_group_counts_once(client: Client) 
 async def test_state_through_a_group(client: Client) -> None:
     await ok_body(client, f"{REGISTRY}/cg1", {"add": "ch1,ch2"})
     await ok_body(client, f"{P}/channel/,/heartbeat", {"uuid": "u1", "channel-group": "cg1"})
-    # JS sends group-only set state with the "," placeholder (protocol 2.7); the echo is flat.
+    # JS sends group-only set state with the "," placeholder (docs/protocol.md 2.7); the echo is flat.
     body = await ok_body(client, f"{P}/channel/,/uuid/u1/data", {"channel-group": "cg1", "state": '{"a":1}'})
     assert body == {**OK, "payload": {"a": 1}}
     body = await ok_body(client, f"{P}/channel/,/uuid/u1", {"channel-group": "cg1"})

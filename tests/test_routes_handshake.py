@@ -1,5 +1,5 @@
 """The subscriber's own join reaches it even when its join heartbeat beat the handshake (JS sends
-both in parallel, protocol 3), and only its own recent join moves the cursor back."""
+both in parallel, docs/protocol.md 3), and only its own recent join moves the cursor back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Presence routes over raw HTTP through the real store (protocol 1.2, 1.4, 2.1, 2.3 to 2.8, 5, 7).
+"""Presence routes over raw HTTP through the real store (docs/protocol.md 1.2, 1.4, 2.1, 2.3 to 2.8, 5, 7).
 
 Paths are sent exactly as written (already percent-encoded, the way the SDKs build them), so these
 tests also cover what only newer clients send: ``limit``/``offset``, ``ee``, flat heartbeat state.
@@ -233,7 +233,7 @@ async def test_get_state_single_and_multi_shapes(client: Client) -> None:
     }
     # No state: an empty object.
     assert await ok_body(client, f"{P}/channel/ch2/uuid/u1") == {**OK, "uuid": "u1", "channel": "ch2", "payload": {}}
-    # Several channels: wrapped in payload.channels, which Python requires (protocol 2.8).
+    # Several channels: wrapped in payload.channels, which Python requires (docs/protocol.md 2.8).
     assert await ok_body(client, f"{P}/channel/ch1,ch2/uuid/u1") == {
         **OK,
         "uuid": "u1",
@@ -425,7 +425,7 @@ async def test_percent_encoded_uuids_round_trip_exactly(client: Client) -> None:
 
 
 async def test_python_sends_uuid_and_groups_unencoded_and_plus_is_not_a_space(client: Client) -> None:
-    # Python builds `uuid=py+user` by hand (protocol 1.2); no SDK sends "+" for a space.
+    # Python builds `uuid=py+user` by hand (docs/protocol.md 1.2); no SDK sends "+" for a space.
     body = await ok_body(client, f"{P}/channel/ch1/heartbeat?uuid=py+user&heartbeat=60")
     assert body == OK
     assert await occupants(client, "ch1") == ["py+user"]

@@ -1,4 +1,4 @@
-"""Publish, fire and signal over raw HTTP through the real store (protocol 1.4, 2.2.3, 2.2.4, 2.9).
+"""Publish, fire and signal over raw HTTP through the real store (docs/protocol.md 1.4, 2.2.3, 2.2.4, 2.9).
 
 Success is ``[1, "Sent", "<17-digit tt>"]``; errors are arrays ``[0, "<message>", "<tt>"]`` with a
 JSON Content-Type. What was accepted is checked by a subscriber's poll on the same server.
@@ -293,7 +293,7 @@ async def test_get_message_over_32_kib_is_refused_with_json(client: Client) -> N
 
 
 async def test_get_without_a_message_is_a_json_error(client: Client) -> None:
-    # Only POST has no message segment; aiohttp's own answer must still be JSON (protocol 1.4).
+    # Only POST has no message segment; aiohttp's own answer must still be JSON (docs/protocol.md 1.4).
     reply = await get(client, f"{PUB}/ch1/0")
     assert reply.status == 405
 

@@ -1,4 +1,4 @@
-"""Subscribe v2 over raw HTTP through the real store (protocol 1.4, 1.6, 2.2, 2.10 and 3).
+"""Subscribe v2 over raw HTTP through the real store (docs/protocol.md 1.4, 1.6, 2.2, 2.10 and 3).
 
 Requests are sent byte for byte as the SDKs build them: names percent-encoded one by one and joined
 with literal commas, query values percent-encoded. Every answer is checked for the wire shape the
@@ -158,7 +158,7 @@ async def test_direct_subscription_wins_over_group_for_b(client: Client) -> None
 
 
 async def test_wildcard_deliveries_carry_the_pattern_as_b(client: Client) -> None:
-    # Both SDKs send `*` percent-encoded (protocol 1.2).
+    # Both SDKs send `*` percent-encoded (docs/protocol.md 1.2).
     cursor = await handshake(client, "a.%2A,a.%2A-pnpres")
     await publish(client, "a.x", "to x")
     await heartbeat(client, "a.y", "u2")
@@ -515,7 +515,7 @@ async def test_500_names_are_accepted(client: Client) -> None:
 
 
 async def test_two_dot_wildcard_and_python_duplicate_pnpres_are_accepted(client: Client) -> None:
-    # Python's event engine may send `ch-pnpres-pnpres` (protocol 2.2.6): never a 400.
+    # Python's event engine may send `ch-pnpres-pnpres` (docs/protocol.md 2.2.6): never a 400.
     await handshake(client, "a.b.%2A,ch1,ch1-pnpres,ch1-pnpres-pnpres")
     assert await occupants(client, "ch1") == ["u1"]
 

@@ -1,4 +1,4 @@
-"""Stopping a server: held long-polls answer at once with their cursor (protocol 2.2.7), so clients
+"""Stopping a server: held long-polls answer at once with their cursor (docs/protocol.md 2.2.7), so clients
 poll again elsewhere without a gap, and nobody present is made to leave or time out.
 
 Polls here are held for 30 s; every answer must come well within that (EARLY), which is what shows

@@ -410,7 +410,7 @@ async def test_set_and_get_state_on_several_channels(node: str, live_server: Liv
     )
     assert results[0] == {"state": {"mood": "busy"}}
     # 7.3.3 returns the multi-channel payload as is; with the real service's payload.channels
-    # wrapper (protocol 2.8, needed by Python) that is one level deeper than its docs show.
+    # wrapper (docs/protocol.md 2.8, needed by Python) that is one level deeper than its docs show.
     assert results[1] == {"channels": {"channels": {"red": {"mood": "busy"}, "blue": {"mood": "busy"}, "green": {}}}}
 
 

@@ -77,7 +77,7 @@ async def test_heartbeat_carries_per_channel_state(sdk: Clients) -> None:
 
 
 async def test_names_the_sdk_percent_encodes(sdk: Clients) -> None:
-    # 7.2.0 encodes each channel on its own and joins them with a literal comma (protocol 1.2).
+    # 7.2.0 encodes each channel on its own and joins them with a literal comma (docs/protocol.md 1.2).
     odd = ["room a,b", "x/y", "caf\u00e9", "pct%2C"]
     alice = sdk("alice", presence_timeout=60)
     await ok(alice.heartbeat().channels(odd))
@@ -332,7 +332,7 @@ async def test_set_and_get_state_on_several_channels(sdk: Clients) -> None:
     await ok(alice.heartbeat().channels(["a", "b", "c"]))
 
     envelope = await ok(alice.set_state().channels(["a", "b"]).state({"mood": "calm"}))
-    # The echo is the flat state, not one entry per channel (protocol 2.7).
+    # The echo is the flat state, not one entry per channel (docs/protocol.md 2.7).
     assert envelope.result.state == {"mood": "calm"}
 
     envelope = await ok(alice.get_state().channels(["a", "b", "c"]))

@@ -374,7 +374,7 @@ async def test_two_listeners_hear_the_same_events_in_the_same_order(sdk: Subscri
 
 
 async def test_odd_channel_names_round_trip(sdk: Subscribers) -> None:
-    # 7.2.0 percent-encodes each name and joins them with literal commas (protocol 1.2).
+    # 7.2.0 percent-encodes each name and joins them with literal commas (docs/protocol.md 1.2).
     odd = ["room a,b", "x/y", "caf\u00e9", "pct%2C"]
     alice, heard = await subscribed(sdk, "alice", channels=odd)
     joins = [await heard.presence_event() for _ in odd]

@@ -2,7 +2,7 @@
 
 Paths are sent byte for byte as written (already percent-encoded, names joined with literal commas);
 ``params`` are encoded the JS way (every value percent-encoded, ``%20`` for spaces). Every answer must
-be JSON with a json/javascript Content-Type (protocol 1.4). Subscribe answers are checked for the wire
+be JSON with a json/javascript Content-Type (docs/protocol.md 1.4). Subscribe answers are checked for the wire
 shape the SDKs need (``t.t`` a 17-digit string, non-zero ``t.r``, envelopes with ``a f k c d p``, no
 ``e`` on messages and presence), so each test that polls also guards those crash traps.
 """
@@ -56,7 +56,7 @@ def target(path: str, params: Mapping[str, object] | None = None) -> URL:
 
 
 def check_json(status: int, content_type: str, raw: bytes) -> Reply:
-    # Every answer, success or error, is JSON with a json/javascript Content-Type (protocol 1.4).
+    # Every answer, success or error, is JSON with a json/javascript Content-Type (docs/protocol.md 1.4).
     assert "json" in content_type or "javascript" in content_type, content_type
     return Reply(status, orjson.loads(raw), content_type)
 
@@ -85,7 +85,7 @@ def is_timetoken(value: object) -> bool:
 
 
 def check_presence_payload(d: Any) -> None:
-    # Python's subscribe loop dies on a string timestamp or a missing occupancy (protocol 2.2.5).
+    # Python's subscribe loop dies on a string timestamp or a missing occupancy (docs/protocol.md 2.2.5).
     assert isinstance(d, dict), d
     assert type(d["action"]) is str
     assert type(d["timestamp"]) is int
@@ -101,7 +101,7 @@ def check_presence_payload(d: Any) -> None:
 
 
 def check_envelope(env: dict[str, Any], sub_key: str = "demo") -> None:
-    """The envelope fields of protocol 2.2.3 whose absence or wrong type crashes an SDK."""
+    """The envelope fields of docs/protocol.md 2.2.3 whose absence or wrong type crashes an SDK."""
     assert {"a", "f", "k", "c", "d", "p"} <= env.keys(), env
     assert type(env["f"]) is int
     assert env["k"] == sub_key
@@ -109,7 +109,7 @@ def check_envelope(env: dict[str, Any], sub_key: str = "demo") -> None:
     assert is_timetoken(env["p"]["t"]), env["p"]
     assert type(env["p"]["r"]) is int
     if env["c"].endswith("-pnpres"):
-        # Presence: no `e` at all, or JS takes it for a file event (2.2.4).
+        # Presence: no `e` at all, or JS takes it for a file event (docs/protocol.md 2.2.4).
         assert "e" not in env, env
         check_presence_payload(env["d"])
     else:
@@ -119,7 +119,7 @@ def check_envelope(env: dict[str, Any], sub_key: str = "demo") -> None:
 
 
 async def poll_reply(client: Client, channels: str, tt: str | None, uuid: str = "u1", **params: object) -> Any:
-    """One subscribe request, checked for the success shape of protocol 2.2.2; ``tt=None`` sends
+    """One subscribe request, checked for the success shape of docs/protocol.md 2.2.2; ``tt=None`` sends
     no ``tt`` at all (the JS handshake)."""
     query: dict[str, object] = {"uuid": uuid, **params}
     if tt is not None:
