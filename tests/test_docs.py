@@ -1,8 +1,9 @@
-"""Every protocol section a comment or docstring cites is a heading of docs/protocol.md, so that a
-citation can never point at a section a clone of the repository does not have."""
+"""Every protocol section a comment or docstring cites is a section of docs/protocol.md, so that a
+citation can never point at a document, or a section, that a clone of the repository does not have."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import tokenize
@@ -21,11 +22,19 @@ _CITED = re.compile(rf"(?:docs/protocol\.md|\bprotocol)\s+({_LIST})")
 _BARE = re.compile(rf"\(({_LIST})\)")
 NEWLINE = "\n"
 _HEADING = re.compile(rf"^#+\s+({_NUMBER})\.?\s", re.MULTILINE)
+# A section named by its title: docs/protocol.md, "Limits".
+_TITLED = re.compile(r'docs/protocol\.md,?\s*"([^"]+)"')
 
 
 def headings(markdown: str) -> list[str]:
     """The section numbers of a Markdown document's headings, in order."""
     return _HEADING.findall(markdown)
+
+
+def _resolves(section: str, markdown: str) -> bool:
+    if section.startswith('"'):  # a title: some heading contains it
+        return any(section.strip('"') in line for line in markdown.splitlines() if line.startswith("#"))
+    return section in headings(markdown)
 
 
 def _expand(listed: str) -> list[str]:
@@ -45,18 +54,29 @@ def _expand(listed: str) -> list[str]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Citation:
+    offset: int  # where in the comment or docstring
+    section: str  # a number, or a quoted title: "Limits"
+    named: bool  # False for "protocol 2.5", which does not say where the protocol is written
+
+
 def cited(text: str) -> list[str]:
-    """The section numbers cited in a comment or docstring."""
-    return [number for _, number in _cited_at(text)]
+    """The section numbers (or quoted section titles) cited in a comment or docstring."""
+    return [citation.section for citation in _cited_at(text)]
 
 
-def _cited_at(text: str) -> list[tuple[int, str]]:
-    """(offset in ``text``, section number) of each citation."""
-    found = [(match.start(), n) for match in _CITED.finditer(text) for n in _expand(match.group(1))]
+def _cited_at(text: str) -> list[Citation]:
+    found = [
+        Citation(match.start(), number, match.group(0).startswith("docs/"))
+        for match in _CITED.finditer(text)
+        for number in _expand(match.group(1))
+    ]
+    found += [Citation(match.start(), f'"{match.group(1)}"', True) for match in _TITLED.finditer(text)]
     for match in _BARE.finditer(text):
         listed = match.group(1)
         if " to " in listed or re.search(r"\d+\.\d+\.\d+", listed):
-            found += [(match.start(), n) for n in _expand(listed)]
+            found += [Citation(match.start(), number, True) for number in _expand(listed)]
     return found
 
 
@@ -73,24 +93,23 @@ def _prose(path: Path) -> Iterator[tuple[int, str]]:
             yield token.start[0], token.string
 
 
-def citations(roots: tuple[Path, ...] = SCANNED) -> list[tuple[str, str]]:
-    """(``file:line``, section) for every citation under ``roots`` (this file's own examples aside)."""
+def citations(roots: tuple[Path, ...] = SCANNED) -> list[tuple[str, Citation]]:
+    """(``file:line``, citation) for every citation under ``roots`` (this file's own examples aside)."""
     out = []
     for root in roots:
         for path in sorted([*root.rglob("*.py"), *root.rglob("*.lua")]):
             if "node_modules" in path.parts or path.resolve() == Path(__file__).resolve():
                 continue
             for line, text in _prose(path):
-                for offset, number in _cited_at(text):
+                for citation in _cited_at(text):
                     # A docstring starts on one line and may cite on a later one.
-                    place = f"{path.relative_to(root.parent)}:{line + text.count(NEWLINE, 0, offset)}"
-                    out.append((place, number))
+                    place = f"{path.relative_to(root.parent)}:{line + text.count(NEWLINE, 0, citation.offset)}"
+                    out.append((place, citation))
     return out
 
 
 def dangling(roots: tuple[Path, ...], doc: str) -> list[tuple[str, str]]:
-    sections = set(headings(doc))
-    return [(where, number) for where, number in citations(roots) if number not in sections]
+    return [(where, c.section) for where, c in citations(roots) if not _resolves(c.section, doc)]
 
 
 def test_every_cited_section_is_a_heading_of_docs_protocol() -> None:
@@ -98,6 +117,11 @@ def test_every_cited_section_is_a_heading_of_docs_protocol() -> None:
     # The code cites the document about twenty times: a scan that finds none is broken, not clean.
     assert len([where for where, _ in found if where.startswith("presence_server")]) >= 15, found
     assert dangling(SCANNED, DOC.read_text(encoding="utf-8")) == []
+
+
+def test_citations_name_the_document() -> None:
+    # "protocol 2.5" alone sends a reader looking for a document; "docs/protocol.md 2.5" does not.
+    assert [(where, c.section) for where, c in citations() if not c.named] == []
 
 
 def test_section_numbers_are_unique_and_the_limits_section_comes_last() -> None:
@@ -113,6 +137,8 @@ def test_citation_forms_are_all_read() -> None:
     assert cited(text) == ["1.4", "1.5", "7", "2.3", "2.4", "2.5", "2.2.7", "2.9", "2.10", "1.2"]
     # Parenthesised numbers that are not citations: a delay, a version.
     assert cited("# retry after (1.5) seconds, as in (3.11)") == []
+    assert cited('# at most 500 (docs/protocol.md, "Limits")') == ['"Limits"']
+    assert [c.named for c in _cited_at("(protocol 1.2) (docs/protocol.md 1.2) (1.2.3)")] == [False, True, True]
 
 
 def test_a_dangling_citation_is_reported_with_its_place(tmp_path: Path) -> None:
@@ -122,10 +148,12 @@ def test_a_dangling_citation_is_reported_with_its_place(tmp_path: Path) -> None:
         '"""Doc (docs/protocol.md 2.1).\n\nAnd on its third line (2.1.4)."""\n\nX = 1  # protocol 2.2.7 and 9\n'
     )
     (package / "s.lua").write_text("-- the cursor (protocol 1.6)\nreturn 1\n-- (docs/protocol.md 1.7)\n")
-    doc = "## 1. A\n### 1.6 B\n## 2. C\n### 2.1 D\n"
+    (package / "t.py").write_text('# (docs/protocol.md, "Limits") (docs/protocol.md, "Nowhere")\n')
+    doc = "## 1. A\n### 1.6 B\n## 2. C\n### 2.1 D\n## 3. Limits of it\n"
     assert dangling((package,), doc) == [
         ("pkg/mod.py:3", "2.1.4"),
         ("pkg/mod.py:5", "2.2.7"),
         ("pkg/mod.py:5", "9"),
         ("pkg/s.lua:3", "1.7"),
+        ("pkg/t.py:1", '"Nowhere"'),
     ]
