@@ -3,6 +3,7 @@ citation can never point at a document, or a section, that a clone of the reposi
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
 import re
@@ -157,3 +158,20 @@ def test_a_dangling_citation_is_reported_with_its_place(tmp_path: Path) -> None:
         ("pkg/s.lua:3", "1.7"),
         ("pkg/t.py:1", '"Nowhere"'),
     ]
+
+
+def test_the_architecture_page_lists_every_kind_of_redis_key() -> None:
+    # Each key kind keys.py builds has its row in docs/architecture.md: a new kind of key must
+    # say there what it holds.
+    tree = ast.parse((ROOT / "presence_server" / "store" / "keys.py").read_text(encoding="utf-8"))
+    builders = [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
+    keyset = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "KeysetKeys")
+    members = [node.name for node in keyset.body if isinstance(node, ast.FunctionDef)]
+    for node in ast.walk(keyset):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            members.append(node.attr)
+    not_keys = {"__init__", "sub_key", "_base", "match_all"}  # a name, a prefix, a SCAN pattern
+    wanted = {f"`{name}`" for name in builders} | {f"`KeysetKeys.{m}`" for m in members if m not in not_keys}
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert len(wanted) >= 15, wanted
+    assert sorted(name for name in wanted if name not in page) == []
