@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError
 
 
 def open_redis(url: str, max_connections: int = 100, **options: Any) -> aioredis.Redis:
@@ -32,5 +35,9 @@ def open_redis(url: str, max_connections: int = 100, **options: Any) -> aioredis
     options.setdefault("socket_connect_timeout", 5)
     options.setdefault("socket_timeout", 10)
     options.setdefault("retry_on_timeout", False)
+    # Once, at once, on a new connection: after Redis restarts, each pooled connection fails its next
+    # command ("Connection closed by server") though Redis answers again; while it is down, one more
+    # refused connect costs nothing.
+    options.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)))
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, **options)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
