@@ -210,7 +210,7 @@ async def test_a_publish_body_over_aiohttps_limit_gets_publishs_413_array(
 async def test_state_and_meta_are_bounded_in_size(
     seeded: Client, redis_client: aioredis.Redis, prefix: str, path: str
 ) -> None:
-    # 32 KiB of JSON (MAX_QUERY_JSON) is accepted, a byte more is not.
+    # 64 KiB of JSON (MAX_QUERY_JSON) is accepted, a byte more is not.
     def sized(size: int) -> str:
         return enc('{"k":"' + "x" * (size - 8) + '"}')
 
