@@ -7,7 +7,12 @@ leave, state, groups) are mixed in so that there is state to damage. The run fai
 answer that is not JSON with a JSON content type, any refused request that changed the store, and any
 broken invariant afterwards (occupancy equals the listed uuids; where now agrees with here now).
 
-In CI: ``FUZZ_REQUESTS`` (default 1,500) bad requests on each store. The longer run is a command:
+A second part sends mangled request lines and headers (and absolute-form targets) to the app served as
+the command line serves it (http.AppRunner): aiohttp's parser refuses those before any handler runs,
+and the answer must still be JSON.
+
+In CI: ``FUZZ_REQUESTS`` (default 1,500) bad requests on each store, and a fifth as many mangled
+lines. The longer run (about 15 minutes) is a command:
 
     PRESENCE_FUZZ_REQUESTS=100000 PRESENCE_FUZZ_SEED=7 python -m pytest -p no:cacheprovider tests/test_fuzz.py
 
@@ -16,18 +21,26 @@ In CI: ``FUZZ_REQUESTS`` (default 1,500) bad requests on each store. The longer 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from yarl import URL
 
+from presence_server.app import RUNNER_OPTIONS, create_app
+from presence_server.config import Settings
+from presence_server.http import AppRunner
+from tests.conftest import FakeClock
 from tests.helpers.http import Client
+from tests.helpers.redis import free_port
 
 FUZZ_REQUESTS = int(os.environ.get("PRESENCE_FUZZ_REQUESTS", "1500"))
 SEED = int(os.environ.get("PRESENCE_FUZZ_SEED", "20261201"))
@@ -303,3 +316,75 @@ async def test_generated_bad_requests_are_refused_and_change_nothing(
         if sent % CHECK_EVERY == 0:
             await check_invariants(fuzzed)
     await check_invariants(fuzzed)
+
+
+# -- below the router: request lines and headers aiohttp's parser sees first ------------------------
+
+LINE_REQUESTS = max(200, FUZZ_REQUESTS // 5)
+
+
+@pytest.fixture
+async def listening(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[int]:
+    """The app served as the command line serves it (http.AppRunner), on a port of its own."""
+    app = create_app(dataclasses.replace(settings, longpoll_hold=0.05), redis=redis_client, clock=clock, sweeper=False)
+    runner = AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+def mangled_request(rng: random.Random, port: int) -> bytes:
+    """A request whose line or headers are broken in one of the ways clients and scanners break them,
+    or a valid one in absolute form (RFC 9112 3.2.2)."""
+    method, target, _ = Generator(rng).bad()
+    if rng.random() < 0.5:
+        target = f"http://127.0.0.1:{port}{target}"
+    line = f"{method} {target} HTTP/1.1".encode()
+    headers = [b"Host: 127.0.0.1", b"Connection: close"]
+    choice = rng.randrange(7)
+    if choice == 0:  # a byte a request line may not hold, somewhere
+        at = rng.randrange(len(line))
+        line = line[:at] + bytes([rng.choice([0, 1, 0x7F, 0x80, 0xFF, 0x09, 0x0B])]) + line[at:]
+    elif choice == 1:  # over the 128 KiB line limit
+        line = line.replace(b" HTTP", b"&pad=" + b"p" * (129 * 1024) + b" HTTP")
+    elif choice == 2:  # a header over 8 KiB, or without a colon
+        headers.append(rng.choice([b"X-Big: " + b"b" * 9000, b"no colon here"]))
+    elif choice == 3:  # a version or method aiohttp does not take
+        line = line.replace(b"HTTP/1.1", rng.choice([b"HTTP/9.9", b"HTTP/1", b"HTTQ/1.1", b""]))
+    elif choice == 4:
+        line = rng.choice([b"G\x00T", b"GET\t", b"get", b"\xc3\xa9"]) + line[line.index(b" ") :]
+    body = b""
+    if method == "POST":
+        body = b'"hi"'
+        headers.append(rng.choice([b"Content-Length: 4", b"Transfer-Encoding: chunked", b"Content-Length: x"]))
+    return line + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + body
+
+
+async def test_mangled_request_lines_and_headers_get_json(
+    listening: int, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    rng = random.Random(SEED + 1)
+    before = await dump(redis_client, prefix)
+    for _ in range(LINE_REQUESTS):
+        raw = mangled_request(rng, listening)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listening)
+        writer.write(raw)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
+        head, _, payload = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        assert status < 500, (raw[:300], data[:300])
+        content_type = headers.get("content-type", "")
+        assert "json" in content_type or "javascript" in content_type, (raw[:300], data[:300])
+        if headers.get("transfer-encoding") != "chunked":
+            orjson.loads(payload)
+        assert status >= 400, (raw[:300], data[:300])
+    assert await dump(redis_client, prefix) == before
