@@ -66,3 +66,69 @@ async def test_a_batch_cancelled_while_it_waits_for_redis_settles_every_callers_
     # within it).
     results = await cancel_a_batch(real_redis, started=True)
     assert all(isinstance(r, ConnectionError) for r in results), results
+
+
+class LosingProxy:
+    """A TCP proxy to Redis that can lose the connections open so far: each is dropped at its next
+    request, unforwarded, as a connection whose far end went away (a failover, a restart behind a
+    proxy) looks open until it is used. Connections made later pass."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.accepted = 0
+        self.lost_below = 0
+        self.server: asyncio.Server | None = None
+
+    def lose_open_connections(self) -> None:
+        self.lost_below = self.accepted
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        number, self.accepted = self.accepted, self.accepted + 1
+        redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def upstream() -> None:
+            while data := await client_in.read(65536):
+                if number < self.lost_below:
+                    break
+                redis_out.write(data)
+            client_out.close()
+            redis_out.close()
+
+        async def downstream() -> None:
+            while data := await redis_in.read(65536):
+                client_out.write(data)
+
+        pumps = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            client_out.close()
+            redis_out.close()
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_batch_on_a_kept_connection_that_was_lost_is_sent_again(real_redis_url: str) -> None:
+    proxy = LosingProxy(int(real_redis_url.rsplit(":", 1)[1].split("/")[0]))
+    client = open_redis(f"redis://127.0.0.1:{await proxy.start()}/0")
+    try:
+        batcher = ScriptBatcher(client)
+        script: AsyncScript = client.register_script(ECHO)
+        assert await batcher.call(script, [], ["before"]) == "before"
+        assert len(batcher._idle) == 1
+        proxy.lose_open_connections()
+        assert await batcher.call(script, [], ["after"]) == "after"
+        await batcher.aclose()
+    finally:
+        await client.aclose()
+        await proxy.aclose()

@@ -102,18 +102,28 @@ class ScriptBatcher:
             hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args, _ in batch
         )
         connection = await self._connection()
+        replies: list[Any] = []
         try:
-            reader = _hiredis_reader(connection)
-            if reader is None:
-                replies = await _exchange(connection, payload, len(batch))
-            else:
-                self.fast_batches += 1
-                replies = await _exchange_fast(connection, reader, payload, len(batch))
+            await self._exchange(connection, payload, len(batch), replies)
+        except (ConnectionError, OSError):
+            await self._drop(connection)
+            if replies:
+                raise
+            # Lost before any reply: a connection whose far end went away (a restart, a failover,
+            # a proxy in between) looks open until it is used. Once more, at once, on a connection
+            # the pool checks first: the same policy as redis-py's retry for every other command
+            # (connect.py), with the same caveat that a Redis which ran the batch and died before
+            # answering runs it twice.
+            connection = await self._connection(fresh=True)
+            try:
+                await self._exchange(connection, payload, len(batch), replies)
+            except BaseException:
+                await self._drop(connection)
+                raise
         except BaseException:
             # Cancelled or broken half-way: the connection's replies are out of step with its
             # requests, so it must not be reused.
-            await connection.disconnect()
-            await self.redis.connection_pool.release(connection)
+            await self._drop(connection)
             raise
         if len(self._idle) < KEEP_CONNECTIONS and connection.is_connected:
             self._idle.append(connection)
@@ -121,17 +131,28 @@ class ScriptBatcher:
             await self.redis.connection_pool.release(connection)
         return replies
 
-    async def _connection(self) -> AbstractConnection:
-        pool = self.redis.connection_pool
-        while self._idle:
+    async def _exchange(self, connection: AbstractConnection, payload: bytes, count: int, replies: list[Any]) -> None:
+        reader = _hiredis_reader(connection)
+        if reader is None:
+            await _exchange(connection, payload, count, replies)
+        else:
+            self.fast_batches += 1
+            await _exchange_fast(connection, reader, payload, count, replies)
+
+    async def _drop(self, connection: AbstractConnection) -> None:
+        await connection.disconnect()
+        await self.redis.connection_pool.release(connection)
+
+    async def _connection(self, fresh: bool = False) -> AbstractConnection:
+        """A connection for one batch: one kept from an earlier batch, unless ``fresh``."""
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if _still_open(connection):
                 return connection
             # Redis went away since the last batch (restart, failover): drop it, the pool reconnects.
-            await connection.disconnect()
-            await pool.release(connection)
-        fresh: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        return fresh
+            await self._drop(connection)
+        pooled: AbstractConnection = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return pooled
 
     async def aclose(self) -> None:
         """Let the batches under way finish, then hand the kept connections back to the pool
@@ -143,16 +164,14 @@ class ScriptBatcher:
             await self.redis.connection_pool.release(connection)
 
 
-async def _exchange(connection: AbstractConnection, payload: bytes, count: int) -> list[Any]:
+async def _exchange(connection: AbstractConnection, payload: bytes, count: int, replies: list[Any]) -> None:
     """Through redis-py's public connection calls: any connection class, fakeredis included."""
     await connection.send_packed_command(payload, check_health=False)
-    replies: list[Any] = []
     for _ in range(count):
         try:
             replies.append(await connection.read_response())
         except ResponseError as exc:  # a reply of its own: the stream stays in step
             replies.append(exc)
-    return replies
 
 
 def _still_open(connection: AbstractConnection) -> bool:
@@ -179,11 +198,10 @@ def _hiredis_reader(connection: AbstractConnection) -> Any:
     return reader
 
 
-async def _exchange_fast(connection: Any, reader: Any, payload: bytes, count: int) -> list[Any]:
+async def _exchange_fast(connection: Any, reader: Any, payload: bytes, count: int, replies: list[Any]) -> None:
     """One write and the batch's replies straight from the hiredis reader: redis-py's
     ``send_packed_command`` starts a task per write (``wait_for``) and ``read_response`` enters a
     timeout per reply. Error replies come back as exception objects (the reader's replyError)."""
-    replies: list[Any] = []
     async with asyncio.timeout(connection.socket_timeout):
         connection._writer.write(payload)
         await connection._writer.drain()
@@ -193,7 +211,6 @@ async def _exchange_fast(connection: Any, reader: Any, payload: bytes, count: in
                 await connection._parser.read_from_socket()
             else:
                 replies.append(reply)
-    return replies
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:
