@@ -9,14 +9,39 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
 
 from presence_server.http import PRESENCE, bad_request
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Parses are cached by the raw text they read, since clients repeat their requests; only texts up to
+# this long, so that a cache of N entries holds at most N times this much, not N request lines of
+# 128 KiB each.
+CACHED_TEXT = 2048
+
+
+def cached_when_short(maxsize: int) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """An LRU cache for a parse whose first argument is the raw text: short texts only."""
+
+    def decorate(parse: Callable[P, R]) -> Callable[P, R]:
+        cached = functools.lru_cache(maxsize=maxsize)(parse)
+
+        @functools.wraps(parse)
+        def parse_once(*args: P.args, **kwargs: P.kwargs) -> R:
+            if len(args[0]) <= CACHED_TEXT:  # type: ignore[arg-type]
+                return cached(*args, **kwargs)  # type: ignore[arg-type]
+            return parse(*args, **kwargs)
+
+        return parse_once
+
+    return decorate
 
 
 def raw_path_value(request: web.Request, name: str) -> str:
@@ -49,7 +74,7 @@ def path_value(request: web.Request, name: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=1024)
+@cached_when_short(maxsize=1024)
 def _segments(raw_path: str) -> tuple[str, ...]:
     # Clients repeat their paths (a heartbeat names the same channels every time): split once each.
     return tuple(raw_path.split("/"))
@@ -91,7 +116,7 @@ def split_names(
     return list(_split_names(raw, what, max_length, service, whole_list_encoded))
 
 
-@functools.lru_cache(maxsize=1024)
+@cached_when_short(maxsize=1024)
 def _split_names(raw: str, what: str, max_length: int, service: str, whole_list_encoded: bool) -> tuple[str, ...]:
     # Cached: the same lists come back with every heartbeat and poll. A refused list raises, and
     # exceptions are not cached.
@@ -140,7 +165,7 @@ def _raw_query(request: web.Request) -> dict[str, str]:
     return _parse_query(request.rel_url.raw_query_string)
 
 
-@functools.lru_cache(maxsize=256)
+@cached_when_short(maxsize=256)
 def _parse_query(raw_query: str) -> dict[str, str]:
     """The query's names (decoded) and first raw values; a handler asks for several, parsed once."""
     parsed: dict[str, str] = {}

@@ -21,6 +21,7 @@ from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from presence_server.clock import Clock
 from presence_server.config import Settings
 from presence_server.context import STORE
+from presence_server.http import AppRunner
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ def presence_server(presence_server_settings: dict[str, Any]) -> Iterator[Presen
 
     async def serve() -> None:
         app = create_app(settings, clock=clock)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
+        runner = AppRunner(app, access_log=None, shutdown_timeout=2.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
         await runner.setup()
         try:
             site = web.TCPSite(runner, settings.host, settings.port)

@@ -3,10 +3,14 @@ directory of its own, with nothing of this project's tests around it."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from presence_server.pytest_plugin import PresenceServer
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "test_with_presence_server.py"
 
@@ -34,3 +38,17 @@ def test_example_suite_passes_with_the_installed_plugin(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_the_fixtures_server_answers_what_aiohttps_parser_refuses_in_json(presence_server: PresenceServer) -> None:
+    # As the command line serves (presence_server.http.AppRunner): the SDKs parse every body as JSON.
+    host, port = presence_server.origin.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /time/0 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", head
+    assert b"javascript" in head.lower(), head
+    assert json.loads(body)["error"] is True
