@@ -138,8 +138,16 @@ class _JsonErrorHandler(RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        # aiohttp's own first: it logs, and raises when part of an answer has already gone out.
-        super().handle_error(request, status, exc, message)
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        else:
+            # A malformed request is the client's, not ours: one line, without aiohttp's traceback
+            # and without the parser's message, which quotes the refused bytes (an oversized
+            # Authorization header, say) into the log.
+            log.info("refused a malformed request from %s: %s", request.remote, status)
+        if request.writer.output_size > 0:
+            # Part of an answer went out already: no error body can follow (as aiohttp does).
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:

@@ -4,11 +4,14 @@ directory of its own, with nothing of this project's tests around it."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from presence_server.pytest_plugin import PresenceServer
 
@@ -40,11 +43,16 @@ def test_example_suite_passes_with_the_installed_plugin(tmp_path: Path) -> None:
     assert "2 passed" in result.stdout
 
 
-def test_the_fixtures_server_answers_what_aiohttps_parser_refuses_in_json(presence_server: PresenceServer) -> None:
-    # As the command line serves (presence_server.http.AppRunner): the SDKs parse every body as JSON.
+def test_the_fixtures_server_answers_what_aiohttps_parser_refuses_in_json(
+    presence_server: PresenceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As the command line serves (presence_server.http.AppRunner): the SDKs parse every body as JSON,
+    # and the refused bytes (here a secret in an oversized header) stay out of the log.
+    caplog.set_level(logging.DEBUG)
     host, port = presence_server.origin.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"GET /time/0 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n")
+        secret = b"Bearer s3cr3t-" + b"b" * 9000
+        sock.sendall(b"GET /time/0 HTTP/1.1\r\nHost: x\r\nAuthorization: " + secret + b"\r\n\r\n")
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
@@ -52,3 +60,5 @@ def test_the_fixtures_server_answers_what_aiohttps_parser_refuses_in_json(presen
     assert head.split(b" ", 2)[1] == b"400", head
     assert b"javascript" in head.lower(), head
     assert json.loads(body)["error"] is True
+    assert "s3cr3t" not in caplog.text and "Traceback" not in caplog.text, caplog.text
+    assert "refused a malformed request" in caplog.text
