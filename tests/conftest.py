@@ -10,48 +10,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
+from presence_server.app import create_app
 from presence_server.config import Settings
-from presence_server.context import LONGPOLLS
 from presence_server.store import PresenceStore, open_redis
-from presence_server.sweeper import Sweeper
-from tests.helpers.http import LONG_HOLD
-from tests.helpers.http import Client as Client
-from tests.helpers.redis import free_port as free_port
+from tests.helpers.app import (
+    AiohttpClient,
+    AiohttpServer,
+    FakeClock,
+    MakeApp,
+    NewClient,
+    serve,
+)
+from tests.helpers.http import LONG_HOLD, Client
 from tests.helpers.redis import redis_server
-
-# The types of aiohttp's test fixtures, as the test modules annotate them.
-AiohttpClient = Callable[..., Awaitable[Client]]
-AiohttpServer = Callable[..., Awaitable[TestServer]]
-MakeApp = Callable[..., web.Application]
-NewClient = Callable[..., Awaitable[Client]]
-
-START = 1_800_000_000.0
-
-# The runner options the server runs with, for aiohttp_server(app, **TEST_SERVER_OPTIONS): TestServer's
-# constructor drops options it is handed, and start_server sets handler_cancellation itself.
-TEST_SERVER_OPTIONS = {k: v for k, v in RUNNER_OPTIONS.items() if k != "handler_cancellation"}
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="session")
@@ -123,24 +101,6 @@ async def client(
     yield test_client
     # Close the app here, before redis_client (set up after aiohttp_client) closes its client.
     await test_client.close()
-
-
-def sweeper_of(client: Client) -> Sweeper:
-    app = client.app
-    assert app is not None
-    sweeper: Sweeper = app[SWEEPER]
-    return sweeper
-
-
-def waiting(client: Client) -> int:
-    """How many long-polls the client's server holds right now."""
-    assert client.app is not None
-    return client.app[LONGPOLLS].waiting
-
-
-async def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, app: web.Application) -> Client:
-    """A test client for ``app``, served with the options every way of running the server uses."""
-    return await aiohttp_client(await aiohttp_server(app, **TEST_SERVER_OPTIONS))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from presence_server.clock import Clock
 from presence_server.config import Settings
 from presence_server.context import STORE
 from presence_server.store import PresenceStore, open_redis
-from tests.conftest import (
+from tests.helpers.app import (
     START,
     TEST_SERVER_OPTIONS,
     AiohttpClient,

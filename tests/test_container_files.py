@@ -24,7 +24,7 @@ from aiohttp import web
 from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.store import open_redis
-from tests.conftest import AiohttpClient, AiohttpServer, Client, serve
+from tests.helpers.app import AiohttpClient, AiohttpServer, Client, serve
 from tests.helpers.redis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

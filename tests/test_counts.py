@@ -27,7 +27,7 @@ from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.context import STORE
 from presence_server.store import PresenceStore, open_redis
-from tests.conftest import TEST_SERVER_OPTIONS, AiohttpClient, Client
+from tests.helpers.app import TEST_SERVER_OPTIONS, AiohttpClient, Client
 from tests.helpers.redis import redis_server
 from tests.helpers.wait import wait_until
 

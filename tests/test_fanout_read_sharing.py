@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from presence_server.context import LONGPOLLS
-from tests.conftest import Client, waiting
+from tests.helpers.app import Client, waiting
 from tests.helpers.http import handshake, messages, poll, publish
 from tests.helpers.wait import wait_until
 

@@ -38,7 +38,7 @@ from yarl import URL
 from presence_server.app import RUNNER_OPTIONS, create_app
 from presence_server.config import Settings
 from presence_server.http import AppRunner
-from tests.conftest import FakeClock
+from tests.helpers.app import FakeClock
 from tests.helpers.http import Client
 from tests.helpers.redis import free_port
 

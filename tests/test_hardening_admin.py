@@ -16,7 +16,7 @@ from presence_server.clock import Clock
 from presence_server.config import Settings, SettingsError
 from presence_server.routes.admin import MAX_ADVANCE, MAX_OFFSET
 from presence_server.store.keys import KeysetKeys, clock_offset
-from tests.conftest import START, TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, FakeClock
+from tests.helpers.app import START, TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, FakeClock
 from tests.helpers.http import ERROR_KEYS, OK, Client, P, get, ok_body
 
 ADVANCE = "/admin/clock/advance"

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from yarl import URL
 
 from presence_server.params import MAX_JSON_DEPTH, MAX_QUERY_JSON
-from tests.conftest import Client
+from tests.helpers.app import Client
 
 P = "/v2/presence/sub-key/demo"
 PUB = "/publish/demo/demo/0"

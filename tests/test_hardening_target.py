@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from presence_server.app import create_app
 from presence_server.config import Settings
-from tests.conftest import TEST_SERVER_OPTIONS, AiohttpServer, FakeClock
+from tests.helpers.app import TEST_SERVER_OPTIONS, AiohttpServer, FakeClock
 
 
 async def raw_request(server: TestServer, target: str, method: str = "GET", body: bytes = b"") -> tuple[int, Any]:

@@ -15,7 +15,7 @@ from aiohttp import web
 from presence_server.app import RUNNER_OPTIONS, create_app
 from presence_server.config import Settings
 from presence_server.http import AppRunner
-from tests.conftest import FakeClock
+from tests.helpers.app import FakeClock
 from tests.helpers.http import ERROR_KEYS
 from tests.helpers.redis import free_port
 

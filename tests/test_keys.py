@@ -13,7 +13,7 @@ from redis.crc import key_slot
 from presence_server.store import PresenceStore
 from presence_server.store.keys import KeysetKeys
 from presence_server.store.subscription import Subscription
-from tests.conftest import START
+from tests.helpers.app import START
 
 # Names that try to break hash tags: braces anywhere, the escape character, separators, unicode.
 SUB_KEYS = ["demo", "{", "}", "{}", "}{", "a{b}c", "{demo}", "%", "%7B", "%7D", "%25", "k:1", "ключ-🔑", ""]

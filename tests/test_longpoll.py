@@ -17,7 +17,7 @@ from presence_server.config import Settings
 from presence_server.context import LONGPOLLS
 from presence_server.store.longpoll import RefreshMemo
 from presence_server.store.subscription import CACHED_NAMES, subscription_of
-from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, NewClient, serve
+from tests.helpers.app import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, NewClient, serve
 from tests.helpers.http import HOLD, P, handshake, occupants, ok_body, poll
 from tests.helpers.wait import wait_until
 

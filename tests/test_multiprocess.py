@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from presence_server.app import SWEEPER
-from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, waiting
+from tests.helpers.app import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, waiting
 from tests.helpers.http import (
     EARLY,
     HOLD,

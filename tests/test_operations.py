@@ -27,7 +27,7 @@ from presence_server.config import Settings
 from presence_server.context import STORE
 from presence_server.metrics import METRICS, RequestStats
 from presence_server.store import open_redis
-from tests.conftest import (
+from tests.helpers.app import (
     START,
     TEST_SERVER_OPTIONS,
     AiohttpClient,
@@ -35,7 +35,6 @@ from tests.conftest import (
     Client,
     FakeClock,
     MakeApp,
-    free_port,
     sweeper_of,
     waiting,
 )
@@ -52,7 +51,7 @@ from tests.helpers.http import (
     publish,
 )
 from tests.helpers.process import ROOT, server_env, server_process, wait_answering
-from tests.helpers.redis import redis_server
+from tests.helpers.redis import free_port, redis_server
 from tests.helpers.wait import wait_until
 
 P = "/v2/presence/sub-key/demo"

@@ -6,7 +6,7 @@ import redis.asyncio as aioredis
 
 from presence_server.store import PresenceStore
 from presence_server.store.keys import keysets_due
-from tests.conftest import START
+from tests.helpers.app import START
 
 
 async def test_reconcile_restores_a_lost_global_entry(

@@ -15,7 +15,7 @@ from yarl import URL
 from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.store import open_redis
-from tests.conftest import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock, NewClient
+from tests.helpers.app import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock, NewClient
 
 P = "/v2/presence/sub-key/demo"
 CG = "/v1/channel-registration/sub-key/demo/channel-group"

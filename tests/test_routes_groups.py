@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Client
+from tests.helpers.app import Client
 from tests.helpers.http import OK, REGISTRY, P, ok_body
 
 REGISTRY_OK = {"status": 200, "message": "OK", "service": "channel-registry", "error": False}

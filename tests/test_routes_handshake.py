@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Client, FakeClock
+from tests.helpers.app import Client, FakeClock
 from tests.helpers.http import P, ok_body
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from presence_server.context import STORE
 from presence_server.store import timetoken_at
-from tests.conftest import START, Client, FakeClock, NewClient, sweeper_of
+from tests.helpers.app import START, Client, FakeClock, NewClient, sweeper_of
 from tests.helpers.http import OK, P, get, heartbeat, occupants, ok_body, state_of, where
 
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from tests.conftest import AiohttpClient, AiohttpServer, Client, MakeApp, serve
+from tests.helpers.app import AiohttpClient, AiohttpServer, Client, MakeApp, serve
 from tests.helpers.http import (
     HOLD,
     PUB,

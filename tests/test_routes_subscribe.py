@@ -17,7 +17,17 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, sweeper_of, waiting
+from tests.helpers.app import (
+    START,
+    AiohttpClient,
+    AiohttpServer,
+    Client,
+    FakeClock,
+    MakeApp,
+    serve,
+    sweeper_of,
+    waiting,
+)
 from tests.helpers.http import (
     EARLY,
     ERROR_KEYS,

@@ -21,7 +21,7 @@ from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.context import LONGPOLLS, STORE
 from presence_server.store import PresenceStore
-from tests.conftest import (
+from tests.helpers.app import (
     START,
     TEST_SERVER_OPTIONS,
     AiohttpClient,

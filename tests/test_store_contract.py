@@ -16,7 +16,7 @@ import redis.exceptions
 
 from presence_server.store import GroupCapExceeded, LogEntry, PresenceStore, timetoken_at
 from presence_server.store.fields import EVENT_UUID
-from tests.conftest import START
+from tests.helpers.app import START
 
 SUB = "demo"
 T = START

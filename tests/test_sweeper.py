@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from presence_server.store import PresenceStore, open_redis
 from presence_server.store.keys import keysets_due
 from presence_server.sweeper import Sweeper
-from tests.conftest import START, FakeClock
+from tests.helpers.app import START, FakeClock
 from tests.helpers.redis import free_port, redis_server
 from tests.helpers.wait import wait_until
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import JS_DIR, LiveServer
+from tests.e2e.live import JS_DIR, LiveServer
 
 pytestmark = pytest.mark.e2e
 

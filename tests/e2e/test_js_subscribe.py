@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from presence_server.context import LONGPOLLS, SETTINGS
-from tests.e2e.conftest import JS_DIR, LiveServer
+from tests.e2e.live import JS_DIR, LiveServer
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.e2e

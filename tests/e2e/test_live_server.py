@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.e2e.conftest import LiveServer
+from tests.e2e.live import LiveServer
 
 
 async def test_live_server_answers_time(live_server: LiveServer) -> None:

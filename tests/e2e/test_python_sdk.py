@@ -11,7 +11,7 @@ import pytest
 from pubnub.enums import PNStatusCategory
 
 from presence_server.context import STORE
-from tests.e2e.conftest import LiveServer
+from tests.e2e.live import LiveServer
 from tests.e2e.pysdk import SUB_KEY, Clients, leave, ok, refused
 
 pytestmark = pytest.mark.e2e

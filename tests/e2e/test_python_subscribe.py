@@ -25,7 +25,7 @@ import pytest
 from pubnub.callbacks import SubscribeCallback
 from pubnub.enums import PNStatusCategory
 
-from tests.e2e.conftest import LiveServer
+from tests.e2e.live import LiveServer
 from tests.e2e.pysdk import SUB_KEY, Clients, describe, leave, ok, refused
 
 pytestmark = pytest.mark.e2e
