@@ -32,15 +32,13 @@ from urllib.parse import quote
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 from yarl import URL
 
-from presence_server.app import RUNNER_OPTIONS, create_app
+from presence_server.app import create_app
 from presence_server.config import Settings
-from presence_server.http import AppRunner
 from tests.helpers.app import FakeClock
+from tests.helpers.app import listening as serve_listening
 from tests.helpers.http import Client
-from tests.helpers.redis import free_port
 
 FUZZ_REQUESTS = int(os.environ.get("PRESENCE_FUZZ_REQUESTS", "1500"))
 SEED = int(os.environ.get("PRESENCE_FUZZ_SEED", "20261201"))
@@ -327,14 +325,8 @@ LINE_REQUESTS = max(200, FUZZ_REQUESTS // 5)
 async def listening(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[int]:
     """The app served as the command line serves it (http.AppRunner), on a port of its own."""
     app = create_app(dataclasses.replace(settings, longpoll_hold=0.05), redis=redis_client, clock=clock, sweeper=False)
-    runner = AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
-    await runner.setup()
-    port = free_port()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+    async with serve_listening(app) as port:
         yield port
-    finally:
-        await runner.cleanup()
 
 
 def mangled_request(rng: random.Random, port: int) -> bytes:

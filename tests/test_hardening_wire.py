@@ -10,27 +10,17 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
-from presence_server.app import RUNNER_OPTIONS, create_app
+from presence_server.app import create_app
 from presence_server.config import Settings
-from presence_server.http import AppRunner
-from tests.helpers.app import FakeClock
+from tests.helpers.app import FakeClock, listening
 from tests.helpers.http import ERROR_KEYS
-from tests.helpers.redis import free_port
 
 
 @pytest.fixture
 async def port(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[int]:
-    app = create_app(settings, redis=redis_client, clock=clock, sweeper=False)
-    runner = AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
-    await runner.setup()
-    chosen = free_port()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", chosen).start()
+    async with listening(create_app(settings, redis=redis_client, clock=clock, sweeper=False)) as chosen:
         yield chosen
-    finally:
-        await runner.cleanup()
 
 
 async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:

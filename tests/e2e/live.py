@@ -13,12 +13,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
+from presence_server.app import SWEEPER, create_app
 from presence_server.config import Settings
 from presence_server.context import STORE
-from presence_server.http import AppRunner
 from presence_server.store import PresenceStore
-from tests.helpers.app import FakeClock
+from tests.helpers.app import FakeClock, listening
 
 # Long-polls are held this long (real seconds) by live servers unless a test says otherwise, so
 # that an idle subscriber re-polls quickly and a test's teardown never waits on a held poll.
@@ -52,12 +51,5 @@ async def serve(
     """Run the app on a free loopback port; ``overrides`` replace settings (e.g. announce_max=2)."""
     current = dataclasses.replace(settings, **{"longpoll_hold": LIVE_HOLD, **overrides})
     app = create_app(current, redis=redis_client, clock=clock, sweeper=False)
-    runner = AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with listening(app) as port:
         yield LiveServer(f"127.0.0.1:{port}", clock, app)
-    finally:
-        await runner.cleanup()

@@ -4,13 +4,15 @@ never from one another)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from presence_server.app import RUNNER_OPTIONS, SWEEPER
 from presence_server.context import LONGPOLLS
+from presence_server.http import AppRunner
 from presence_server.sweeper import Sweeper
 from tests.helpers.http import Client as Client
 
@@ -56,3 +58,16 @@ def waiting(client: Client) -> int:
 async def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, app: web.Application) -> Client:
     """A test client for ``app``, served with the options every way of running the server uses."""
     return await aiohttp_client(await aiohttp_server(app, **TEST_SERVER_OPTIONS))
+
+
+@contextlib.asynccontextmanager
+async def listening(app: web.Application) -> AsyncIterator[int]:
+    """``app`` served as the command line serves it (http.AppRunner, the runner options) on a free
+    loopback port, which it yields; cleaned up when the block ends."""
+    runner = AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_OPTIONS)  # type: ignore[arg-type]
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
