@@ -17,7 +17,7 @@ from presence_server.config import Settings, SettingsError
 from presence_server.routes.admin import MAX_ADVANCE, MAX_OFFSET
 from presence_server.store.keys import KeysetKeys, clock_offset
 from tests.helpers.app import START, TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, FakeClock
-from tests.helpers.http import ERROR_KEYS, OK, Client, P, get, ok_body
+from tests.helpers.http import OK, Client, P, assert_error, get, ok_body, request, stored
 
 ADVANCE = "/admin/clock/advance"
 TOKEN = "s3cret-token-of-the-tests"
@@ -42,32 +42,16 @@ def new_admin(
     return new
 
 
-async def call(client: Client, path: str, method: str = "POST", **headers: str) -> tuple[int, Any, Any]:
-    resp = await client.request(method, path, headers=headers)
-    content_type = resp.headers.get("Content-Type", "")
-    assert "json" in content_type or "javascript" in content_type, content_type
-    return resp.status, await resp.json(content_type=None), resp.headers
-
-
-def assert_error(status: int, body: Any, expected: int) -> None:
-    assert status == expected, body
-    assert set(body) == ERROR_KEYS and body["status"] == expected and body["error"] is True, body
-
-
-async def dump(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    return {key: await redis.dump(key) async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)}
-
-
 @pytest.mark.parametrize("seconds", ["1e12", "1e13", "1e300", str(MAX_ADVANCE + 1), "99999999999999999999"])
 async def test_an_advance_past_the_bound_is_refused_and_moves_nothing(
     new_admin: NewAdmin, redis_client: aioredis.Redis, prefix: str, seconds: str
 ) -> None:
     client = await new_admin()
     await ok_body(client, f"{P}/channel/ch1/heartbeat", {"uuid": "u1", "heartbeat": 60})
-    before = await dump(redis_client, prefix)
-    status, body, _ = await call(client, f"{ADVANCE}?seconds={seconds}")
+    before = await stored(redis_client, prefix)
+    status, body, _ = await request(client, f"{ADVANCE}?seconds={seconds}", "POST")
     assert_error(status, body, 400)
-    assert await dump(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
     assert (await ok_body(client, "/time/0")) == [int(START * 10_000_000)]
     # The reported sequence: a handshake, then a poll with its cursor, then a heartbeat and a publish.
     cursor = (await ok_body(client, "/v2/subscribe/demo/ch1/0", {"uuid": "s1", "tt": 0}))["t"]["t"]
@@ -81,10 +65,10 @@ async def test_advances_add_up_to_the_bound_in_all_and_no_further(new_admin: New
     client = await new_admin()
     steps = int(MAX_OFFSET // MAX_ADVANCE)
     for _ in range(steps):
-        status, body, _ = await call(client, f"{ADVANCE}?seconds={MAX_ADVANCE:.0f}")
+        status, body, _ = await request(client, f"{ADVANCE}?seconds={MAX_ADVANCE:.0f}", "POST")
         assert status == 200, body
     assert body["offset"] == MAX_OFFSET
-    status, body, _ = await call(client, f"{ADVANCE}?seconds=1")
+    status, body, _ = await request(client, f"{ADVANCE}?seconds=1", "POST")
     assert_error(status, body, 400)
     # At the bound everything still answers, with 17-digit timetokens, and /health is ok.
     cursor = (await ok_body(client, "/v2/subscribe/demo/ch1/0", {"uuid": "s1", "tt": 0}))["t"]["t"]
@@ -100,9 +84,9 @@ async def test_an_offset_an_older_server_left_in_redis_is_noticed_and_writes_not
     # Before the bound, one advance of 1e13 s put every process's clock past what a timetoken tells.
     await redis_client.set(clock_offset(prefix), "10000000000000")
     client = await new_admin()  # reads the offset at start, as every process on that Redis would
-    status, body, _ = await call(client, "/health", "GET")
+    status, body, _ = await request(client, "/health", "GET")
     assert status == 503 and body["status"] == "unavailable" and "offset" in body["reason"], body
-    before = await dump(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     for path, params in (
         (f"{P}/channel/ch1/heartbeat", {"uuid": "u1"}),
         ("/v2/subscribe/demo/ch1/0", {"uuid": "u1", "tt": 0}),
@@ -112,7 +96,7 @@ async def test_an_offset_an_older_server_left_in_redis_is_noticed_and_writes_not
         assert_error(reply.status, reply.body, 503)
     reply = await get(client, "/publish/demo/demo/0/ch1/0/1", {"uuid": "u1"})
     assert reply.status == 503, reply.body
-    assert await dump(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
 
 
 async def test_an_over_long_timetoken_an_older_server_left_in_a_keyset_is_written_over(
@@ -143,7 +127,7 @@ async def test_with_a_token_every_admin_call_needs_it(
 ) -> None:
     client = await new_admin(admin_token=TOKEN)
     await ok_body(client, f"{P}/channel/ch1/heartbeat", {"uuid": "u1"})
-    before = await dump(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     for headers in (
         {},
         {"Authorization": "Bearer wrong-token-of-the-tests"},
@@ -151,20 +135,20 @@ async def test_with_a_token_every_admin_call_needs_it(
         {"Authorization": TOKEN},
         {"Authorization": f"Bearer {TOKEN}x"},
     ):
-        status, body, answered = await call(client, path, method, **headers)
+        status, body, answered = await request(client, path, method, headers=headers)
         assert_error(status, body, 401)
         assert answered["WWW-Authenticate"].startswith("Bearer"), headers
         assert TOKEN not in str(body)
-    assert await dump(redis_client, prefix) == before
-    status, body, _ = await call(client, path, method, Authorization=f"Bearer {TOKEN}")
+    assert await stored(redis_client, prefix) == before
+    status, body, _ = await request(client, path, method, headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 200, body
-    status, body, _ = await call(client, path, method, Authorization=f"bearer {TOKEN}")
+    status, body, _ = await request(client, path, method, headers={"Authorization": f"bearer {TOKEN}"})
     assert status == 200, body
 
 
 async def test_without_a_token_loopback_clients_need_none(new_admin: NewAdmin) -> None:
     client = await new_admin()
-    status, body, _ = await call(client, f"{ADVANCE}?seconds=1")
+    status, body, _ = await request(client, f"{ADVANCE}?seconds=1", "POST")
     assert status == 200, body
 
 

@@ -4,17 +4,16 @@ within the bound is accepted and readable back by every read."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from yarl import URL
 
 from presence_server.params import MAX_JSON_DEPTH, MAX_QUERY_JSON
 from tests.helpers.app import Client
+from tests.helpers.http import assert_error, send, stored
 
 P = "/v2/presence/sub-key/demo"
 PUB = "/publish/demo/demo/0"
@@ -37,32 +36,10 @@ def enc(value: Any) -> str:
     return quote(value if isinstance(value, str) else orjson.dumps(value).decode(), safe="")
 
 
-async def send(client: Client, path: str, method: str = "GET", data: bytes | None = None) -> tuple[int, Any]:
-    body = None if data is None else io.BytesIO(data)  # aiohttp warns about large raw bytes
-    resp = await client.request(method, URL(path, encoded=True), data=body)
-    content_type = resp.headers.get("Content-Type", "")
-    assert "json" in content_type or "javascript" in content_type, content_type
-    return resp.status, orjson.loads(await resp.read())
-
-
 async def ok(client: Client, path: str) -> Any:
     status, body = await send(client, path)
     assert status == 200, body
     return body
-
-
-async def snapshot(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key of this test's prefix with its full value (dumped, whatever its type)."""
-    out: dict[str, Any] = {}
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        out[key] = await redis.dump(key)
-    return out
-
-
-def assert_error(status: int, body: Any, expected: int = 400) -> None:
-    assert status == expected, body
-    assert set(body) == {"status", "error", "message", "service"}, body
-    assert body["status"] == expected and body["error"] is True and body["message"]
 
 
 def assert_publish_error(status: int, body: Any, expected: int = 400) -> None:
@@ -103,11 +80,11 @@ async def seeded(client: Client) -> Client:
 async def test_json_nested_past_the_bound_is_a_400_and_changes_nothing(
     seeded: Client, redis_client: aioredis.Redis, prefix: str, name: str, depth: int
 ) -> None:
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     method, path, body, publish_like = deep_requests(depth)[name]
     status, answer = await send(seeded, path, method, body)
     (assert_publish_error if publish_like else assert_error)(status, answer)
-    assert await snapshot(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
 
 
 async def test_json_nested_to_the_bound_is_accepted_and_every_read_can_answer(client: Client) -> None:
@@ -165,11 +142,11 @@ HUGE = "9" * 5000  # past int()'s 4,300-digit limit
 async def test_huge_or_odd_numbers_are_a_400_and_change_nothing(
     seeded: Client, redis_client: aioredis.Redis, prefix: str, path: str
 ) -> None:
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     status, body = await send(seeded, path)
     assert_error(status, body)
     assert len(body["message"]) < 200, "the refused value is not echoed whole"
-    assert await snapshot(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
 
 
 async def test_numbers_with_many_digits_below_the_limit_are_brought_down_to_the_bound(seeded: Client) -> None:
@@ -190,12 +167,12 @@ async def test_a_huge_js_version_in_pnsdk_is_just_a_new_client(client: Client, p
 async def test_a_publish_body_over_aiohttps_limit_gets_publishs_413_array(
     seeded: Client, redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     big = b'"' + b"x" * (1024 * 1024 + 10) + b'"'
     assert_publish_error(*await send(seeded, f"{PUB}/ch1/0?uuid=u1", "POST", big), 413)
     # Within aiohttp's limit but over the message bound: the same answer.
     assert_publish_error(*await send(seeded, f"{PUB}/ch1/0?uuid=u1", "POST", b'"' + b"x" * 40_000 + b'"'), 413)
-    assert await snapshot(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
 
 
 @pytest.mark.parametrize(
@@ -214,9 +191,9 @@ async def test_state_and_meta_are_bounded_in_size(
     def sized(size: int) -> str:
         return enc('{"k":"' + "x" * (size - 8) + '"}')
 
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     status, body = await send(seeded, path + sized(MAX_QUERY_JSON + 1))
     (assert_publish_error if path.startswith(PUB) else assert_error)(status, body)
-    assert await snapshot(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
     status, body = await send(seeded, path + sized(MAX_QUERY_JSON))
     assert status == 200, body

@@ -5,66 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import orjson
 import pytest
 import redis.asyncio as aioredis
-from yarl import URL
 
 from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.store import open_redis
 from tests.helpers.app import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock, NewClient
+from tests.helpers.http import assert_error, send, stored
 
 P = "/v2/presence/sub-key/demo"
 CG = "/v1/channel-registration/sub-key/demo/channel-group"
 PRESENCE = "Presence"
 REGISTRY = "channel-registry"
 LONG = "x" * 93  # one over the default limit of 92 (docs/protocol.md 3)
-
-
-async def send(client: Client, path: str, method: str = "GET") -> tuple[int, Any]:
-    """Send ``path`` byte for byte (already percent-encoded); the answer must be JSON with a
-    JSON/JavaScript content type, whatever the status (docs/protocol.md 1.4)."""
-    resp = await client.request(method, URL(path, encoded=True))
-    content_type = resp.headers.get("Content-Type", "")
-    assert "json" in content_type or "javascript" in content_type, content_type
-    return resp.status, orjson.loads(await resp.read())
-
-
-def assert_error(status: int, body: Any, expected: int, service: str) -> None:
-    # JS reads an error object only when all four keys are there, and then takes the status from
-    # the body (docs/protocol.md 1.5); Python reads `error`.
-    assert status == expected, body
-    assert set(body) == {"status", "error", "message", "service"}, body
-    assert body["status"] == expected and body["error"] is True and body["service"] == service
-    assert isinstance(body["message"], str) and body["message"]
-
-
-async def snapshot(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key of this test's prefix with its type and full value."""
-    out: dict[str, Any] = {}
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        kind = await redis.type(key)
-        assert isinstance(kind, str)
-        value: Any
-        if kind == "string":
-            value = await redis.get(key)
-        elif kind == "hash":
-            value = await redis.hgetall(key)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = sorted(await redis.smembers(key))
-        elif kind == "list":
-            value = await redis.lrange(key, 0, -1)
-        elif kind == "stream":
-            value = await redis.xrange(key)
-        else:
-            raise AssertionError(f"unexpected key type {kind} of {key}")
-        out[key] = (kind, value)
-    return out
 
 
 async def seed(client: Client) -> None:
@@ -81,10 +36,10 @@ async def seed(client: Client) -> None:
 @pytest.fixture
 async def seeded(client: Client, redis_client: aioredis.Redis, prefix: str) -> AsyncIterator[Client]:
     await seed(client)
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     assert before
     yield client
-    assert await snapshot(redis_client, prefix) == before, "a refused request changed the store"
+    assert await stored(redis_client, prefix) == before, "a refused request changed the store"
 
 
 # (path, status, service): each would change the store if it were accepted.
@@ -197,10 +152,10 @@ async def test_group_cap(client: Client, redis_client: aioredis.Redis, prefix: s
     assert len((await send(client, f"{CG}/full"))[1]["payload"]["channels"]) == 2000
     # Channels already in the group do not grow it.
     assert (await send(client, f"{CG}/full?add=b0c0,b9c199"))[0] == 200
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     assert_error(*await send(client, f"{CG}/full?add=one-more"), 400, REGISTRY)
     assert_error(*await send(client, f"{CG}/full?add=b0c0,one-more"), 400, REGISTRY)
-    assert await snapshot(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
 
 
 async def test_refused_request_changes_nothing_even_when_valid_parts_came_first(
@@ -208,14 +163,14 @@ async def test_refused_request_changes_nothing_even_when_valid_parts_came_first(
 ) -> None:
     # The check that fails is the last one the handler makes; nothing may have been applied before it.
     await seed(client)
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     for path in (
         f"{P}/channel/ch0,ch1/heartbeat?uuid=u0&heartbeat=10&channel-group=cg0&state=%5B%5D",
         f"{P}/channel/ch0/heartbeat?uuid=u0&state=%7B%22ch0%22%3A%7B%7D%7D&heartbeat=-1",
     ):
         status, body = await send(client, path)
         assert_error(status, body, 400, PRESENCE)
-    assert await snapshot(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
 
 
 async def test_name_length_limit_follows_the_setting(
@@ -225,7 +180,7 @@ async def test_name_length_limit_follows_the_setting(
     ten, eleven = "a" * 10, "b" * 11
     assert (await send(client, f"{P}/channel/{ten}/heartbeat?uuid={ten}&channel-group={ten}"))[0] == 200
     assert (await send(client, f"{CG}/{ten}?add={ten}"))[0] == 200
-    before = await snapshot(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     for path, service in (
         (f"{P}/channel/{eleven}/heartbeat?uuid=u1", PRESENCE),
         (f"{P}/channel/ch1/heartbeat?uuid={eleven}", PRESENCE),
@@ -236,7 +191,7 @@ async def test_name_length_limit_follows_the_setting(
         (f"{CG}/{ten}?add={eleven}", REGISTRY),
     ):
         assert_error(*await send(client, path), 400, service)
-    assert await snapshot(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
     # A longer limit accepts what the default refuses.
     wide = await new_client(max_name_length=200)
     assert (await send(wide, f"{P}/channel/{LONG}/heartbeat?uuid={LONG}"))[0] == 200

@@ -10,12 +10,14 @@ shape the SDKs need (``t.t`` a 17-digit string, non-zero ``t.r``, envelopes with
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -64,6 +66,40 @@ def check_json(status: int, content_type: str, raw: bytes) -> Reply:
 async def get(client: Client, path: str, params: Mapping[str, object] | None = None) -> Reply:
     resp = await client.get(target(path, params))
     return check_json(resp.status, resp.headers.get("Content-Type", ""), await resp.read())
+
+
+async def request(
+    client: Client, path: str, method: str = "GET", data: bytes | None = None, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any, Mapping[str, str]]:
+    """Send ``path`` byte for byte (already percent-encoded) with ``method``; the answer must be JSON
+    whatever its status. Returns the status, the parsed body and the response headers."""
+    body = None if data is None else io.BytesIO(data)  # aiohttp warns about large raw bytes
+    resp = await client.request(method, URL(path, encoded=True), data=body, headers=headers)
+    reply = check_json(resp.status, resp.headers.get("Content-Type", ""), await resp.read())
+    return reply.status, reply.body, resp.headers
+
+
+async def send(client: Client, path: str, method: str = "GET", data: bytes | None = None) -> tuple[int, Any]:
+    """``request`` without the headers: the status and the parsed body."""
+    status, body, _ = await request(client, path, method, data)
+    return status, body
+
+
+def assert_error(status: int, body: Any, expected: int = 400, service: str | None = None) -> None:
+    """PubNub's error object: JS reads one only when all four keys are there, and then takes the status
+    from the body (docs/protocol.md 1.5); Python reads ``error``."""
+    assert status == expected, body
+    assert set(body) == ERROR_KEYS, body
+    assert body["status"] == expected and body["error"] is True, body
+    assert isinstance(body["message"], str) and body["message"], body
+    if service is not None:
+        assert body["service"] == service, body
+
+
+async def stored(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key of a test's prefix with its whole value (DUMP, whatever its type): equal before and
+    after a refused request when it changed nothing."""
+    return {key: await redis.dump(key) async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)}
 
 
 async def get_url(
