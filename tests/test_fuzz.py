@@ -21,7 +21,6 @@ lines. The longer run (about 15 minutes) is a command:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import random
@@ -38,7 +37,7 @@ from presence_server.app import create_app
 from presence_server.config import Settings
 from tests.helpers.app import FakeClock
 from tests.helpers.app import listening as serve_listening
-from tests.helpers.http import Client
+from tests.helpers.http import Client, exchange, stored
 
 FUZZ_REQUESTS = int(os.environ.get("PRESENCE_FUZZ_REQUESTS", "1500"))
 SEED = int(os.environ.get("PRESENCE_FUZZ_SEED", "20261201"))
@@ -252,15 +251,6 @@ class Generator:
         return "GET", f"/v1/channel-registration/sub-key/demo/channel-group/{self.name(GROUPS)}?{verb}={channels}"
 
 
-async def dump(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.dump(key)
-        values = await pipe.execute()
-    return dict(zip(keys, values, strict=True))
-
-
 async def answer(client: Client, method: str, target: str, body: bytes | None = None) -> tuple[int, Any]:
     resp = await client.request(method, URL(target, encoded=True), data=body)
     raw = await resp.read()
@@ -296,20 +286,20 @@ async def test_generated_bad_requests_are_refused_and_change_nothing(
 ) -> None:
     rng = random.Random(SEED)
     generator = Generator(rng)
-    before = await dump(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     sent = 0
     while sent < FUZZ_REQUESTS:
         if rng.random() < 0.1:
             method, target = generator.good()
             status, body = await answer(fuzzed, method, target)
             assert status == 200, (target, body)
-            before = await dump(redis_client, prefix)
+            before = await stored(redis_client, prefix)
             continue
         method, target, payload = generator.bad()
         status, body = await answer(fuzzed, method, target, payload)
         sent += 1
         assert 400 <= status < 500, (method, target[:300], status, body)
-        after = await dump(redis_client, prefix)
+        after = await stored(redis_client, prefix)
         assert after == before, f"a refused request changed the store: {method} {target[:300]}"
         if sent % CHECK_EVERY == 0:
             await check_invariants(fuzzed)
@@ -360,23 +350,14 @@ async def test_mangled_request_lines_and_headers_get_json(
     listening: int, redis_client: aioredis.Redis, prefix: str
 ) -> None:
     rng = random.Random(SEED + 1)
-    before = await dump(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     for _ in range(LINE_REQUESTS):
         raw = mangled_request(rng, listening)
-        reader, writer = await asyncio.open_connection("127.0.0.1", listening)
-        writer.write(raw)
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-        await writer.wait_closed()
-        head, _, payload = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        assert status < 500, (raw[:300], data[:300])
+        status, headers, payload = await exchange(listening, raw)
+        assert status < 500, (raw[:300], status, headers, payload[:300])
         content_type = headers.get("content-type", "")
-        assert "json" in content_type or "javascript" in content_type, (raw[:300], data[:300])
+        assert "json" in content_type or "javascript" in content_type, (raw[:300], status, headers, payload[:300])
         if headers.get("transfer-encoding") != "chunked":
             orjson.loads(payload)
-        assert status >= 400, (raw[:300], data[:300])
-    assert await dump(redis_client, prefix) == before
+        assert status >= 400, (raw[:300], status, headers, payload[:300])
+    assert await stored(redis_client, prefix) == before

@@ -12,17 +12,13 @@ import redis.asyncio as aioredis
 from presence_server.context import STORE
 from presence_server.params import MAX_CHANNELS, MAX_GROUPS
 from presence_server.store.core import SCRIPT_CHANNELS
-from tests.helpers.http import ERROR_KEYS, REGISTRY, Client, P, get, ok_body
+from tests.helpers.http import ERROR_KEYS, REGISTRY, Client, P, get, ok_body, stored
 
 SUB = "/v2/subscribe/demo"
 
 
 def names(prefix: str, count: int) -> str:
     return ",".join(f"{prefix}{i}" for i in range(count))
-
-
-async def dump(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    return {key: await redis.dump(key) async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)}
 
 
 def over_the_caps() -> dict[str, str]:
@@ -47,11 +43,11 @@ async def test_a_request_over_a_cap_is_a_400_and_changes_nothing(
     client: Client, redis_client: aioredis.Redis, prefix: str, path: str
 ) -> None:
     await ok_body(client, f"{P}/channel/c0/heartbeat", {"uuid": "u0"})
-    before = await dump(redis_client, prefix)
+    before = await stored(redis_client, prefix)
     reply = await get(client, path)
     assert reply.status == 400, reply.body
     assert set(reply.body) == ERROR_KEYS and "Too many" in reply.body["message"], reply.body
-    assert await dump(redis_client, prefix) == before
+    assert await stored(redis_client, prefix) == before
 
 
 async def test_requests_at_the_caps_are_served(client: Client) -> None:

@@ -4,7 +4,6 @@ shape with a JSON content type from a server run as the command line runs it (ht
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -14,26 +13,13 @@ import redis.asyncio as aioredis
 from presence_server.app import create_app
 from presence_server.config import Settings
 from tests.helpers.app import FakeClock, listening
-from tests.helpers.http import ERROR_KEYS
+from tests.helpers.http import ERROR_KEYS, exchange
 
 
 @pytest.fixture
 async def port(redis_client: aioredis.Redis, settings: Settings, clock: FakeClock) -> AsyncIterator[int]:
     async with listening(create_app(settings, redis=redis_client, clock=clock, sweeper=False)) as chosen:
         yield chosen
-
-
-async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
 
 
 REFUSED_BY_THE_PARSER = {

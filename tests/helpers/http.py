@@ -9,6 +9,7 @@ shape the SDKs need (``t.t`` a 17-digit string, non-zero ``t.r``, envelopes with
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 from collections.abc import Mapping
@@ -99,7 +100,27 @@ def assert_error(status: int, body: Any, expected: int = 400, service: str | Non
 async def stored(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
     """Every key of a test's prefix with its whole value (DUMP, whatever its type): equal before and
     after a refused request when it changed nothing."""
-    return {key: await redis.dump(key) async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)}
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.dump(key)
+        values = await pipe.execute()
+    return dict(zip(keys, values, strict=True))
+
+
+async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw`` bytes as they are to a server on a loopback port and read until it closes: the
+    status, the headers (names lower-cased) and the body, for requests no HTTP client would send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
 
 
 async def get_url(
