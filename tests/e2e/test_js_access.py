@@ -18,7 +18,8 @@ What 7.3.3 does (read in ``node_modules/pubnub/lib``, checked here through the r
 * With ``secretKey`` set it signs every request, ``/time`` included (newer releases skip ``/time``):
   ``timestamp`` = whole seconds of the machine clock, then ``signature=v2.<unpadded url-safe
   HMAC-SHA256>`` over ``METHOD\\npublish_key\\npath as sent\\nsorted query\\n`` plus the body of a POST.
-  A POST publish (``sendByPost``) is signed as a ``GET`` without body. Every query parameter present is
+  A POST publish (``sendByPost``) is signed as a ``GET`` without body (and its JSON body is sent as
+  ``application/x-www-form-urlencoded``). Every query parameter present is
   signed, including the ``l_<operation>`` latencies it adds once an operation has been answered.
 * ``auth`` (the token, else ``authKey``) is sent on every request except time, grant, audit,
   grantToken and revokeToken; ``uuid`` is sent on all of them.
@@ -203,6 +204,17 @@ class JsClients:
             event = await self.next(who, "status")
             if event.get("category") == category and operation in (None, event.get("operation")):
                 return event
+
+    async def heard_status(self, who: str, category: str, operation: str) -> Event:
+        """The first status of this category and operation ``who`` heard, whether or not ``next`` or
+        ``status`` passed over it."""
+
+        def found() -> Event | None:
+            statuses = self.heard(who, "status")
+            return next((e for e in statuses if (e.get("category"), e.get("operation")) == (category, operation)), None)
+
+        event: Event = await self._wait_for(found, f"{category} {operation} status heard by {who}")
+        return event
 
     async def message(self, who: str, text: Any) -> Event:
         """The message ``text`` as ``who`` hears it (messages before it are passed over)."""
@@ -455,9 +467,10 @@ async def test_token_holder_is_denied_elsewhere_as_pubnub_denies_it(js: Js, serv
             clients, "bob", await grant_token(clients, resources={"channels": {"room-1": R}}), presenceTimeout=20
         )
         await clients.call("bob", "subscribe", {"channels": ["room-1", "room-5"]})
-        status = await clients.status("bob", "PNAccessDeniedCategory", "PNSubscribeOperation")
+        # The poll and the first heartbeat go out together; their answers may come in either order.
+        status = await clients.heard_status("bob", "PNAccessDeniedCategory", "PNSubscribeOperation")
         assert_denied(status, "PNSubscribeOperation", channels=["room-5"])
-        status = await clients.status("bob", "PNAccessDeniedCategory", "PNHeartbeatOperation")
+        status = await clients.heard_status("bob", "PNAccessDeniedCategory", "PNHeartbeatOperation")
         assert_denied(status, "PNHeartbeatOperation", channels=["room-5"])
         assert [
             event for who in ("alice", "bob") for event in clients.heard(who, "status") if not event.get("error")
@@ -665,6 +678,12 @@ async def test_odd_names_sign_and_verify(js: Js, server: LiveServer) -> None:
         assert await clients.call("admin", "channelGroups.removeChannels", {**group, "channels": [ODD_CHANNEL]}) == {}
         assert await clients.call("admin", "channelGroups.deleteGroup", group) == {}
         assert await clients.call("admin", "channelGroups.listChannels", group) == {"channels": []}
+        # The same names under a wrong secret are refused: the names verified, they were not waved through.
+        await clients.client("forger", {**AM, "secretKey": "not-the-secret"}, user_id=f"{ODD_ADMIN}-forger")
+        refused = await clients.refused("forger", "publish", {"channel": ODD_CHANNEL, "message": "forged"})
+        assert_denied(refused, "PNPublishOperation", "Signature does not match")
+        refused = await clients.refused("forger", "setState", {"channels": [ODD_CHANNEL], "state": {}})
+        assert_denied(refused, "PNSetStateOperation", "Signature does not match")
         # Both clients were heard under their odd uuids: the admin signing, the user sending its token.
         signed = clients.requests("admin")
         assert len(signed) > 10 and all(query["signature"].startswith("v2.") for _, _, query in signed)
