@@ -198,8 +198,9 @@ class JsClients:
     def heard(self, who: str, kind: str) -> list[Event]:
         return [line["event"] for line in self.lines if line.get("from") == who and line.get("kind") == kind]
 
-    async def status(self, who: str, category: str, operation: str | None = None) -> Event:
-        """The next status of this category (and operation); others are passed over."""
+    async def status(self, who: str, category: str | None, operation: str | None = None) -> Event:
+        """The next status of this category (and operation); others are passed over. 7.3.3 gives the
+        status of a successful ``/leave`` no category."""
         while True:
             event = await self.next(who, "status")
             if event.get("category") == category and operation in (None, event.get("operation")):
@@ -390,30 +391,50 @@ async def test_token_holder_subscribes_heartbeats_sets_state_and_publishes_where
 ) -> None:
     async with js(server) as clients:
         await clients.client("admin", ADMIN)
+        await clients.call("admin", "channelGroups.addChannels", {"channelGroup": "team", "channels": ["lobby-1"]})
         token = await grant_token(
-            clients, authorized_uuid="alice", resources={"channels": {"room-1": RW, "room-1-pnpres": R}}
+            clients,
+            authorized_uuid="alice",
+            resources={"channels": {"room-1": RW, "room-1-pnpres": R}, "groups": {"team": R, "team-pnpres": R}},
+            patterns={"channels": {"^lobby-[0-9]+$": RW}},
         )
         await holder(clients, "alice", token)
         assert await clients.call("alice", "getToken") == token
 
-        connected = await clients.subscribe("alice", channels=["room-1"], withPresence=True)
-        assert connected["subscribedChannels"] == ["room-1"]
-        join = await clients.next("alice", "presence")
-        assert (join["action"], join["uuid"], join["channel"]) == ("join", "alice", "room-1")
-        assert await clients.call("alice", "iAmHere", {"channels": ["room-1"]}) == {}
+        await clients.call(
+            "alice", "subscribe", {"channels": ["room-1"], "channelGroups": ["team"], "withPresence": True}
+        )
+        connected = await clients.status("alice", "PNConnectedCategory")
+        assert (connected["subscribedChannels"], connected["affectedChannelGroups"]) == (["room-1"], ["team"])
+        joins = [await clients.next("alice", "presence") for _ in range(2)]
+        assert sorted((event["action"], event["uuid"], event["channel"]) for event in joins) == [
+            ("join", "alice", "lobby-1"),
+            ("join", "alice", "room-1"),
+        ]
+        heartbeat = {"channels": ["room-1"], "channelGroups": ["team"]}
+        assert await clients.call("alice", "iAmHere", heartbeat) == {}
         state = {"mood": "ok"}
         assert await clients.call("alice", "setState", {"channels": ["room-1"], "state": state}) == {"state": state}
         change = await clients.next("alice", "presence")
         assert (change["action"], change["uuid"], change["state"]) == ("state-change", "alice", state)
         assert await clients.call("alice", "getState", {"channels": ["room-1"]}) == {"channels": {"room-1": state}}
         await clients.call("alice", "publish", {"channel": "room-1", "message": "hello", "sendByPost": True})
-        await clients.call("alice", "publish", {"channel": "room-1", "message": "again"})
-        heard = await clients.message("alice", "hello")
-        assert heard["publisher"] == "alice"
-        await clients.message("alice", "again")
+        await clients.call("alice", "publish", {"channel": "lobby-1", "message": "by the pattern"})
+        assert (await clients.message("alice", "hello"))["publisher"] == "alice"
+        assert (await clients.message("alice", "by the pattern"))["subscription"] == "team"
+        refused = await clients.refused("alice", "publish", {"channel": "lobby-x", "message": "no"})
+        assert_denied(refused, "PNPublishOperation", channels=["lobby-x"])
         here = await clients.call("alice", "hereNow", {"channels": ["room-1"], "includeState": True})
         assert here["channels"]["room-1"]["occupants"] == [{"uuid": "alice", "state": state}]
-        assert await clients.call("alice", "whereNow", {}) == {"channels": ["room-1"]}
+        here = await clients.call("alice", "hereNow", {"channelGroups": ["team"]})
+        assert [item["uuid"] for item in here["channels"]["lobby-1"]["occupants"]] == ["alice"]
+        assert sorted((await clients.call("alice", "whereNow", {}))["channels"]) == ["lobby-1", "room-1"]
+
+        # Leaving needs no permission beyond the valid token.
+        await clients.call("alice", "unsubscribeAll")
+        left = await clients.status("alice", None, "PNUnsubscribeOperation")
+        assert (left["error"], left["statusCode"]) == (False, 200), left
+        assert (await clients.call("admin", "hereNow", {"channels": ["room-1", "lobby-1"]}))["totalOccupancy"] == 0
 
         # Every request carried the token (percent-encoded on the wire) and no signature.
         sent = clients.requests("alice")
@@ -462,6 +483,16 @@ async def test_token_holder_is_denied_elsewhere_as_pubnub_denies_it(js: Js, serv
         await clients.call("alice", "subscribe", {"channels": ["room-1"], "withPresence": True})
         status = await clients.status("alice", "PNAccessDeniedCategory")
         assert_denied(status, "PNSubscribeOperation", channels=["room-1-pnpres"])
+        # Adding a group to the subscription: both kinds of denied names in one answer.
+        await clients.call("alice", "subscribe", {"channelGroups": ["team"], "withPresence": True})
+        status = await clients.status("alice", "PNAccessDeniedCategory")
+        assert_denied(status, "PNSubscribeOperation", channels=["room-1-pnpres"], channel_groups=["team-pnpres"])
+        # Server-side calls only: every group, and here now over the whole keyset.
+        refused = await clients.refused("alice", "channelGroups.listGroups")
+        assert_denied(refused, "PNChannelGroupsOperation")
+        refused = await clients.refused("alice", "hereNow", {})
+        assert_denied(refused, "PNHereNowOperation")
+        assert (await clients.call("admin", "hereNow", {}))["totalOccupancy"] == 0
         # A /heartbeat loop meets the same refusal, announced as a heartbeat status.
         await holder(
             clients, "bob", await grant_token(clients, resources={"channels": {"room-1": R}}), presenceTimeout=20
