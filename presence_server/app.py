@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from presence_server.access.control import AccessControl, Keyset, access_checked
+from presence_server.access.needs import Needs
 from presence_server.clock import Clock, clock_of
 from presence_server.config import Settings
 from presence_server.context import (
+    ACCESS,
     BUS,
     CLOCK,
     LONGPOLLS,
@@ -47,24 +51,32 @@ def create_app(
     redis: aioredis.Redis | None = None,
     clock: Clock | Callable[[], float] | None = None,
     sweeper: bool = True,
+    wall_clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """Build the server. ``redis`` injects a client the caller keeps ownership of; ``clock`` injects
     time (a ``Clock``, or the base time of one); ``sweeper=False`` leaves expiry to explicit
-    ``Sweeper.run_once`` calls (tests)."""
+    ``Sweeper.run_once`` calls (tests); ``wall_clock`` is what signed requests' timestamps are
+    compared with (the machine's clock, which SDKs sign with, whatever ``clock`` says)."""
     settings = settings or Settings.from_env()
     app = web.Application()
     app[SETTINGS] = settings
     app[CLOCK] = clock_of(clock)
     app.cleanup_ctx.append(_redis_ctx(redis))
-    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_store_ctx(wall_clock))
     app.cleanup_ctx.append(_longpolls_ctx)
     app.cleanup_ctx.append(_bus_ctx)
     app.cleanup_ctx.append(_sweeper_ctx(run=sweeper))
     app.on_shutdown.append(_answer_held_polls)
     pairs = settings.keyset_pairs()
+    secured = _keysets(settings)
 
-    def wrap(handler: Handler, route: str) -> Handler:
-        return instrumented(keyset_checked(handler, pairs) if pairs else handler, route)
+    def wrap(handler: Handler, route: str, needs: Needs | None) -> Handler:
+        # Outermost first: metrics and errors, the keyset list, Access Manager, the handler.
+        if secured and needs is not None:
+            handler = access_checked(handler, needs, secured)
+        if pairs:
+            handler = keyset_checked(handler, pairs)
+        return instrumented(handler, route)
 
     router = Router(app, wrap)
     setup_routes(router)
@@ -84,10 +96,26 @@ def _redis_ctx(injected: aioredis.Redis | None) -> Callable[[web.Application], A
     return redis_ctx
 
 
-async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    store = app[STORE] = PresenceStore(
-        app[REDIS],
+def _keysets(settings: Settings) -> dict[str, Keyset]:
+    return {sub: Keyset(sub, pub, secret) for sub, (pub, secret) in settings.keyset_secrets().items()}
+
+
+def _store_ctx(wall_clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        store = app[STORE] = _store(settings, app[REDIS])
+        app[ACCESS] = AccessControl(
+            _keysets(settings), store, app[CLOCK], window=settings.signature_window, wall=wall_clock
+        )
+        yield
+        await store.aclose()
+
+    return store_ctx
+
+
+def _store(settings: Settings, redis: aioredis.Redis) -> PresenceStore:
+    return PresenceStore(
+        redis,
         prefix=settings.key_prefix,
         default_timeout=settings.clamp_timeout(settings.default_timeout),
         log_size=settings.log_size,
@@ -98,8 +126,6 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         # a mass expiry from stalling requests for long.
         sweep_budget=100 if settings.redis_url.startswith("memory://") else 1000,
     )
-    yield
-    await store.aclose()
 
 
 async def _longpolls_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -114,20 +140,28 @@ async def _longpolls_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
-    store, clock = app[STORE], app[CLOCK]
+    store, clock, tokens = app[STORE], app[CLOCK], app[ACCESS].tokens
+    admin = app[SETTINGS].admin
 
     async def resync_clock() -> None:
         # At start and after every reconnection of the wake listener: advances announced while
         # this process was away from Redis are not missed.
         clock.set_offset(await store.clock_offset())
 
-    admin = app[SETTINGS].admin
+    async def reconnected() -> None:
+        # Revocations announced while this process was away are not missed either: tokens are
+        # checked against Redis again.
+        tokens.clear()
+        if admin:
+            await resync_clock()
+
     bus = app[BUS] = WakeBus(
         app[REDIS],
         store.wake_channel,
         app[LONGPOLLS],
         on_clock=clock.set_offset if admin else None,
-        on_connect=resync_clock if admin else None,
+        on_connect=reconnected,
+        on_revoke=tokens.revoke,
     )
     if admin:
         with contextlib.suppress(Exception):  # Redis may not be up yet; the listener retries.

@@ -29,7 +29,8 @@ class Settings:
     announce_max: int = 20
     interval: float = 10.0
     longpoll_hold: float = 280.0
-    keysets: str = ""
+    keysets: str = ""  # "pub:sub" (open) or "pub:sub:secret" (Access Manager on), comma-separated
+    signature_window: float = 60.0  # seconds a signed request's timestamp may be off the wall clock
     admin: bool = False
     admin_remote: bool = False
     admin_token: str = ""  # when set, every admin call needs "Authorization: Bearer <token>"
@@ -54,7 +55,15 @@ class Settings:
             )
 
     def _check_times(self) -> None:
-        for name in ("default_timeout", "min_timeout", "max_timeout", "sweep_interval", "interval", "longpoll_hold"):
+        for name in (
+            "default_timeout",
+            "min_timeout",
+            "max_timeout",
+            "sweep_interval",
+            "interval",
+            "longpoll_hold",
+            "signature_window",
+        ):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise SettingsError(f"{_env_name(name)} must be a positive number, got {getattr(self, name)}")
         if self.min_timeout > self.max_timeout:
@@ -73,24 +82,36 @@ class Settings:
     def _check_formats(self) -> None:
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"PRESENCE_LOG_FORMAT must be text or json, got {self.log_format!r}")
-        for pair in self.keyset_pairs():
-            if not all(pair):
-                raise SettingsError(
-                    f"PRESENCE_KEYSETS must be a comma list of publish_key:subscribe_key pairs, got {self.keysets!r}"
-                )
+        self._check_keysets()
         if not self.key_prefix or any(c in self.key_prefix for c in "{}"):
             raise SettingsError(f"PRESENCE_KEY_PREFIX must be non-empty and free of braces, got {self.key_prefix!r}")
         if self.admin_token and not re.fullmatch(r"[!-~]{16,}", self.admin_token):
             # Never echoed: the message names the setting only.
             raise SettingsError("PRESENCE_ADMIN_TOKEN must be at least 16 printable ASCII characters without spaces")
 
+    def _check_keysets(self) -> None:
+        entries = self._keyset_fields()
+        for fields in entries:
+            # Never echoes the value: it holds secret keys.
+            if len(fields) not in (2, 3) or not all(fields):
+                raise SettingsError(
+                    "PRESENCE_KEYSETS must be a comma list of publish_key:subscribe_key or "
+                    "publish_key:subscribe_key:secret_key entries, each field non-empty"
+                )
+        subs = [fields[1] for fields in entries]
+        if any(len(fields) == 3 and subs.count(fields[1]) > 1 for fields in entries):
+            raise SettingsError("PRESENCE_KEYSETS: a subscribe key with a secret key must be listed once")
+
+    def _keyset_fields(self) -> list[list[str]]:
+        return [item.split(":", 2) for item in filter(None, (part.strip() for part in self.keysets.split(",")))]
+
     def keyset_pairs(self) -> list[tuple[str, str]]:
         """PRESENCE_KEYSETS as (publish key, subscribe key) pairs; empty means every keyset is accepted."""
-        pairs = []
-        for item in filter(None, (part.strip() for part in self.keysets.split(","))):
-            pub, _, sub = item.partition(":")
-            pairs.append((pub, sub))
-        return pairs
+        return [(fields[0], fields[1]) for fields in self._keyset_fields()]
+
+    def keyset_secrets(self) -> dict[str, tuple[str, str]]:
+        """The Access Manager keysets: subscribe key -> (publish key, secret key)."""
+        return {fields[1]: (fields[0], fields[2]) for fields in self._keyset_fields() if len(fields) == 3}
 
     def clamp_timeout(self, seconds: float) -> float:
         """Bound a client's presence timeout to [min_timeout, max_timeout]."""
@@ -109,10 +130,11 @@ class Settings:
         return cls(**values)
 
     def summary(self) -> dict[str, Any]:
-        """The settings as a dict safe to log: no Redis password, no keys."""
+        """The settings as a dict safe to log: no Redis password, no keys, no secrets."""
         data = dataclasses.asdict(self)
         data["redis_url"] = redact_url(self.redis_url)
-        data["keysets"] = f"{len(self.keyset_pairs())} listed" if self.keysets else "any"
+        secured = len(self.keyset_secrets())
+        data["keysets"] = f"{len(self.keyset_pairs())} listed, {secured} with Access Manager" if self.keysets else "any"
         data["admin_token"] = "set" if self.admin_token else "unset"
         return data
 

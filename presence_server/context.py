@@ -1,7 +1,7 @@
 """Every typed application key, in one place: what the app factory builds and the handlers read.
 
 Set by app.py: SETTINGS and CLOCK when the app is built; the others by one cleanup context each, in
-this order (torn down in reverse): REDIS, STORE, LONGPOLLS (with METRICS and REDIS_OUTAGE), BUS,
+this order (torn down in reverse): REDIS, STORE (with ACCESS), LONGPOLLS (with METRICS and REDIS_OUTAGE), BUS,
 SWEEPER.
 """
 
@@ -19,7 +19,8 @@ from presence_server.store import LongPolls, PresenceStore, WakeBus
 from presence_server.sweeper import Sweeper
 
 if TYPE_CHECKING:
-    from presence_server.metrics import Metrics  # metrics.py reads these keys
+    from presence_server.access.control import AccessControl  # both read these keys
+    from presence_server.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
@@ -29,6 +30,8 @@ LONGPOLLS = web.AppKey("longpolls", LongPolls)  # every subscribe call: held pol
 BUS = web.AppKey("bus", WakeBus)  # the wake listener; also announces admin clock moves
 SWEEPER = web.AppKey("sweeper", Sweeper)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# The Access Manager keysets and the check of their requests (with its token cache).
+ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
 # Told of each call that failed because Redis could not be reached: counts the requests (metrics)
 # and logs once when Redis is lost and once when it is back.
 REDIS_OUTAGE = web.AppKey("redis_outage", RedisOutage)

@@ -14,7 +14,7 @@ from aiohttp.web_request import BaseRequest
 
 from presence_server.context import REDIS_OUTAGE
 from presence_server.logs import REDIS_DOWN as REDIS_DOWN  # re-exported: metrics reads it here
-from presence_server.store.core import ClockOutOfRange
+from presence_server.store.core import ClockOutOfRange, timetoken_at
 
 log = logging.getLogger("presence_server")
 
@@ -85,6 +85,17 @@ class PubNubError(Exception):
         response = json_response(body, self.status)
         response.headers.update(self.headers)
         return response
+
+
+class SendError(PubNubError):
+    """An error of publish, fire or signal: an array, ``[0, "<message>", "<timetoken>"]`` (docs/protocol.md 2.9)."""
+
+    def __init__(self, error: PubNubError, now: float) -> None:
+        super().__init__(error.status, error.message, error.service)
+        self.now = now
+
+    def response(self) -> web.Response:
+        return json_response([0, self.message, timetoken_at(self.now)], self.status)
 
 
 def bad_request(message: str, service: str = PRESENCE) -> PubNubError:

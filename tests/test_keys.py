@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 from typing import Any
 
@@ -44,7 +45,9 @@ def every_key(ks: KeysetKeys, names: list[str]) -> list[str]:
         if isinstance(member, property):
             keys.append(getattr(ks, attribute))
         elif callable(member):
-            keys += [getattr(ks, attribute)(name) for name in names]
+            # Every name argument gets the name (a v2 grant's key takes a level, a name and an auth key).
+            arity = len(inspect.signature(member).parameters) - 1
+            keys += [getattr(ks, attribute)(*[name] * arity) for name in names]
     assert len(keys) >= 6 + 5 * len(names)  # the introspection found the builders
     return keys
 

@@ -8,17 +8,22 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from presence_server.access import needs
+from presence_server.access.needs import Needs
 from presence_server.metrics import UNMATCHED, metrics_handler
-from presence_server.routes import admin, groups, meta, presence, publish, subscribe
+from presence_server.routes import access, admin, groups, meta, presence, publish, subscribe
 
 N = "[^/]+"
 PRESENCE = f"/v2/presence/sub-key/{{sub_key:{N}}}"
 SEND = f"{{pub_key:{N}}}/{{sub_key:{N}}}/{{signature:{N}}}/{{channel:{N}}}/{{callback:{N}}}"
 REGISTRY = f"/v1/channel-registration/sub-key/{{sub_key:{N}}}/channel-group"
+PAM_V2 = f"/v2/auth/{{call:grant|audit}}/sub-key/{{sub_key:{N}}}"
+PAM_V3 = f"/v3/pam/{{sub_key:{N}}}/grant"
 
 
-# Wraps a route's handler once, when it is added: errors, metrics, keyset checks (presence_server.app).
-Wrap = Callable[[Handler, str], Handler]
+# Wraps a route's handler once, when it is added: errors, metrics, keyset and Access Manager checks
+# (presence_server.app). The route's needs say what Access Manager checks; None: nothing (time, health).
+Wrap = Callable[[Handler, str, Needs | None], Handler]
 
 
 class Router:
@@ -28,23 +33,23 @@ class Router:
         self.app = app
         self.wrap = wrap
 
-    def add_get(self, path: str, handler: Handler) -> None:
+    def add_get(self, path: str, handler: Handler, needs: Needs | None = None) -> None:
         resource = self.app.router.add_resource(path)
-        wrapped = self.wrap(handler, resource.canonical)
+        wrapped = self.wrap(handler, resource.canonical, needs)
         resource.add_route("HEAD", wrapped)
         resource.add_route("GET", wrapped)
 
-    def add_post(self, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler, needs: Needs | None = None) -> None:
         resource = self.app.router.add_resource(path)
-        resource.add_route("POST", self.wrap(handler, resource.canonical))
+        resource.add_route(method, self.wrap(handler, resource.canonical, needs))
 
     def finish(self) -> None:
         """After every route: a wrong method on a known path is a 405, any other path a 404."""
         for resource in list(self.app.router.resources()):
             if isinstance(resource, web.Resource):
                 allowed = {route.method for route in resource}
-                resource.add_route("*", self.wrap(_method_not_allowed(allowed), UNMATCHED))
-        self.app.router.add_route("*", "/{tail:.*}", self.wrap(_not_found, UNMATCHED))
+                resource.add_route("*", self.wrap(_method_not_allowed(allowed), UNMATCHED, None))
+        self.app.router.add_route("*", "/{tail:.*}", self.wrap(_not_found, UNMATCHED, None))
 
 
 def _method_not_allowed(allowed: set[str]) -> Handler:
@@ -60,28 +65,34 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
 
 def setup_routes(app: Router) -> None:
     # aiohttp tries the patterns that share a static prefix in the order they were added, so the
-    # call every client makes most often comes first.
-    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/heartbeat", presence.heartbeat)
+    # call every client makes most often comes first. The third column: what Access Manager checks.
+    channels = f"{PRESENCE}/channel/{{channels:{N}}}"
+    app.add_get(f"{channels}/heartbeat", presence.heartbeat, needs.read_channels)
     app.add_get("/time/0", meta.time)
     app.add_get("/health", meta.health)
     app.add_get("/ready", meta.health)
     app.add_get("/metrics", metrics_handler)
-    app.add_get(PRESENCE, presence.here_now_global)
-    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}", presence.here_now)
-    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/leave", presence.leave)
-    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}", presence.get_state)
-    app.add_get(f"{PRESENCE}/channel/{{channels:{N}}}/uuid/{{uuid:{N}}}/data", presence.set_state)
-    app.add_get(f"{PRESENCE}/uuid/{{uuid:{N}}}", presence.where_now)
-    app.add_get(f"/v2/subscribe/{{sub_key:{N}}}/{{channels:{N}}}/{{callback:{N}}}", subscribe.subscribe)
-    app.add_get(f"/publish/{SEND}/{{message:{N}}}", publish.publish)
-    app.add_post(f"/publish/{SEND}", publish.publish)
-    app.add_get(f"/signal/{SEND}/{{message:{N}}}", publish.signal)
-    app.add_get(REGISTRY, groups.list_groups)
-    app.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list)
-    app.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete)
+    app.add_get(PRESENCE, presence.here_now_global, needs.signed)
+    app.add_get(channels, presence.here_now, needs.read_channels)
+    app.add_get(f"{channels}/leave", presence.leave, needs.nothing)
+    app.add_get(f"{channels}/uuid/{{uuid:{N}}}", presence.get_state, needs.read_channels)
+    app.add_get(f"{channels}/uuid/{{uuid:{N}}}/data", presence.set_state, needs.set_state)
+    app.add_get(f"{PRESENCE}/uuid/{{uuid:{N}}}", presence.where_now, needs.nothing)
+    app.add_get(
+        f"/v2/subscribe/{{sub_key:{N}}}/{{channels:{N}}}/{{callback:{N}}}", subscribe.subscribe, needs.read_channels
+    )
+    app.add_get(f"/publish/{SEND}/{{message:{N}}}", publish.publish, needs.write_channel)
+    app.add("POST", f"/publish/{SEND}", publish.publish, needs.write_channel)
+    app.add_get(f"/signal/{SEND}/{{message:{N}}}", publish.signal, needs.write_channel)
+    app.add_get(REGISTRY, groups.list_groups, needs.signed)
+    app.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list, needs.group_change_or_list)
+    app.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete, needs.group_delete)
+    app.add("POST", PAM_V3, access.grant_token, needs.signed)
+    app.add("DELETE", f"{PAM_V3}/{{token:{N}}}", access.revoke_token, needs.signed)
+    app.add_get(PAM_V2, access.grant_or_audit_v2, needs.signed)
 
 
 def setup_admin_routes(app: Router) -> None:
-    app.add_post("/admin/clock/advance", admin.advance_clock)
-    app.add_post(f"/admin/keysets/{{sub_key:{N}}}/reset", admin.reset_keyset)
+    app.add("POST", "/admin/clock/advance", admin.advance_clock)
+    app.add("POST", f"/admin/keysets/{{sub_key:{N}}}/reset", admin.reset_keyset)
     app.add_get(f"/admin/keysets/{{sub_key:{N}}}/snapshot", admin.snapshot)

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from presence_server.context import CLOCK, SETTINGS, STORE
-from presence_server.http import PubNubError, bad_request, json_response
+from presence_server.http import PubNubError, SendError, bad_request, json_response
 from presence_server.params import (
     check_depth,
     dump_json,
@@ -52,7 +52,7 @@ async def _send(request: web.Request, *, kind: int | None) -> web.Response:
         publisher = query_value(request, "uuid") or None
     except PubNubError as exc:
         # Publish errors are arrays, not the error object of other services (docs/protocol.md 2.9).
-        return json_response([0, exc.message, timetoken_at(now)], exc.status)
+        return SendError(exc, now).response()
     if query_flag(request, "norep"):
         # Fire (norep=true): meant for server-side handlers only, never replicated to subscribers.
         return json_response([1, "Sent", timetoken_at(now)])

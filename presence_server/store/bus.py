@@ -1,8 +1,8 @@
 """The wake listener: one Redis pub/sub subscription per process, handed to the long-poll owner.
 
 Scripts publish the names whose logs grew (common.lua ``publish_wakes``; the message's fields are
-``WAKE_*`` of fields.py), leaves name the uuid that left, resets the keyset, and the admin API the
-clock's new offset. What a wake-up does to held polls is longpoll.py's business.
+``WAKE_*`` of fields.py), leaves name the uuid that left, resets the keyset, revocations the token, and the admin API
+the clock's new offset. What a wake-up does to held polls is longpoll.py's business.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 import redis.asyncio as aioredis
 
-from presence_server.store.fields import WAKE_CLOCK, WAKE_KEYSET, WAKE_LEFT, WAKE_NAMES, WAKE_RESET
+from presence_server.store.fields import WAKE_CLOCK, WAKE_KEYSET, WAKE_LEFT, WAKE_NAMES, WAKE_RESET, WAKE_REVOKED
 from presence_server.store.longpoll import LongPolls
 
 log = logging.getLogger("presence_server.bus")
@@ -30,14 +30,18 @@ class WakeBus:
         *,
         on_clock: Callable[[float], None] | None = None,
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_revoke: Callable[[str, str | None], None] | None = None,
     ) -> None:
         """``on_clock`` gets each announced admin clock offset; ``on_connect`` runs at each (re)connection,
-        to read again what may have been announced while this process was away."""
+        to read again what may have been announced while this process was away; ``on_revoke`` gets
+        (subscribe key, token id) for each revoked Access Manager token, (subscribe key, None) when a
+        keyset was reset."""
         self.redis = redis
         self.channel = channel
         self.polls = polls
         self.on_clock = on_clock
         self.on_connect = on_connect
+        self.on_revoke = on_revoke
         self.stopped = False
 
     async def announce_clock(self, offset: float) -> None:
@@ -94,9 +98,12 @@ class WakeBus:
             sub_key = body[WAKE_KEYSET]
             names = body.get(WAKE_NAMES) or ()
             left = body.get(WAKE_LEFT)
+            revoked = body.get(WAKE_REVOKED)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             log.warning("ignoring a malformed wake-up: %r", data)
             return
+        if self.on_revoke is not None and (revoked is not None or WAKE_RESET in body):
+            self.on_revoke(sub_key, None if revoked is None else str(revoked))
         if left is not None or WAKE_RESET in body:
             self.polls.forget(sub_key, left)
         if names:

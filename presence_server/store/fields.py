@@ -43,6 +43,7 @@ WAKE_NAMES: Final = "n"  # names whose logs grew (``ch``, ``ch-pnpres``) or grou
 GROUP_CHANGED: Final = "\x00group:"
 WAKE_LEFT: Final = "l"  # a uuid that left channels of the keyset (its refresh memo must go)
 WAKE_RESET: Final = "x"  # present (true) when the whole keyset was reset
+WAKE_REVOKED: Final = "r"  # an Access Manager token revoked in the keyset (its id)
 WAKE_CLOCK: Final = "clock"  # alone in its message: the admin clock's new offset (seconds)
 
 _LUA_TABLES = {

@@ -90,3 +90,14 @@ class KeysetKeys:
     def group(self, group: str) -> str:
         """Set: the channels of one channel group."""
         return self._base + "grp:" + group
+
+    def revoked(self, token_id: str) -> str:
+        """String with expiry (the token's remaining lifetime): an Access Manager token was revoked."""
+        return self._base + "rvk:" + token_id
+
+    def grant(self, level: str, name: str, auth: str) -> str:
+        """String with expiry: the bits of one Access Manager v2 grant and when it ends, ``<bits>:<ms>``
+        (``0`` for never). ``level`` is ``s`` (the keyset), ``c`` (a channel), ``g`` (a group) or ``u``
+        (a uuid); ``auth`` is empty unless granted to one auth key. The name's length comes first, so
+        that no name and auth key can spell another pair's key."""
+        return f"{self._base}pam:{level}:{len(name)}:{name}:{auth}"

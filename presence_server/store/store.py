@@ -9,6 +9,7 @@
 - ``expiry.py``: the sweep and the global due index
 - ``groups.py``: channel groups
 - ``admin.py``: admin clock, keyset reset, snapshot
+- ``access.py``: Access Manager revocations and v2 grants
 - ``totals.py``: metric totals
 - ``keys.py`` builds every key name; ``fields.py`` names the data the scripts write.
 
@@ -19,6 +20,7 @@ names onto logs, ``batch.py`` coalesces script calls, ``connect.py`` opens the c
 
 from __future__ import annotations
 
+from presence_server.store.access import AccessGrants
 from presence_server.store.admin import Admin
 from presence_server.store.delivery import Logs
 from presence_server.store.expiry import Expiry
@@ -28,5 +30,5 @@ from presence_server.store.reads import PresenceReads
 from presence_server.store.totals import Totals
 
 
-class PresenceStore(PresenceWrites, PresenceReads, Logs, Expiry, Groups, Admin, Totals):
+class PresenceStore(PresenceWrites, PresenceReads, Logs, Expiry, Groups, Admin, AccessGrants, Totals):
     """Presence, state, channel groups and event logs of every keyset, kept in one Redis."""
