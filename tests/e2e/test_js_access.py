@@ -48,6 +48,7 @@ from urllib.parse import unquote
 import pytest
 
 from tests.e2e.live import JS_DIR, LiveServer
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -545,6 +546,32 @@ async def test_revoked_token_cuts_the_client_off(js: Js, server: LiveServer) -> 
         await clients.call("alice", "reconnect")
         await clients.call("bob", "publish", {"channel": "room-1", "message": "welcome"})
         await clients.message("alice", "welcome")
+
+
+async def test_revocation_reaches_another_server_on_the_same_redis(
+    js: Js, server: LiveServer, live_server_factory: ServerFactory
+) -> None:
+    # The second server takes longer names, so a publish on this channel succeeds only there.
+    long_channel = "x" * 100
+    async with live_server_factory(keysets=KEYSETS, max_name_length=100) as second, js(server) as clients:
+        await clients.client("admin", ADMIN)
+        token = await grant_token(clients, authorized_uuid="alice", patterns={"channels": {"^x+$": RW}})
+        await holder(clients, "alice", token, origin=second.origin)
+        publish = {"channel": long_channel, "message": "granted"}
+        # Granted through one server, good on the other (and now known to its token cache).
+        await clients.call("alice", "publish", publish)
+        refused = await clients.refused("admin", "publish", publish)
+        assert (refused["category"], refused["statusCode"]) == ("PNBadRequestCategory", 400), refused
+        await clients.call("admin", "revokeToken", token)
+        last: dict[str, Any] = {}
+
+        async def revoked() -> bool:
+            last.update(await clients.attempt("alice", "publish", publish))
+            return "error" in last
+
+        # Real time, for the revocation to reach the other process (within a second, docs/protocol.md).
+        await wait_until(revoked, 2.0, what=lambda: f"alice still publishing on the second server: {last}")
+        assert_denied(last["error"]["status"], "PNPublishOperation", "Token is revoked")
 
 
 async def test_token_expires_on_the_server_clock(js: Js, server: LiveServer) -> None:
