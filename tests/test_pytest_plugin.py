@@ -15,11 +15,12 @@ import pytest
 
 from presence_server.pytest_plugin import PresenceServer
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "test_with_presence_server.py"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_example_suite_passes_with_the_installed_plugin(tmp_path: Path) -> None:
-    shutil.copy(EXAMPLE, tmp_path / "test_example.py")
+@pytest.mark.parametrize(("example", "passed"), [("test_with_presence_server.py", 2), ("test_access_manager.py", 1)])
+def test_example_suite_passes_with_the_installed_plugin(tmp_path: Path, example: str, passed: int) -> None:
+    shutil.copy(EXAMPLES / example, tmp_path / "test_example.py")
     result = subprocess.run(
         [
             sys.executable,
@@ -40,7 +41,7 @@ def test_example_suite_passes_with_the_installed_plugin(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert f"{passed} passed" in result.stdout
 
 
 def test_the_fixtures_server_answers_what_aiohttps_parser_refuses_in_json(
