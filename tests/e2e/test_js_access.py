@@ -382,6 +382,11 @@ async def test_server_grants_a_token_that_parse_token_reads_back(js: Js, server:
         for who in ("forger", "crossed"):
             refused = await clients.refused(who, "grantToken", {"ttl": 5, "resources": {"channels": {"a": R}}})
             assert_denied(refused, "PNAccessManagerGrantToken", "Signature does not match")
+        # An open keyset mints no tokens, whatever secret its caller signs with.
+        await clients.client("open-admin", {**OPEN, "secretKey": AM_SECRET})
+        refused = await clients.refused("open-admin", "grantToken", {"ttl": 5, "resources": {"channels": {"a": R}}})
+        assert (refused["category"], refused["statusCode"]) == ("PNBadRequestCategory", 400), refused
+        assert refused["errorData"]["error"]["message"] == "Invalid subscribe key", refused
 
 
 # -- a client holding a token ------------------------------------------------------------------------
@@ -479,6 +484,8 @@ async def test_token_holder_is_denied_elsewhere_as_pubnub_denies_it(js: Js, serv
         await holder(clients, "mallory", token)
         refused = await clients.refused("mallory", "publish", {"channel": "room-1", "message": "no"})
         assert_denied(refused, publish, "Token is not authorized for this uuid", uuids=["mallory"])
+        refused = await clients.refused("mallory", "iAmAway", {"channels": ["room-1"]})
+        assert_denied(refused, "PNUnsubscribeOperation", "Token is not authorized for this uuid", uuids=["mallory"])
 
         # Subscribing with presence needs read on room-1-pnpres too: one status, no connection.
         await clients.call("alice", "subscribe", {"channels": ["room-1"], "withPresence": True})
@@ -799,3 +806,12 @@ async def test_v2_grant_and_audit_with_auth_keys(js: Js, server: LiveServer) -> 
         await server.advance(61)
         refused = await clients.refused("timed", "publish", {"channel": "room-t", "message": "too late"})
         assert_denied(refused, "PNPublishOperation", channels=["room-t"])
+
+        # Auth keys alone: a grant on the whole keyset for them; ttl 0: a grant with no end.
+        assert await clients.call("admin", "grant", {"authKeys": ["key-all"], "read": True, "ttl": 0}) == {}
+        await clients.client("reader", {**AM, "authKey": "key-all"})
+        await server.advance(30 * 24 * 3600)
+        here = await clients.call("reader", "hereNow", {"channels": ["anywhere"]})
+        assert (here["totalChannels"], here["totalOccupancy"]) == (1, 0)
+        refused = await clients.refused("reader", "publish", {"channel": "anywhere", "message": "no"})
+        assert_denied(refused, "PNPublishOperation", channels=["anywhere"])
