@@ -74,6 +74,9 @@ class Listener(SubscribeCallback):  # type: ignore[misc]
     def presence(self, pubnub: Any, presence: Any) -> None:
         self.heard.put_nowait(("presence", presence))
 
+    def signal(self, pubnub: Any, signal: Any) -> None:
+        self.heard.put_nowait(("signal", signal))
+
     async def next(self) -> Heard:
         try:
             return await asyncio.wait_for(self.heard.get(), timeout=WAIT)
