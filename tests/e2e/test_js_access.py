@@ -401,7 +401,10 @@ async def test_token_holder_subscribes_heartbeats_sets_state_and_publishes_where
         token = await grant_token(
             clients,
             authorized_uuid="alice",
-            resources={"channels": {"room-1": RW, "room-1-pnpres": R}, "groups": {"team": R, "team-pnpres": R}},
+            resources={
+                "channels": {"room-1": RW, "room-1-pnpres": R, "news.*": R},
+                "groups": {"team": R, "team-pnpres": R},
+            },
             patterns={"channels": {"^lobby-[0-9]+$": RW}},
         )
         await holder(clients, "alice", token)
@@ -436,11 +439,19 @@ async def test_token_holder_subscribes_heartbeats_sets_state_and_publishes_where
         assert [item["uuid"] for item in here["channels"]["lobby-1"]["occupants"]] == ["alice"]
         assert sorted((await clients.call("alice", "whereNow", {}))["channels"]) == ["lobby-1", "room-1"]
 
+        # A wildcard subscription is read by its literal name.
+        await clients.subscribe("alice", channels=["news.*"])
+        await clients.call("admin", "publish", {"channel": "news.sport", "message": "goal"})
+        assert (await clients.message("alice", "goal"))["subscription"] == "news.*"
+
         # Leaving needs no permission beyond the valid token.
         await clients.call("alice", "unsubscribeAll")
         left = await clients.status("alice", None, "PNUnsubscribeOperation")
         assert (left["error"], left["statusCode"]) == (False, 200), left
         assert (await clients.call("admin", "hereNow", {"channels": ["room-1", "lobby-1"]}))["totalOccupancy"] == 0
+        await clients.call("alice", "subscribe", {"channels": ["news.*", "room-1"], "withPresence": True})
+        status = await clients.status("alice", "PNAccessDeniedCategory")  # no read on news.*-pnpres
+        assert_denied(status, "PNSubscribeOperation", channels=["news.*-pnpres"])
 
         # Every request carried the token (percent-encoded on the wire) and no signature.
         sent = clients.requests("alice")
