@@ -129,7 +129,7 @@ async def test_forged_tokens_and_signatures_are_refused_and_change_nothing(
         # A leave needs no permission (docs/protocol.md 11.6): without a token (an auth key, or none) or
         # a signature, it goes on (and, as nobody is present, changes nothing).
         free = path.endswith("/leave") and not looks_like_token(auth) and not signed
-        allowed = (200, 400) if free else (400, 403)
+        allowed: tuple[int, ...] = (200, 400) if free else (400, 403)
         if path.endswith("/"):  # revoke with an empty token: no route
             allowed = (404,)
         assert status in allowed, (method, target, status, answer)
