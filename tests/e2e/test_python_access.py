@@ -342,6 +342,29 @@ async def test_revoke_token_cuts_the_holder_off(server: LiveServer, sdk: AccessC
     assert_denied(await refused(again.publish().channel("lobby").message("hi")), "Token is revoked")
 
 
+async def test_a_revocation_reaches_another_process_on_the_same_redis(
+    server: LiveServer, live_server_factory: ServerFactory
+) -> None:
+    async with live_server_factory(keysets=KEYSETS) as second:
+        here, there = AccessClients(server.origin), AccessClients(second.origin)
+        try:
+            token = await grant_token(here.server(), channels=lobby_token_resources())
+            alice = there.client("alice", token=token)
+            await ok(alice.publish().channel("lobby").message("before"))  # now in the second one's cache
+            await ok(here.server().revoke_token(token))
+
+            async def refused_there() -> bool:
+                envelope = await alice.publish().channel("lobby").message("after").future()
+                return bool(envelope.status.is_error())
+
+            # docs/protocol.md 11.7: through the wake channel, within a second.
+            await wait_until(refused_there, within=1.0)
+            assert_denied(await refused(alice.heartbeat().channels(["lobby"])), "Token is revoked")
+        finally:
+            await there.stop_all()
+            await here.stop_all()
+
+
 async def test_a_token_expires_on_the_server_clock(server: LiveServer, sdk: AccessClients) -> None:
     backend = sdk.server()
     token = await grant_token(backend, ttl=1, channels=lobby_token_resources())
@@ -594,6 +617,11 @@ async def test_odd_channel_names_and_uuids_sign_and_verify(server: LiveServer, s
     # v2 grant carries the names in its query (signed raw, sent encoded).
     envelope = await ok(backend.grant().channels(ODD_CHANNELS).auth_keys(["ak+1/="]).read(True).ttl(5))
     assert sorted(envelope.result.channels) == sorted(ODD_CHANNELS)
+    # ... and 7.2.0 sends that auth key raw (trap 5.1): its ``+`` is a plus, never read as a space.
+    keyed = sdk.client("keyed", auth_key="ak+1/=")
+    await ok(keyed.heartbeat().channels(ODD_CHANNELS))
+    await ok(backend.grant().channels(["spaced only"]).auth_keys(["ak 1/="]).read(True).ttl(5))
+    assert_denied(await refused(keyed.heartbeat().channels(["spaced only"])), payload={"channels": ["spaced only"]})
 
 
 # -- PAM v2: auth keys ---------------------------------------------------------------------------
