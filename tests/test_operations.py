@@ -451,6 +451,9 @@ BAD_SETTINGS = [
     ("PRESENCE_ACCESS_LOG", "2"),
     ("PRESENCE_REDIS_URL", "localhost:6379"),
     ("PRESENCE_KEYSETS", "pub-only"),
+    ("PRESENCE_KEYSETS", "pub:sub:"),  # an empty secret
+    ("PRESENCE_KEYSETS", "pub:sub:sec,pub2:sub"),  # a subscribe key with a secret, listed twice
+    ("PRESENCE_SIGNATURE_WINDOW", "0"),
     ("PRESENCE_LOG_SIZE", "10"),
     ("PRESENCE_KEY_PREFIX", "{pn}"),
     ("PRESENCE_ANNOUNCE_MAX", "-1"),
@@ -482,6 +485,12 @@ def test_a_bad_flag_stops_the_server_naming_the_flag() -> None:
     assert "--port" in done.stderr
 
 
+def test_refused_keysets_are_not_echoed_with_their_secrets() -> None:
+    done = run_server(server_env(PRESENCE_KEYSETS="pub:sub:sec-c-s3cret,pub:sub"))
+    assert done.returncode == 2 and "PRESENCE_KEYSETS" in done.stderr
+    assert "s3cret" not in done.stderr, done.stderr
+
+
 def test_a_refused_redis_url_is_not_echoed_with_its_password() -> None:
     # Missing its scheme, so refused; the message goes to the logs and must not carry the secret.
     done = run_server(server_env(PRESENCE_REDIS_URL=":s3cret-pw@redis-host:6379/0"))
@@ -504,7 +513,7 @@ def test_a_refused_redis_url_is_not_echoed_with_its_password() -> None:
     ],
 )
 def test_the_settings_summary_never_contains_the_redis_password(url: str) -> None:
-    summary = Settings(redis_url=url, keysets="pub-secret:sub-secret").summary()
+    summary = Settings(redis_url=url, keysets="pub-secret:sub-secret,pub-2:sub-2:sec-c-s3cret").summary()
     text = repr(summary)
     assert "s3cret" not in text, summary
     assert "redis-host" in text or "redis.sock" in text  # still says where Redis is
