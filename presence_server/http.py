@@ -163,8 +163,8 @@ class _JsonErrorHandler(RequestHandler):
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = "Error"
-        if message and status != HTTPStatus.INTERNAL_SERVER_ERROR:
-            reason = f"{reason}: {message[:200]}"
+        # The status's phrase only: the parser's message may quote the refused request line, and
+        # with it a token or an auth key, back to whoever is on the other end of the connection.
         response = PubNubError(status, reason, _service_of(request.path)).response()
         response.force_close()
         return response

@@ -230,7 +230,9 @@ async def test_revocation_reaches_a_second_process_and_expiry_follows_the_clock(
     # The other token lives 15 minutes by the server's clock.
     clock.advance(14 * 60)
     assert (await send(second, as_client(HB.format("room-1"), auth=kept)))[0] == 200
-    clock.advance(60)
+    clock.advance(60)  # at t + ttl * 60 exactly: still valid, expired only past it
+    assert (await send(second, as_client(HB.format("room-1"), auth=kept)))[0] == 200
+    clock.advance(0.001)
     refused(*await send(second, as_client(HB.format("room-1"), auth=kept)), "Token is expired")
     status, answer = await send(am, signed("DELETE", f"/v3/pam/{SUB}/grant/{quote(kept, safe='')}"), "DELETE")
     assert status == 400 and answer["error"]["details"][0]["message"] == "Token is expired.", answer
@@ -252,8 +254,8 @@ async def test_v2_grants_by_auth_key_channel_and_keyset(am: Client, clock: FakeC
     assert (await send(am, as_client(HB.format("room-1"), auth="ak-1")))[0] == 200
     refused(*await send(am, as_client(HB.format("room-1"), auth="ak-2")), "Forbidden", {"channels": ["room-1"]})
     audit = await send(am, signed("GET", f"/v2/auth/audit/sub-key/{SUB}", {"channel": "room-1", "auth": "ak-1"}))
-    assert audit[1]["payload"]["auths"] == body["payload"]["auths"]
-    clock.advance(5 * 60)  # the grant's 5 minutes, by the server's clock
+    assert audit[1]["payload"]["auths"] == body["payload"]["auths"] and audit[1]["payload"]["ttl"] == 5
+    clock.advance(5 * 60 + 0.001)  # past the grant's 5 minutes, by the server's clock
     refused(*await send(am, as_client(HB.format("room-1"), auth="ak-1")), "Forbidden", {"channels": ["room-1"]})
     # A channel-level grant with no auth key: anyone may read; all flags 0 takes it back.
     await send(am, signed("GET", v2, {"channel": "room-2", "r": "1", "w": "0", "ttl": "0"}))

@@ -172,7 +172,7 @@ class AccessControl:
                 self.tokens.revoke(keyset.sub_key, token.id)
                 raise denied("Token is revoked")
             self.tokens.put(keyset.sub_key, auth, token)
-        if self.clock() >= token.expires:
+        if self.clock() > token.expires:  # expired past t + ttl * 60
             raise denied("Token is expired")
         return token
 

@@ -55,7 +55,7 @@ async def revoke_token(request: web.Request) -> web.Response:
         token = verify(keyset.secret, keyset.sub_key, text)
     except InvalidToken:
         raise GrantError("Invalid token", "Token is not a token of this keyset.", "token", "path", "revoke") from None
-    if now >= token.expires:
+    if now > token.expires:
         raise GrantError("Invalid token", "Token is expired.", "token", "path", "revoke")
     access.tokens.revoke(keyset.sub_key, token.id)
     await request.app[STORE].revoke_token(keyset.sub_key, token.id, seconds_left=token.expires - now)
@@ -75,8 +75,11 @@ async def _audit_v2(request: web.Request) -> web.Response:
     keyset = _keyset(request, "audit")
     call = v2_grant_request(request, audit=True)
     keys = [key for key, _ in call.entries()]
-    held = await request.app[STORE].grants(keyset.sub_key, keys, now=request.app[CLOCK]())
-    return _v2_answer(call.audit_payload(keyset.sub_key, dict(zip(keys, held, strict=True))))
+    held = await request.app[STORE].held_grants(keyset.sub_key, keys, now=request.app[CLOCK]())
+    # The answer's one ttl: that of the first entry that has a grant (PubNub's shapes have one).
+    call.ttl = next((ttl for bits, ttl in held if bits), 0)
+    payload = call.audit_payload(keyset.sub_key, {key: bits for key, (bits, _) in zip(keys, held, strict=True)})
+    return _v2_answer(payload)
 
 
 def _v2_answer(payload: dict[str, Any]) -> web.Response:

@@ -42,24 +42,28 @@ class AccessGrants(StoreCore):
                 if bits == 0:
                     pipe.delete(name)
                 elif ttl == 0:
-                    pipe.set(name, f"{bits}:0")
+                    pipe.set(name, f"{bits}:0:0")
                 else:
                     # Redis forgets it after its lifetime in real time; the server's clock (which the
                     # admin API moves forward, never back) ends it no later.
-                    pipe.set(name, f"{bits}:{ends}", px=ttl * 60_000)
+                    pipe.set(name, f"{bits}:{ends}:{ttl}", px=ttl * 60_000)
             await pipe.execute()
 
     async def grants(self, sub_key: str, keys: Sequence[GrantKey], *, now: float) -> list[int]:
         """The bits each key has now (0 when none or ended)."""
+        return [bits for bits, _ in await self.held_grants(sub_key, keys, now=now)]
+
+    async def held_grants(self, sub_key: str, keys: Sequence[GrantKey], *, now: float) -> list[tuple[int, int]]:
+        """(bits, ttl in minutes as granted) of each key now; (0, 0) when none or ended."""
         if not keys:
             return []
         ks = self.keys(sub_key)
         values = await self.redis.mget([ks.grant(key.level, key.name, key.auth) for key in keys])
-        return [_live_bits(cast("str | None", value), ms(now)) for value in values]
+        return [_live(cast("str | None", value), ms(now)) for value in values]
 
 
-def _live_bits(value: str | None, now_ms: int) -> int:
+def _live(value: str | None, now_ms: int) -> tuple[int, int]:
     if value is None:
-        return 0
-    bits, _, ends = value.partition(":")
-    return int(bits) if ends == "0" or int(ends) > now_ms else 0
+        return 0, 0
+    bits, ends, ttl = value.split(":")
+    return (int(bits), int(ttl)) if ends == "0" or int(ends) >= now_ms else (0, 0)

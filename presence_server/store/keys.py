@@ -96,8 +96,9 @@ class KeysetKeys:
         return self._base + "rvk:" + token_id
 
     def grant(self, level: str, name: str, auth: str) -> str:
-        """String with expiry: the bits of one Access Manager v2 grant and when it ends, ``<bits>:<ms>``
-        (``0`` for never). ``level`` is ``s`` (the keyset), ``c`` (a channel), ``g`` (a group) or ``u``
-        (a uuid); ``auth`` is empty unless granted to one auth key. The name's length comes first, so
+        """String with expiry: the bits of one Access Manager v2 grant, when it ends and its ttl as
+        granted, ``<bits>:<end ms>:<minutes>`` (``0`` for never). ``level`` is ``s`` (the keyset),
+        ``c`` (a channel), ``g`` (a group) or ``u`` (a uuid); ``auth`` is empty unless granted to one
+        auth key. The name's length comes first, so
         that no name and auth key can spell another pair's key."""
         return f"{self._base}pam:{level}:{len(name)}:{name}:{auth}"
