@@ -69,9 +69,14 @@ def path_value(request: web.Request, name: str) -> str | None:
     """A placeholder's value, percent-decoded (undecodable bytes as U+FFFD), or None when the
     request's route has no such placeholder. For checks that only compare names (the keyset list)."""
     try:
-        return unquote(raw_path_value(request, name))
+        return _unquoted(raw_path_value(request, name))
     except (AttributeError, ValueError):  # no route resource, or no such placeholder in it
         return None
+
+
+@cached_when_short(maxsize=1024)
+def _unquoted(raw: str) -> str:
+    return unquote(raw)
 
 
 @cached_when_short(maxsize=1024)
@@ -85,7 +90,10 @@ def _position(canonical: str, name: str) -> int:
     return canonical.split("/").index("{" + name + "}")
 
 
+@cached_when_short(maxsize=1024)
 def _decode(raw: str, what: str, service: str) -> str:
+    # Cached: clients repeat their names, uuids and tokens. A refused text raises, and exceptions
+    # are not cached.
     try:
         return unquote(raw, errors="strict")
     except UnicodeDecodeError:

@@ -126,8 +126,9 @@ class AccessControl:
         if demand.signed_only:
             raise forbidden()
         auth = query_value(request, "auth", ACCESS_MANAGER) or ""
-        if auth and looks_like_token(auth):
-            token = await self.token(keyset, auth)
+        token = self.tokens.get(keyset.sub_key, auth)  # a known token, most requests: no more parsing
+        if token is not None or (auth and looks_like_token(auth)):
+            token = await self.token(keyset, auth, token)
             self._check_uuid(request, token, demand)
             refused = [want for want in demand.wants if not token.allows(*want)]
         else:
@@ -158,9 +159,9 @@ class AccessControl:
         if stamp is None or abs(self.wall() - stamp) > self.window:
             raise PubNubError(400, "Invalid Timestamp", ACCESS_MANAGER)
 
-    async def token(self, keyset: Keyset, auth: str) -> Token:
-        """The verified, unrevoked, unexpired token ``auth``; a 403 otherwise."""
-        token = self.tokens.get(keyset.sub_key, auth)
+    async def token(self, keyset: Keyset, auth: str, token: Token | None = None) -> Token:
+        """The verified, unrevoked, unexpired token ``auth`` (``token``, when the cache had it); a 403
+        otherwise."""
         if token is None:
             try:
                 token = verify(keyset.secret, keyset.sub_key, auth)
