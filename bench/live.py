@@ -1,5 +1,6 @@
-"""The load harness: heartbeat throughput, fan-out, presence event latency and two server processes
-against one, each figure beside its baseline measured in the same run and its target (PASS/FAIL).
+"""The load harness: heartbeat throughput, fan-out, presence event latency, two server processes
+against one, and an Access Manager keyset against an open one, each figure beside its baseline measured
+in the same run and its target (PASS/FAIL).
 
 ``python -m bench.live`` (``--help`` for the knobs; bench/README.md says what each figure means).
 It starts its own redis-server, the servers, the baseline app and the load generators on loopback,
@@ -17,6 +18,7 @@ import http.client
 import os
 import platform
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -36,17 +38,22 @@ import redis
 
 from bench import cpucap
 from bench.fanout_client import CONTENT_LENGTH, raise_fd_limit, request_bytes
+from presence_server.access.signing import canonical_query, sign_v2
 
 ROOT = Path(__file__).resolve().parent.parent
 SUB_KEY = "bench"
 TIMEOUT = 300  # heartbeat=300, as the SDKs send by default
 HELD = re.compile(rb"^presence_longpolls_held (\S+)$", re.MULTILINE)
-PHASES = ("heartbeat", "fanout", "presence", "processes")
-# The targets (issues 2 and 3).
+PHASES = ("heartbeat", "fanout", "presence", "processes", "access")
+# The targets (issues 2, 3 and 11).
 HEARTBEAT_RATIO = 0.5
 FANOUT_P99_MS = 250.0
 PRESENCE_MEDIAN_MS = 20.0
 TWO_PROCESS_RATIO = 1.4
+ACCESS_RATIO = 0.9
+# Phase access: an open keyset (the bench's usual one) and an Access Manager keyset on one server.
+AM_PUB_KEY, AM_SUB_KEY = "bench-am-pub", "bench-am"
+ROOMS = "^room-[0-9]+$"  # the channels bench/heartbeat.lua and populate() heartbeat
 
 
 def say(text: str = "") -> None:
@@ -204,10 +211,12 @@ class Bench:
         prefix, hold = f"bench{self.trees.index(tree)}", f"{self.opts.hold:g}"
         return dict(os.environ, PYTHONPATH=str(tree.path), PRESENCE_KEY_PREFIX=prefix, PRESENCE_LONGPOLL_HOLD=hold)
 
-    def server(self, tree: Tree, name: str) -> Child:
+    def server(self, tree: Tree, name: str, keysets: str = "") -> Child:
+        """A server process of ``tree``; ``keysets`` is its PRESENCE_KEYSETS (by default every keyset is open)."""
         port = free_port()
         argv = [sys.executable, "-m", tree.package, "--host", "127.0.0.1", "--port", str(port), "--redis-url"]
-        return self.children.start(name, [*argv, self.url], port, cwd=tree.path, env=self.env(tree)).wait_up()
+        env = self.env(tree) | ({"PRESENCE_KEYSETS": keysets} if keysets else {})
+        return self.children.start(name, [*argv, self.url], port, cwd=tree.path, env=env).wait_up()
 
     def baseline(self) -> Child:
         port = free_port()
@@ -261,10 +270,12 @@ def _ms(text: str) -> float:
     return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)] if found else 0.0
 
 
-def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options) -> Run:
-    """One wrk per (port, connections), all at once, each reaped with wait4 for its CPU time."""
+def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options, sub_key: str = SUB_KEY, auth: str = "") -> Run:
+    """One wrk per (port, connections), all at once, each reaped with wait4 for its CPU time; the
+    heartbeats go to ``sub_key``, with ``auth`` (a token) when given."""
     argv = ["wrk", "-t1", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", "-s", "bench/heartbeat.lua"]
-    args = ["--", SUB_KEY, str(opts.users), str(opts.channels), str(TIMEOUT)]
+    args = ["--", sub_key, str(opts.users), str(opts.channels), str(TIMEOUT)]
+    args += [urllib.parse.quote(auth, safe="")] if auth else []
     procs = [
         subprocess.Popen([*argv, f"-c{n}", f"http://127.0.0.1:{port}", *args], cwd=ROOT, stdout=subprocess.PIPE)
         for port, n in jobs
@@ -293,23 +304,29 @@ def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options) -> Run:
     return run
 
 
-def measure(bench: Bench, watched: Sequence[Child], jobs: Sequence[tuple[int, int]], seconds: float) -> Run:
+def measure(
+    bench: Bench, watched: Sequence[Child], jobs: Sequence[tuple[int, int]], seconds: float, **keyset: str
+) -> Run:
+    """wrk on ``jobs`` (``keyset``: wrk's ``sub_key`` and ``auth``) and the CPU of ``watched`` and Redis meanwhile."""
     before, redis_before, busy_before = [c.cpu() for c in watched], bench.redis_cpu(), machine_busy()
-    run = wrk(jobs, seconds, bench.opts)
+    run = wrk(jobs, seconds, bench.opts, **keyset)
     run.server_cpu = [c.cpu() - b for c, b in zip(watched, before, strict=True)]
     run.redis_cpu, run.machine_cpu = bench.redis_cpu() - redis_before, machine_busy() - busy_before
     return run
 
 
-async def populate(port: int, users: int, channels: int, concurrency: int = 32) -> float:
-    """Make the uuids wrk sends present, through HTTP heartbeats; returns heartbeats per second.
-    uuid n is built as bench/heartbeat.lua builds it."""
+async def populate(
+    port: int, users: int, channels: int, concurrency: int = 32, sub_key: str = SUB_KEY, auth: str = ""
+) -> float:
+    """Make the uuids wrk sends present, through HTTP heartbeats (with ``auth`` when given); returns
+    heartbeats per second. uuid n is built as bench/heartbeat.lua builds it."""
     pending = iter(range(users))
-    base = f"http://127.0.0.1:{port}/v2/presence/sub-key/{SUB_KEY}/channel"
+    base = f"http://127.0.0.1:{port}/v2/presence/sub-key/{sub_key}/channel"
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for n in pending:
             params = {"heartbeat": str(TIMEOUT), "uuid": f"{n:08x}-0000-4000-8000-{n:012x}"}
+            params |= {"auth": auth} if auth else {}
             async with session.get(f"{base}/room-{n % channels}/heartbeat", params=params) as response:
                 if response.status != 200:
                     raise RuntimeError(f"population heartbeat answered {response.status}: {await response.text()}")
@@ -320,10 +337,10 @@ async def populate(port: int, users: int, channels: int, concurrency: int = 32) 
     return users / (time.perf_counter() - started)
 
 
-def present(bench: Bench, server: Child) -> None:
+def present(bench: Bench, server: Child, sub_key: str = SUB_KEY, auth: str = "") -> None:
     o = bench.opts
-    rate = asyncio.run(populate(server.port, o.users, o.channels))
-    say(f"  {o.users} uuids on {o.channels} channels made present through {server.name}: {rate:.0f}/s")
+    rate = asyncio.run(populate(server.port, o.users, o.channels, sub_key=sub_key, auth=auth))
+    say(f"  {o.users} uuids on {o.channels} channels of {sub_key} made present through {server.name}: {rate:.0f}/s")
 
 
 def heartbeat(bench: Bench) -> list[Figure]:
@@ -689,6 +706,93 @@ def processes(bench: Bench) -> list[Figure]:
     return figures
 
 
+# -- an Access Manager keyset against an open one -----------------------------------------------------
+
+
+def call(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body or None, headers={"Content-Type": "application/json"} if body else {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def grant(port: int, secret: str) -> str:
+    """A token granting read on every channel the load heartbeats (a pattern), minted by a signed grant."""
+    path = f"/v3/pam/{AM_SUB_KEY}/grant"
+    body = orjson.dumps({"ttl": 1440, "permissions": {"patterns": {"channels": {ROOMS: 1}}}})
+    raw = urllib.parse.urlencode({"uuid": "bench-admin", "timestamp": int(time.time())}, quote_via=urllib.parse.quote)
+    signature = sign_v2(secret, "POST", AM_PUB_KEY, path, canonical_query(raw), body)
+    status, answer = call(port, "POST", f"{path}?{raw}&signature={signature}", body)
+    if status != 200:
+        raise RuntimeError(f"the grant answered {status}: {answer[:300]!r}")
+    token: str = orjson.loads(answer)["data"]["token"]
+    return token
+
+
+def check_access(port: int, token: str) -> None:
+    """Before measuring: the token's heartbeat is a 200, and the Access Manager keyset refuses one
+    without it (else the phase would compare two open keysets); the open keyset needs none."""
+    query = urllib.parse.urlencode({"heartbeat": TIMEOUT, "uuid": f"{0:08x}-0000-4000-8000-{0:012x}"})
+    cases = [
+        (SUB_KEY, "", 200),
+        (AM_SUB_KEY, "&auth=" + urllib.parse.quote(token, safe=""), 200),
+        (AM_SUB_KEY, "", 403),
+    ]
+    for sub_key, auth, expected in cases:
+        status, answer = call(port, "GET", f"/v2/presence/sub-key/{sub_key}/channel/room-0/heartbeat?{query}{auth}")
+        if status != expected:
+            with_token = "with the token" if auth else "without a token"
+            raise RuntimeError(
+                f"a heartbeat to {sub_key} {with_token} answered {status}, not {expected}: {answer[:300]!r}"
+            )
+
+
+def access(bench: Bench) -> list[Figure]:
+    o, tree = bench.opts, bench.trees[0]
+    say(
+        f"\n== 5. heartbeats to an Access Manager keyset with a token / to an open keyset, on one server process "
+        f"of {tree.label}: wrk -t1 -c{o.connections}, {o.warmup:g} s warm-up each, then {o.rounds} rounds of "
+        f"{o.seconds:g} s, the two keysets in turn; {o.users} uuids present in each"
+        + "; this phase measures this tree only (--compare does not apply)"
+        * (len(bench.trees) > 1)
+    )
+    secret = secrets.token_urlsafe(24)  # a new one per run
+    bench.rcli.flushall()  # both keysets start from nobody present
+    server = bench.server(tree, "access", f"{SUB_KEY}-pub:{SUB_KEY},{AM_PUB_KEY}:{AM_SUB_KEY}:{secret}")
+    ratios: list[float] = []
+    errors = 0
+    try:
+        token = grant(server.port, secret)
+        check_access(server.port, token)
+        say(f"  a token of {len(token)} characters grants read on channels {ROOMS!r} of {AM_SUB_KEY}")
+        present(bench, server)
+        present(bench, server, AM_SUB_KEY, token)
+        keysets: list[tuple[str, dict[str, str]]] = [
+            (f"open keyset ({SUB_KEY})", {}),
+            (f"Access Manager ({AM_SUB_KEY}), token", {"sub_key": AM_SUB_KEY, "auth": token}),
+        ]
+        for _, keyset in keysets if o.warmup > 0 else []:
+            measure(bench, [server], [(server.port, o.connections)], o.warmup, **keyset)
+        for number in range(o.rounds):
+            say(f"  round {number + 1}")
+            rates: dict[str, float] = {}
+            for label, keyset in keysets if number % 2 == 0 else keysets[::-1]:
+                run = measure(bench, [server], [(server.port, o.connections)], o.seconds, **keyset)
+                rates[label], errors = sum(run.rps), errors + run.errors
+                say(run.line(label))
+            ratios.append(rates[keysets[1][0]] / rates[keysets[0][0]])
+            say(f"  {'':<32} Access Manager / open {ratios[-1]:.2f}")
+    finally:
+        bench.children.stop(server)
+    figure = Figure("heartbeats, Access Manager keyset with a token / open keyset", f">= {ACCESS_RATIO:g}, no errors")
+    text = f"{statistics.median(ratios):.2f} (rounds {listed(ratios, ', ', 2)}; {errors} errors)"
+    figure.values[tree.label] = (text, statistics.median(ratios) >= ACCESS_RATIO and not errors)
+    return [figure]
+
+
 # -- main ---------------------------------------------------------------------------------------------
 
 
@@ -702,7 +806,7 @@ class Options:
     compare: str = knob("", "also measure a server from this git revision, taking turns with this tree's")
     engine: str = knob("redis", "the servers' store: redis, or memory (memory://)")
     seconds: float = knob(5.0, "each heartbeat run, s")
-    rounds: int = knob(3, "heartbeat rounds of the baseline and each server")
+    rounds: int = knob(3, "heartbeat rounds of the baseline and each server (phase access: of each keyset)")
     warmup: float = knob(2.0, "unmeasured wrk run before each heartbeat figure, s")
     connections: int = knob(64, "wrk connections in all")
     users: int = knob(10_000, "uuids heartbeating")
@@ -729,7 +833,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     opts = Options(**given)
     opts.fanout_runs = opts.fanout_runs or (2 if opts.compare else 1)
     if opts.engine == "memory" and "phases" not in given:
-        opts.phases = "heartbeat,fanout,presence"
+        opts.phases = "heartbeat,fanout,presence,access"
     counts = [opts.rounds, opts.subscribers, opts.generators, opts.publishes, opts.samples, opts.repeats]
     if not set(opts.phases.split(",")) <= set(PHASES) or min(counts) < 1 or opts.connections < 2:
         parser.error(f"--phases takes {', '.join(PHASES)}; counts must be positive, --connections at least 2")
@@ -753,8 +857,8 @@ def describe(bench: Bench) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     phases = opts.phases.split(",")
-    if {"heartbeat", "processes"} & set(phases) and not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (apt-get install -y wrk); or leave out heartbeat and processes")
+    if {"heartbeat", "processes", "access"} & set(phases) and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install -y wrk); or leave out heartbeat, processes and access")
     raise_fd_limit(opts.subscribers + 1024)  # every long-poll is a socket; children inherit the limit
     started = time.monotonic()
     figures: list[Figure] = []
@@ -769,10 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = "memory://" if opts.engine == "memory" else f"redis://127.0.0.1:{port}/0"
         bench = Bench(opts, children, trees, rcli, url)
         describe(bench)
+        run = {"heartbeat": heartbeat, "fanout": fanout, "presence": presence, "processes": processes, "access": access}
         for phase in phases:
-            figures += {"heartbeat": heartbeat, "fanout": fanout, "presence": presence, "processes": processes}[phase](
-                bench
-            )
+            figures += run[phase](bench)
     say(f"\n#### summary ({time.monotonic() - started:.0f} s, load average now {os.getloadavg()[0]:.2f})")
     for figure in figures:
         say(f"  {figure.name} (target {figure.target})")
