@@ -15,24 +15,20 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from pubnub.callbacks import SubscribeCallback
 from pubnub.enums import PNStatusCategory
 from pubnub.pnconfiguration import PNConfiguration
 from pubnub.pubnub_asyncio import PubNubAsyncio
 
-from tests.e2e.pysdk import describe, ok
+from tests.e2e.pysdk import WAIT, Hearing, describe, ok, wind_down
 
 AM = ("pub-c-am", "sub-c-am", "sec-c-am")
 OTHER_AM = ("pub-c-am2", "sub-c-am2", "sec-c-am2")
 OPEN = ("pub-c-open", "sub-c-open")
 KEYSETS = ",".join(":".join(keyset) for keyset in (AM, OTHER_AM, OPEN))
 
-WAIT = 5.0
 # Above the live server's 2 s hold, so that an idle poll is answered by the server, never timed out.
 SUBSCRIBE_TIMEOUT = 10
 ACCESS_CONTENT_TYPE = 'text/javascript; charset="UTF-8"'
-
-Heard = tuple[str, Any]
 
 
 def make_config(
@@ -55,33 +51,8 @@ def make_config(
     return config
 
 
-class Listener(SubscribeCallback):  # type: ignore[misc]
+class Listener(Hearing):
     """Everything a subscribed client hears, in order; error statuses are heard too (as ``error``)."""
-
-    def __init__(self) -> None:
-        self.heard: asyncio.Queue[Heard] = asyncio.Queue()
-        self.connected = asyncio.Event()
-
-    def status(self, pubnub: Any, status: Any) -> None:
-        if status.category == PNStatusCategory.PNConnectedCategory:
-            self.connected.set()
-        elif status.is_error():
-            self.heard.put_nowait(("error", status))
-
-    def message(self, pubnub: Any, message: Any) -> None:
-        self.heard.put_nowait(("message", message))
-
-    def presence(self, pubnub: Any, presence: Any) -> None:
-        self.heard.put_nowait(("presence", presence))
-
-    def signal(self, pubnub: Any, signal: Any) -> None:
-        self.heard.put_nowait(("signal", signal))
-
-    async def next(self) -> Heard:
-        try:
-            return await asyncio.wait_for(self.heard.get(), timeout=WAIT)
-        except TimeoutError:
-            raise AssertionError(f"nothing heard within {WAIT} s") from None
 
     async def next_of(self, kind: str) -> Any:
         heard_kind, event = await self.next()
@@ -144,13 +115,7 @@ class AccessClients:
         return listener
 
     async def stop_all(self) -> None:
-        for client in self._subscribed:
-            manager = client._subscription_manager
-            manager.stop()
-            if manager._subscribe_request_task is not None:
-                await asyncio.wait({manager._subscribe_request_task}, timeout=WAIT)
-        # Real time for the sockets only: the server takes in what the cancelled polls opened.
-        await asyncio.sleep(0.05)
+        await wind_down(self._subscribed)
         while self._made:
             await self._made.pop().stop()
 

@@ -4,8 +4,9 @@ server-side grants (v3 tokens and v2 auth keys), clients holding a token, revoca
 server's clock, signed requests with awkward names, and the answers the SDK sees when it is refused.
 
 Each test runs one ``tests/e2e/js/listen.mjs`` process (unchanged: its client config passes
-``subscribeKey``, ``publishKey``, ``secretKey`` and ``authKey`` through) and drives it over stdin; every
-wait is bounded, and token expiry is reached with ``server.advance``, never by sleeping.
+``subscribeKey``, ``publishKey``, ``secretKey`` and ``authKey`` through) and drives it through
+``tests/e2e/jsdriver.py``; every wait is bounded, and token expiry is reached with ``server.advance``,
+never by sleeping.
 
 What 7.3.3 does (read in ``node_modules/pubnub/lib``, checked here through the request log):
 
@@ -35,11 +36,8 @@ What 7.3.3 does (read in ``node_modules/pubnub/lib``, checked here through the r
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import itertools
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,13 +45,11 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.e2e.live import JS_DIR, LiveServer
+from tests.e2e.jsdriver import Event, JsDriver, running
+from tests.e2e.live import LiveServer
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.e2e
-
-LISTENER = JS_DIR / "listen.mjs"
-WAIT = 5.0
 
 AM_PUB, AM_SUB, AM_SECRET = "pub-c-am", "sub-c-am", "sec-c-am"
 OTHER_PUB, OTHER_SUB, OTHER_SECRET = "pub-c-am2", "sub-c-am2", "sec-c-am2"
@@ -75,97 +71,11 @@ ODD_GROUP = "g 1+~*/ü"
 ODD_ADMIN = "ädmin +~*/1"
 ODD_USER = "ñ user+~*/2"
 
-Event = dict[str, Any]
 Request = tuple[str, str, dict[str, str]]
 
 
-class NodeExited(AssertionError):
-    pass
-
-
-class JsClients:
-    """One ``listen.mjs`` process: commands in; replies, heard events and sent requests out."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict[str, Any]] = []
-        self.stderr = b""
-        self.ended = False
-        self._changed = asyncio.Condition()
-        self._ids = itertools.count(1)
-        self._taken: dict[tuple[str, str], int] = {}
-        self._uuids: dict[str, str] = {}
-        self._reader = asyncio.create_task(self._read())
-        self._errors = asyncio.create_task(self._read_stderr())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"stdout": raw.decode(errors="replace")}
-            async with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        async with self._changed:
-            self.ended = True
-            self._changed.notify_all()
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        self.stderr = await self.proc.stderr.read()
-
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-        await asyncio.gather(self._reader, self._errors, return_exceptions=True)
-
-    async def _wait_for(self, found: Callable[[], Any], what: str) -> Any:
-        async def wait() -> Any:
-            async with self._changed:
-                while (result := found()) is None:
-                    if self.ended or any("crashed" in line for line in self.lines):
-                        crashed = [line for line in self.lines if "crashed" in line]
-                        raise NodeExited(f"node ended: {crashed}; stderr: {self.stderr.decode()}")
-                    await self._changed.wait()
-                return result
-
-        try:
-            return await asyncio.wait_for(wait(), WAIT)
-        except TimeoutError:
-            raise AssertionError(f"no {what} within {WAIT} s; heard so far: {self.lines}") from None
-
-    async def _send(self, command: dict[str, Any]) -> dict[str, Any]:
-        ident = next(self._ids)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"id": ident, **command}).encode() + b"\n")
-        await self.proc.stdin.drain()
-
-        def reply() -> dict[str, Any] | None:
-            return next((line for line in self.lines if line.get("reply") == ident), None)
-
-        answer: dict[str, Any] = await self._wait_for(reply, f"reply to {command}")
-        return answer
-
-    async def client(self, name: str, config: dict[str, Any], *, user_id: str | None = None) -> None:
-        """A new client ``name`` (``userId`` = ``user_id`` or ``name``) that reports all it hears."""
-        self._uuids[name] = user_id or name
-        answer = await self._send({"op": "client", "name": name, "config": {"userId": self._uuids[name], **config}})
-        assert "error" not in answer, answer
-
-    async def attempt(self, who: str, method: str, *args: Any) -> dict[str, Any]:
-        """The reply to ``who.method(arg)``: ``{"result": ...}`` or ``{"error": ...}``."""
-        command: dict[str, Any] = {"op": "call", "as": who, "call": method}
-        if args:
-            (command["args"],) = args
-        return await self._send(command)
-
-    async def call(self, who: str, method: str, *args: Any) -> Any:
-        answer = await self.attempt(who, method, *args)
-        assert "error" not in answer, f"{who}.{method}{args} failed: {answer['error']}"
-        return answer["result"]
+class JsClients(JsDriver):
+    """``listen.mjs`` as these tests drive it: refusals, messages as heard, requests by raw path."""
 
     async def refused(self, who: str, method: str, *args: Any) -> dict[str, Any]:
         """The ``status`` of a call that must fail (the PubNubError the SDK rejects it with)."""
@@ -175,48 +85,6 @@ class JsClients:
         assert error["message"] == "PubNub call failed, check status for details", error
         status: dict[str, Any] = error["status"]
         return status
-
-    async def subscribe(self, who: str, **args: Any) -> Event:
-        """Subscribe and wait for the connected status."""
-        await self.call(who, "subscribe", args)
-        return await self.status(who, "PNConnectedCategory")
-
-    async def next(self, who: str, kind: str) -> Event:
-        """The next ``kind`` event ``who`` heard that no earlier ``next`` returned."""
-        key = (who, kind)
-
-        def found() -> Event | None:
-            events = self.heard(who, kind)
-            taken = self._taken.get(key, 0)
-            if len(events) <= taken:
-                return None
-            self._taken[key] = taken + 1
-            return events[taken]
-
-        event: Event = await self._wait_for(found, f"{kind} heard by {who}")
-        return event
-
-    def heard(self, who: str, kind: str) -> list[Event]:
-        return [line["event"] for line in self.lines if line.get("from") == who and line.get("kind") == kind]
-
-    async def status(self, who: str, category: str | None, operation: str | None = None) -> Event:
-        """The next status of this category (and operation); others are passed over. 7.3.3 gives the
-        status of a successful ``/leave`` no category."""
-        while True:
-            event = await self.next(who, "status")
-            if event.get("category") == category and operation in (None, event.get("operation")):
-                return event
-
-    async def heard_status(self, who: str, category: str, operation: str) -> Event:
-        """The first status of this category and operation ``who`` heard, whether or not ``next`` or
-        ``status`` passed over it."""
-
-        def found() -> Event | None:
-            statuses = self.heard(who, "status")
-            return next((e for e in statuses if (e.get("category"), e.get("operation")) == (category, operation)), None)
-
-        event: Event = await self._wait_for(found, f"{category} {operation} status heard by {who}")
-        return event
 
     async def message(self, who: str, text: Any) -> Event:
         """The message ``text`` as ``who`` hears it (messages before it are passed over)."""
@@ -234,7 +102,7 @@ class JsClients:
             path, _, query_text = line["path"].partition("?")
             pairs = (item.partition("=") for item in query_text.split("&") if item)
             query = {unquote(key): unquote(value) for key, _, value in pairs}
-            if path_part in path and query.get("uuid") == self._uuids[who]:
+            if path_part in path and query.get("uuid") == self.uuid(who):
                 sent.append((line["method"], path, query))
         return sent
 
@@ -247,23 +115,8 @@ ServerFactory = Callable[..., contextlib.AbstractAsyncContextManager[LiveServer]
 def js(node: str) -> Js:
     """``async with js(server) as clients:`` runs ``listen.mjs`` against ``server``, killed at the end."""
 
-    @contextlib.asynccontextmanager
-    async def start(server: LiveServer) -> AsyncIterator[JsClients]:
-        proc = await asyncio.create_subprocess_exec(
-            node,
-            str(LISTENER),
-            server.origin,
-            AM_SUB,
-            cwd=JS_DIR,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        clients = JsClients(proc)
-        try:
-            yield clients
-        finally:
-            await clients.close()
+    def start(server: LiveServer) -> contextlib.AbstractAsyncContextManager[JsClients]:
+        return running(JsClients, node, server.origin, AM_SUB)
 
     return start
 

@@ -2,11 +2,9 @@
 Node against the live server, on both engines: presence events (join, state-change, leave, timeout,
 interval), messages with publisher and meta, signals, channel groups, wildcards, and an error answer.
 
-``tests/e2e/js/listen.mjs`` keeps the clients alive in one Node process started with
-``asyncio.create_subprocess_exec`` (the in-process server keeps serving on this event loop): the test
-writes commands to its stdin and reads one JSON line per listener callback, per command reply and per
-HTTP request from its stdout, so that ``live_server.advance`` can run between any two steps. Every
-wait is bounded; nothing sleeps presence time away.
+``tests/e2e/js/listen.mjs`` keeps the clients alive in one Node process, driven over its stdin and
+stdout through ``tests/e2e/jsdriver.py``, so that ``live_server.advance`` can run between any two
+steps. Every wait is bounded; nothing sleeps presence time away.
 
 What 7.3.3 does on the wire (read in ``node_modules/pubnub/lib``, checked here through the request
 log): ``subscribe`` runs the legacy subscription manager, not an event engine. The handshake sends no
@@ -33,9 +31,7 @@ Two races of 7.3.3 these tests keep out of the way, as they are not what is test
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -44,150 +40,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from presence_server.context import LONGPOLLS, SETTINGS
-from tests.e2e.live import JS_DIR, LiveServer
+from tests.e2e.jsdriver import WAIT, Event, JsDriver, running
+from tests.e2e.live import LiveServer
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
-LISTENER = JS_DIR / "listen.mjs"
 SUB_KEY = "sub-c-e2e-js-live"
-WAIT = 5.0
-
-Event = dict[str, Any]
 
 
-class NodeExited(AssertionError):
-    pass
-
-
-class JsClients:
-    """One Node process running ``listen.mjs``: commands in, replies and heard events out."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict[str, Any]] = []
-        self.stderr = b""
-        self.ended = False
-        self._changed = asyncio.Condition()
-        self._ids = itertools.count(1)
-        self._taken: dict[tuple[str, str], int] = {}
-        self._reader = asyncio.create_task(self._read())
-        self._errors = asyncio.create_task(self._read_stderr())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"stdout": raw.decode(errors="replace")}  # e.g. a console.log warning of the SDK
-            async with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        async with self._changed:
-            self.ended = True
-            self._changed.notify_all()
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        self.stderr = await self.proc.stderr.read()
-
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-        await asyncio.gather(self._reader, self._errors, return_exceptions=True)
-
-    def _failure(self) -> str:
-        crashed = [line for line in self.lines if "crashed" in line]
-        return f"node ended (exit {self.proc.returncode}); crash: {crashed}; stderr: {self.stderr.decode()}"
-
-    async def _wait_for(self, found: Callable[[], Any], what: str) -> Any:
-        async def wait() -> Any:
-            async with self._changed:
-                while True:
-                    result = found()
-                    if result is not None:
-                        return result
-                    if self.ended or any("crashed" in line for line in self.lines):
-                        raise NodeExited(self._failure())
-                    await self._changed.wait()
-
-        try:
-            return await asyncio.wait_for(wait(), WAIT)
-        except TimeoutError:
-            raise AssertionError(f"no {what} within {WAIT} s; heard so far: {self.lines}") from None
-
-    async def _send(self, command: dict[str, Any]) -> dict[str, Any]:
-        ident = next(self._ids)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"id": ident, **command}).encode() + b"\n")
-        await self.proc.stdin.drain()
-
-        def reply() -> dict[str, Any] | None:
-            return next((line for line in self.lines if line.get("reply") == ident), None)
-
-        answer: dict[str, Any] = await self._wait_for(reply, f"reply to {command}")
-        return answer
-
-    # -- commands -------------------------------------------------------------------------------
-
-    async def client(self, name: str, **config: Any) -> None:
-        """A new client ``name`` with ``userId=name`` and a listener reporting all it hears."""
-        answer = await self._send({"op": "client", "name": name, "config": {"userId": name, **config}})
-        assert "error" not in answer, answer
-
-    async def call(self, who: str, method: str, args: dict[str, Any] | None = None) -> Any:
-        answer = await self.try_call(who, method, args)
-        assert "error" not in answer, f"{who}.{method}({args}) failed: {answer['error']}"
-        return answer["result"]
-
-    async def try_call(self, who: str, method: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        command: dict[str, Any] = {"op": "call", "as": who, "call": method}
-        if args is not None:
-            command["args"] = args
-        return await self._send(command)
-
-    async def subscribe(self, who: str, **args: Any) -> Event:
-        """Subscribe and wait for the connected status (the handshake answer: ``who`` is present)."""
-        await self.call(who, "subscribe", args)
-        return await self.status(who, "PNConnectedCategory")
-
-    async def publish(self, who: str, channel: str, message: Any, **args: Any) -> str:
-        result = await self.call(who, "publish", {"channel": channel, "message": message, **args})
-        timetoken: str = result["timetoken"]
-        return timetoken
-
-    # -- what the clients heard -----------------------------------------------------------------
-
-    def heard(self, who: str, kind: str) -> list[Event]:
-        return [line["event"] for line in self.lines if line.get("from") == who and line.get("kind") == kind]
-
-    async def next(self, who: str, kind: str) -> Event:
-        """The next ``kind`` event ``who`` heard that no earlier ``next`` returned, in hearing order."""
-        key = (who, kind)
-
-        def found() -> Event | None:
-            events = self.heard(who, kind)
-            taken = self._taken.get(key, 0)
-            if len(events) <= taken:
-                return None
-            self._taken[key] = taken + 1
-            return events[taken]
-
-        event: Event = await self._wait_for(found, f"{kind} heard by {who}")
-        return event
-
-    def unread(self, who: str, kind: str) -> list[Event]:
-        return self.heard(who, kind)[self._taken.get((who, kind), 0) :]
-
-    async def status(self, who: str, category: str | None, operation: str | None = None) -> Event:
-        """The next status with this category and operation (others are passed over). 7.3.3 gives the
-        status of a successful ``/leave`` no category at all."""
-        while True:
-            event = await self.next(who, "status")
-            if event.get("category") == category and operation in (None, event.get("operation")):
-                return event
+class JsClients(JsDriver):
+    """``listen.mjs`` as these tests drive it: messages heard up to one, and requests by decoded path."""
 
     async def message(self, who: str, text: Any) -> list[Event]:
         """Wait until ``who`` hears the message ``text``; returns the messages heard before it."""
@@ -197,6 +60,11 @@ class JsClients:
             if event["message"] == text:
                 return before
             before.append(event)
+
+    async def publish(self, who: str, channel: str, message: Any, **args: Any) -> str:
+        result = await self.call(who, "publish", {"channel": channel, "message": message, **args})
+        timetoken: str = result["timetoken"]
+        return timetoken
 
     def requests(self, who: str, path_part: str) -> list[tuple[str, dict[str, str]]]:
         """The (decoded path, query) of every request ``who`` sent whose path holds ``path_part``."""
@@ -215,23 +83,8 @@ class JsClients:
 def js(node: str) -> Callable[[LiveServer], contextlib.AbstractAsyncContextManager[JsClients]]:
     """``async with js(server) as clients:`` runs ``listen.mjs`` against ``server``, killed at the end."""
 
-    @contextlib.asynccontextmanager
-    async def start(server: LiveServer) -> AsyncIterator[JsClients]:
-        proc = await asyncio.create_subprocess_exec(
-            node,
-            str(LISTENER),
-            server.origin,
-            SUB_KEY,
-            cwd=JS_DIR,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        clients = JsClients(proc)
-        try:
-            yield clients
-        finally:
-            await clients.close()
+    def start(server: LiveServer) -> contextlib.AbstractAsyncContextManager[JsClients]:
+        return running(JsClients, node, server.origin, SUB_KEY)
 
     return start
 
@@ -262,7 +115,7 @@ def fields(event: Event) -> tuple[Any, ...]:
 
 async def listening(clients: JsClients, who: str, channel: str = "lobby", **config: Any) -> Event:
     """``who`` subscribes to ``channel`` with presence and hears its own join; returns that join."""
-    await clients.client(who, **config)
+    await clients.client(who, config)
     await clients.subscribe(who, channels=[channel], withPresence=True)
     return await clients.next(who, "presence")
 
@@ -371,7 +224,7 @@ async def test_listener_hears_a_timeout_after_the_clock_moves(js: Js, quiet_serv
     async with js(quiet_server) as clients:
         await listening(clients, "alice")
         # presenceTimeout 20: heartbeat=20 on every subscribe request, and a /heartbeat loop.
-        await clients.client("bob", presenceTimeout=20)
+        await clients.client("bob", {"presenceTimeout": 20})
         await clients.subscribe("bob", channels=["lobby"])
         assert fields(await clients.next("alice", "presence")) == ("join", "bob", 2, "lobby", None)
         assert {query["heartbeat"] for _, query in clients.requests("bob", "/v2/subscribe/")} == {"20"}
@@ -421,7 +274,7 @@ async def test_listener_stays_present_while_it_polls(js: Js, live_server: LiveSe
     # heartbeatInterval 0 turns off the /heartbeat loop that presenceTimeout would start: only the
     # polls (heartbeat=20) keep alice present.
     async with js(live_server) as clients:
-        await clients.client("alice", presenceTimeout=20, heartbeatInterval=0)
+        await clients.client("alice", {"presenceTimeout": 20, "heartbeatInterval": 0})
         await clients.subscribe("alice", channels=["lobby"], withPresence=True)
         await clients.next("alice", "presence")
         for _ in range(3):

@@ -90,6 +90,19 @@ async def messages_and_presence(heard: Listener, count: int) -> tuple[list[Any],
     return messages, presence
 
 
+def assert_bad_request(status: Any, operation: Any, error: dict[str, str], detail: dict[str, str]) -> None:
+    """``status`` is the SDK's report of a 400 from a v3 Access Manager call (``operation``), whose body
+    is the v3 error shape: ``error`` (its message and source) with ``detail`` as its one detail."""
+    assert status.category == PNStatusCategory.PNBadRequestCategory, describe(status)
+    assert status.status_code == 400
+    assert status.operation == operation
+    assert status.original_response == {
+        "error": {**error, "details": [detail]},
+        "service": "Access Manager",
+        "status": 400,
+    }
+
+
 def retokened(token: str, old: bytes, new: bytes) -> str:
     """``token`` with one run of its CBOR bytes replaced (the signature left as it was)."""
     raw = base64.urlsafe_b64decode(token)
@@ -380,18 +393,12 @@ async def test_a_token_expires_on_the_server_clock(server: LiveServer, sdk: Acce
 
     # Revoking an expired token is a bad request (access 3.2).
     status = await refused(backend.revoke_token(token))
-    assert status.category == PNStatusCategory.PNBadRequestCategory, describe(status)
-    assert status.status_code == 400
-    assert status.operation == PNOperationType.PNAccessManagerRevokeToken
-    assert status.original_response == {
-        "error": {
-            "message": "Invalid token",
-            "source": "revoke",
-            "details": [{"message": "Token is expired.", "location": "token", "locationType": "path"}],
-        },
-        "service": "Access Manager",
-        "status": 400,
-    }
+    assert_bad_request(
+        status,
+        PNOperationType.PNAccessManagerRevokeToken,
+        {"message": "Invalid token", "source": "revoke"},
+        {"message": "Token is expired.", "location": "token", "locationType": "path"},
+    )
 
     # A token granted now is issued on the moved clock.
     fresh = await grant_token(backend, ttl=1, channels=lobby_token_resources())
@@ -533,20 +540,12 @@ async def test_what_python_signs_double_encoded_is_refused(sdk: AccessClients) -
 
 async def test_a_grant_out_of_range_is_a_bad_request(sdk: AccessClients) -> None:
     status = await refused(sdk.server().grant_token().ttl(43201).channels([Channel.id("lobby").read()]))
-    assert status.category == PNStatusCategory.PNBadRequestCategory, describe(status)
-    assert status.status_code == 400
-    assert status.operation == PNOperationType.PNAccessManagerGrantToken
-    assert status.original_response == {
-        "error": {
-            "message": "Invalid ttl",
-            "source": "grant",
-            "details": [
-                {"message": "Range should be 1 to 43200 minute(s).", "location": "ttl", "locationType": "body"}
-            ],
-        },
-        "service": "Access Manager",
-        "status": 400,
-    }
+    assert_bad_request(
+        status,
+        PNOperationType.PNAccessManagerGrantToken,
+        {"message": "Invalid ttl", "source": "grant"},
+        {"message": "Range should be 1 to 43200 minute(s).", "location": "ttl", "locationType": "body"},
+    )
 
 
 async def test_a_wrong_secret_does_not_match(sdk: AccessClients) -> None:

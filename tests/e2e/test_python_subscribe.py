@@ -22,24 +22,21 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
-from pubnub.callbacks import SubscribeCallback
 from pubnub.enums import PNStatusCategory
 
 from tests.e2e.live import LiveServer
-from tests.e2e.pysdk import SUB_KEY, Clients, describe, leave, ok, refused
+from tests.e2e.pysdk import SUB_KEY, WAIT, Clients, Heard, Hearing, describe, leave, ok, refused, wind_down
 
 pytestmark = pytest.mark.e2e
 
-WAIT = 5.0
 # Above the live server's 2 s hold, so that an idle poll is answered by the server, never timed out.
 SUBSCRIBE_TIMEOUT = 10
 MARKERS = itertools.count()
 
-Heard = tuple[str, Any]
 ServerFactory = Callable[..., AbstractAsyncContextManager[LiveServer]]
 
 
-class Listener(SubscribeCallback):  # type: ignore[misc]
+class Listener(Hearing):
     """Everything one client hears, in the order it hears it, and the subscribe answers it received.
 
     ``hold_after(predicate)`` keeps the client from sending its next poll after an answer that
@@ -47,8 +44,7 @@ class Listener(SubscribeCallback):  # type: ignore[misc]
     """
 
     def __init__(self, client: Any) -> None:
-        self.heard: asyncio.Queue[Heard] = asyncio.Queue()
-        self.connected = asyncio.Event()
+        super().__init__()
         self.answers: list[dict[str, Any]] = []
         self._gate = asyncio.Event()
         self._gate.set()
@@ -71,23 +67,6 @@ class Listener(SubscribeCallback):  # type: ignore[misc]
         manager._handle_endpoint_call = tapped
         manager._start_subscribe_loop = gated
 
-    # SubscribeCallback
-    def status(self, pubnub: Any, status: Any) -> None:
-        if status.category == PNStatusCategory.PNConnectedCategory:
-            self.connected.set()
-        elif status.is_error():
-            self.heard.put_nowait(("error", status))
-
-    def message(self, pubnub: Any, message: Any) -> None:
-        self.heard.put_nowait(("message", message))
-
-    def presence(self, pubnub: Any, presence: Any) -> None:
-        self.heard.put_nowait(("presence", presence))
-
-    def signal(self, pubnub: Any, signal: Any) -> None:
-        self.heard.put_nowait(("signal", signal))
-
-    # test side
     def hold_after(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
         self._hold = predicate
 
@@ -99,10 +78,8 @@ class Listener(SubscribeCallback):  # type: ignore[misc]
         self._gate.set()
 
     async def next(self) -> Heard:
-        try:
-            kind, event = await asyncio.wait_for(self.heard.get(), timeout=WAIT)
-        except TimeoutError:
-            raise AssertionError(f"nothing heard within {WAIT} s") from None
+        """The next thing heard, which must not be an error."""
+        kind, event = await super().next()
         assert kind != "error", describe(event)
         return kind, event
 
@@ -132,23 +109,14 @@ class Listener(SubscribeCallback):  # type: ignore[misc]
 
 
 class Subscribers(Clients):
-    """Clients whose subscribe loops are wound down before they stop: a poll cancelled while it
-    connects leaves a connection the server accepts late, and one accepted while the server shuts
-    down is never closed (asyncio reports it as an unclosed transport)."""
+    """Clients whose subscribe loops are wound down (``wind_down``) before they stop."""
 
     def __init__(self, origin: str) -> None:
         super().__init__(origin)
         self.subscribed: list[Any] = []
 
     async def stop_all(self) -> None:
-        for client in self.subscribed:
-            manager = client._subscription_manager
-            manager.stop()
-            if manager._subscribe_request_task is not None:
-                await asyncio.wait({manager._subscribe_request_task}, timeout=WAIT)
-        # Real time for the sockets only (presence time is the injected clock): the server takes
-        # in whatever the cancelled polls opened before the test shuts it down.
-        await asyncio.sleep(0.05)
+        await wind_down(self.subscribed)
         await super().stop_all()
 
 
