@@ -122,6 +122,8 @@ def _store(settings: Settings, redis: aioredis.Redis) -> PresenceStore:
         backstop_seconds=int(max(86_400, 2 * settings.max_timeout)),
         announce_max=settings.announce_max,
         interval=settings.interval,
+        history_retention=settings.history_retention,
+        history_max=settings.history_max,
         # The embedded store runs its Lua in this process's event loop: smaller sweep steps keep
         # a mass expiry from stalling requests for long.
         sweep_budget=100 if settings.redis_url.startswith("memory://") else 1000,

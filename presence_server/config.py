@@ -30,6 +30,8 @@ class Settings:
     interval: float = 10.0
     longpoll_hold: float = 280.0
     keysets: str = ""  # "pub:sub" (open) or "pub:sub:secret" (Access Manager on), comma-separated
+    history_retention: float = 604_800.0  # seconds messages are kept for history; 0 turns storage off
+    history_max: int = 100_000  # messages kept per channel at most (the oldest go first)
     signature_window: float = 60.0  # seconds a signed request's timestamp may be off the wall clock
     admin: bool = False
     admin_remote: bool = False
@@ -76,6 +78,14 @@ class Settings:
             raise SettingsError(f"PRESENCE_MAX_NAME_LENGTH must be a positive integer, got {self.max_name_length}")
         if self.announce_max < 0:
             raise SettingsError(f"PRESENCE_ANNOUNCE_MAX must be zero or more, got {self.announce_max}")
+        if not (0 <= self.history_retention < math.inf):
+            raise SettingsError(
+                f"PRESENCE_HISTORY_RETENTION must be zero or a positive number, got {self.history_retention}"
+            )
+        if self.history_max < self.log_size:
+            raise SettingsError(
+                f"PRESENCE_HISTORY_MAX ({self.history_max}) must be at least PRESENCE_LOG_SIZE ({self.log_size})"
+            )
         if self.log_size < 100:
             raise SettingsError(f"PRESENCE_LOG_SIZE must be at least 100, got {self.log_size}")
 

@@ -192,7 +192,7 @@ def query_names(request: web.Request, key: str, what: str, max_length: int, serv
     return list(dict.fromkeys(names))
 
 
-# How many names one request may carry (docs/protocol.md 12). Channels: ours, as many as
+# How many names one request may carry (docs/protocol.md 13). Channels: ours, as many as
 # subscribe always took (a `-pnpres` name counts as one). Groups: PubNub's 10 per client; a group's
 # `-pnpres` names count with it, since SDKs send `cg` and `cg-pnpres` for one group with presence.
 # Each group holds up to 2,000 channels, and the store splits what a request names into script
@@ -281,6 +281,16 @@ def query_seconds(request: web.Request, key: str, service: str = PRESENCE) -> fl
     if not 0 < value < math.inf:
         raise bad_request(f"Invalid {key}: must be a positive number of seconds", service)
     return value
+
+
+def query_hours(request: web.Request, key: str) -> float:
+    """A number of hours, zero or more (a publish's ``ttl``); 0 when absent."""
+    raw = query_value(request, key)
+    if raw is None or raw == "":
+        return 0.0
+    if not _DECIMAL.fullmatch(raw) or not float(raw) < math.inf:
+        raise bad_request(f"Invalid {key}: {_shown(raw)} is not a number of hours")
+    return float(raw)
 
 
 def query_flag(request: web.Request, key: str) -> bool:

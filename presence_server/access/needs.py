@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from presence_server.access.tokens import CHANNELS, GROUPS, MANAGE, READ, WRITE
+from presence_server.access.tokens import CHANNELS, DELETE, GROUPS, MANAGE, READ, WRITE
 from presence_server.context import CLOCK, SETTINGS
 from presence_server.http import CHANNEL_REGISTRY, PubNubError, SendError
 from presence_server.params import path_name, path_names, query_names
@@ -88,3 +88,15 @@ def group_change_or_list(request: web.Request) -> Demand:
 
 def group_delete(request: web.Request) -> Demand:
     return Demand(((GROUPS, _group(request), MANAGE),))
+
+
+def read_channel(request: web.Request) -> Demand:
+    """History of one channel (v2, with actions): read on it."""
+    return Demand(((CHANNELS, path_name(request, "channel", "channel", _limit(request)), READ),))
+
+
+def history_channels(request: web.Request) -> Demand:
+    """Fetching history of channels: read on each; deleting it: delete."""
+    channels = path_names(request, "channels", "channel", _limit(request))
+    bits = DELETE if request.method == "DELETE" else READ
+    return Demand(tuple((CHANNELS, name, bits) for name in channels))

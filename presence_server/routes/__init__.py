@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler
 from presence_server.access import needs
 from presence_server.access.needs import Needs
 from presence_server.metrics import UNMATCHED, metrics_handler
-from presence_server.routes import access, admin, groups, meta, presence, publish, subscribe
+from presence_server.routes import access, admin, groups, history, meta, presence, publish, subscribe
 
 N = "[^/]+"
 PRESENCE = f"/v2/presence/sub-key/{{sub_key:{N}}}"
@@ -34,14 +34,17 @@ class Router:
         self.wrap = wrap
 
     def add_get(self, path: str, handler: Handler, needs: Needs | None = None) -> None:
-        resource = self.app.router.add_resource(path)
-        wrapped = self.wrap(handler, resource.canonical, needs)
-        resource.add_route("HEAD", wrapped)
-        resource.add_route("GET", wrapped)
+        self.add_methods(("GET",), path, handler, needs)
 
     def add(self, method: str, path: str, handler: Handler, needs: Needs | None = None) -> None:
+        self.add_methods((method,), path, handler, needs)
+
+    def add_methods(self, methods: tuple[str, ...], path: str, handler: Handler, needs: Needs | None = None) -> None:
+        """One handler for several methods of one path (HEAD comes with GET)."""
         resource = self.app.router.add_resource(path)
-        resource.add_route(method, self.wrap(handler, resource.canonical, needs))
+        wrapped = self.wrap(handler, resource.canonical, needs)
+        for method in ("HEAD", *methods) if "GET" in methods else methods:
+            resource.add_route(method, wrapped)
 
     def finish(self) -> None:
         """After every route: a wrong method on a known path is a 405, any other path a 404."""
@@ -87,6 +90,13 @@ def setup_routes(app: Router) -> None:
     app.add_get(REGISTRY, groups.list_groups, needs.signed)
     app.add_get(f"{REGISTRY}/{{group:{N}}}", groups.modify_or_list, needs.group_change_or_list)
     app.add_get(f"{REGISTRY}/{{group:{N}}}/remove", groups.delete, needs.group_delete)
+    app.add_get(f"/v2/history/sub-key/{{sub_key:{N}}}/channel/{{channel:{N}}}", history.history_v2, needs.read_channel)
+    fetch = f"/v3/history/sub-key/{{sub_key:{N}}}/channel/{{channels:{N}}}"
+    app.add_methods(("GET", "DELETE"), fetch, history.fetch_or_delete, needs.history_channels)
+    with_actions = f"/v3/history-with-actions/sub-key/{{sub_key:{N}}}/channel/{{channel:{N}}}"
+    app.add_get(with_actions, history.fetch_with_actions, needs.read_channel)
+    counts = f"/v3/history/sub-key/{{sub_key:{N}}}/message-counts/{{channels:{N}}}"
+    app.add_get(counts, history.message_counts, needs.read_channels)
     app.add("POST", PAM_V3, access.grant_token, needs.signed)
     app.add("DELETE", f"{PAM_V3}/{{token:{N}}}", access.revoke_token, needs.signed)
     app.add_get(PAM_V2, access.grant_or_audit_v2, needs.signed)

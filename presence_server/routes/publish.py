@@ -15,6 +15,7 @@ from presence_server.params import (
     dump_json,
     path_name,
     query_flag,
+    query_hours,
     query_json_object,
     query_value,
     raw_path_value,
@@ -50,6 +51,8 @@ async def _send(request: web.Request, *, kind: int | None) -> web.Response:
         if custom_type is not None and not 3 <= len(custom_type) <= 50:
             raise bad_request("Invalid custom_message_type: 3 to 50 characters")
         publisher = query_value(request, "uuid") or None
+        stored = (query_value(request, "store") or "1").lower() not in ("0", "false")
+        ttl_hours = query_hours(request, "ttl")
     except PubNubError as exc:
         # Publish errors are arrays, not the error object of other services (docs/protocol.md 2.9).
         return SendError(exc, now).response()
@@ -65,6 +68,9 @@ async def _send(request: web.Request, *, kind: int | None) -> web.Response:
         meta=None if meta is None else dump_json(meta),
         kind=kind,
         custom_type=custom_type,
+        # Signals are never kept for history (docs/protocol.md 12).
+        store=stored and kind is None,
+        ttl_hours=ttl_hours,
     )
     return json_response([1, "Sent", timetoken])
 

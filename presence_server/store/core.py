@@ -85,6 +85,8 @@ class StoreCore:
         announce_max: int = 20,
         interval: float = 10.0,
         interval_max_uuids: int = 100,
+        history_retention: float = 0.0,
+        history_max: int = 100_000,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -97,6 +99,9 @@ class StoreCore:
         self.announce_max = announce_max
         self.interval = interval
         self.interval_max_uuids = interval_max_uuids
+        # Seconds published messages are kept for history (0: history is off, logs keep log_size).
+        self.history_retention = history_retention
+        self.history_max = history_max
         self._keysets_due = keysets_due(prefix)
         self._keysets_known = keysets_known(prefix)
         self.wake_channel = wake_channel(prefix)
@@ -113,6 +118,7 @@ class StoreCore:
         self._here_now = _load_script(redis, "here_now", with_common=False)
         self._group_add = _load_script(redis, "group_add", with_common=False)
         self._group_remove = _load_script(redis, "group_remove", with_common=False)
+        self._history_delete = _load_script(redis, "history_delete", with_common=False)
 
     async def aclose(self) -> None:
         """Hand the connections the script batcher keeps back to the client's pool."""

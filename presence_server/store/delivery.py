@@ -14,7 +14,9 @@ from presence_server.store.fields import (
     EVENT_UUID,
     MESSAGE_BODY,
     MESSAGE_CUSTOM_TYPE,
+    MESSAGE_EXPIRES,
     MESSAGE_KIND,
+    MESSAGE_LIVE_ONLY,
     MESSAGE_META,
     MESSAGE_PUBLISHER,
     LogEntry,
@@ -35,17 +37,35 @@ class Logs(StoreCore):
         meta: str | None = None,
         kind: int | None = None,
         custom_type: str | None = None,
+        store: bool = True,
+        ttl_hours: float = 0.0,
     ) -> str:
-        """Append a message (JSON text) to the channel's log; returns its timetoken."""
+        """Append a message (JSON text) to the channel's log; returns its timetoken.
+
+        With history on, the log keeps what retention keeps (and at most ``history_max`` entries);
+        ``store=False`` marks a message for live delivery only, and ``ttl_hours`` (above 0 and
+        shorter than retention) makes it leave history earlier.
+        """
         ks = self.keys(sub_key)
         keys, args = self._mutation_call(ks, now, (), [channel])
         keys.append(ks.messages(channel))
+        retention = self.history_retention
+        if retention > 0:
+            args += [self.history_max, _ticks(now - retention), int(retention) + 60]
+        else:
+            args += [self.log_size, "", 0]
         args += [MESSAGE_BODY, message]
+        expires = None
+        if retention > 0 and store and 0 < ttl_hours * 3600 < retention:
+            expires = int((now + ttl_hours * 3600) * 1000)
         optional = (
             (MESSAGE_PUBLISHER, publisher),
             (MESSAGE_META, meta),
             (MESSAGE_KIND, kind),
             (MESSAGE_CUSTOM_TYPE, custom_type),
+            # Published while history is off: not history's, should it be turned on later.
+            (MESSAGE_LIVE_ONLY, None if store and retention > 0 else 1),
+            (MESSAGE_EXPIRES, expires),
         )
         for name, value in optional:
             if value is not None:
@@ -138,3 +158,8 @@ class Logs(StoreCore):
             # Every name starting with "<pattern minus *>": a lex range on the name index.
             low = wildcard.prefix.encode()
             pipe.zrangebylex(ks.names, b"[" + low, b"[" + low + b"\xff")
+
+
+def _ticks(seconds: float) -> str:
+    """A Unix time as 100 ns ticks (what a timetoken counts), never negative."""
+    return str(max(0, int(seconds * 10_000_000)))

@@ -32,6 +32,8 @@ MESSAGE_PUBLISHER: Final = "i"  # the publisher's uuid, when it gave one
 MESSAGE_META: Final = "u"  # the publish call's meta (JSON), when given
 MESSAGE_KIND: Final = "e"  # the message type (integer): 1 for a signal; absent for a plain message
 MESSAGE_CUSTOM_TYPE: Final = "cmt"  # the publisher's custom message type, when given
+MESSAGE_LIVE_ONLY: Final = "n"  # "1": published with store=0: delivered, never in history (nor are signals)
+MESSAGE_EXPIRES: Final = "x"  # when the message leaves history (ms), when its own ttl is shorter than retention
 
 # -- fields of the keyset counters hash (``KeysetKeys.counters``) ----------------------------------
 COUNTER_OCCUPANTS: Final = "occupants"  # present (uuid, channel) pairs, expired-but-unswept included

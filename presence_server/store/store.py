@@ -8,6 +8,7 @@
 - ``delivery.py``: publish, cursors, subscribe reads of the logs
 - ``expiry.py``: the sweep and the global due index
 - ``groups.py``: channel groups
+- ``history.py``: message history: reads, counts, deletes
 - ``admin.py``: admin clock, keyset reset, snapshot
 - ``access.py``: Access Manager revocations and v2 grants
 - ``totals.py``: metric totals
@@ -25,10 +26,11 @@ from presence_server.store.admin import Admin
 from presence_server.store.delivery import Logs
 from presence_server.store.expiry import Expiry
 from presence_server.store.groups import Groups
+from presence_server.store.history import History
 from presence_server.store.presence import PresenceWrites
 from presence_server.store.reads import PresenceReads
 from presence_server.store.totals import Totals
 
 
-class PresenceStore(PresenceWrites, PresenceReads, Logs, Expiry, Groups, Admin, AccessGrants, Totals):
+class PresenceStore(PresenceWrites, PresenceReads, Logs, Expiry, Groups, History, Admin, AccessGrants, Totals):
     """Presence, state, channel groups and event logs of every keyset, kept in one Redis."""

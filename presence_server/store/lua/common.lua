@@ -88,9 +88,10 @@ end
 -- Appends an entry to a log, in the same script as the change it reports. `name` is the name the
 -- entry is delivered on (`ch` for messages, `ch-pnpres` for presence); `channel` the base channel,
 -- indexed so wildcard subscriptions can find it.
-local function append(log_key, name, channel, fields)
+-- `maxlen` bounds the log's length (LOG_SIZE when not given).
+local function append(log_key, name, channel, fields, maxlen)
   local tt = next_timetoken()
-  redis.call('XADD', log_key, 'MAXLEN', '~', LOG_SIZE, tt .. '-0', unpack(fields))
+  redis.call('XADD', log_key, 'MAXLEN', '~', maxlen or LOG_SIZE, tt .. '-0', unpack(fields))
   redis.call('EXPIRE', log_key, BACKSTOP)
   redis.call('ZADD', NAMES_KEY, 0, channel)
   wake(name)
