@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 from pubnub.callbacks import SubscribeCallback
 from pubnub.endpoints.presence.leave import Leave
@@ -49,6 +49,12 @@ class Clients:
     async def stop_all(self) -> None:
         while self._made:
             await self._made.pop().stop()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop_all()
 
 
 class Hearing(SubscribeCallback):  # type: ignore[misc]
