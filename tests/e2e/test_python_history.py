@@ -29,7 +29,7 @@ import pytest
 from pubnub.enums import PNOperationType, PNStatusCategory
 
 from tests.e2e.live import LiveServer
-from tests.e2e.pysdk import Clients, ok, refused
+from tests.e2e.pysdk import Clients, Hearing, ok, refused, wind_down
 
 pytestmark = pytest.mark.e2e
 
@@ -328,6 +328,33 @@ async def test_odd_channel_names(sdk: Clients) -> None:
     assert await counts(bob, list(names), [0] * 3) == dict.fromkeys(names, 2)
     await ok(bob.delete_messages().channel("a,b|c:d"))
     assert await counts(bob, list(names), [0] * 3) == {**dict.fromkeys(names, 2), "a,b|c:d": 0}
+
+
+async def test_a_subscriber_catching_up_hears_what_history_holds(sdk: Clients) -> None:
+    # One log for both (docs/protocol.md 12.1): what a delete removed is not caught up either.
+    bob = sdk("bob")
+    cursor = await sent(bob.publish().channel("chat").message("before"))
+    tts = await publish_all(bob, "chat", [f"m{i}" for i in range(5)])
+    await ok(bob.delete_messages().channel("chat").start(tts[3]).end(tts[1]))  # m1 and m2
+    alice, heard = sdk("alice"), Hearing()
+    alice.add_listener(heard)
+    alice.subscribe().channels(["chat"]).with_timetoken(cursor).execute()
+    try:
+        caught_up = [await heard.next() for _ in range(3)]
+        marker = await sent(bob.publish().channel("chat").message("live"))
+        caught_up.append(await heard.next())
+    finally:
+        await wind_down([alice])
+    assert [(kind, m.message, m.timetoken) for kind, m in caught_up] == [
+        ("message", "m0", tts[0]),
+        ("message", "m3", tts[3]),
+        ("message", "m4", tts[4]),
+        ("message", "live", marker),
+    ]
+    held = (await fetched(bob.fetch_messages().channels(["chat"]))).get("chat", [])
+    assert [(i.message, int(i.timetoken)) for i in held] == [("before", cursor)] + [
+        (m.message, m.timetoken) for _, m in caught_up
+    ]
 
 
 # -- payloads ------------------------------------------------------------------------------------------
