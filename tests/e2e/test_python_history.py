@@ -27,9 +27,11 @@ from typing import Any
 
 import pytest
 from pubnub.enums import PNOperationType, PNStatusCategory
+from pubnub.models.consumer.v3.channel import Channel
 
 from tests.e2e.live import LiveServer
 from tests.e2e.pysdk import Clients, Hearing, ok, refused, wind_down
+from tests.e2e.pysdk_access import KEYSETS, AccessClients, assert_denied, grant_token
 
 pytestmark = pytest.mark.e2e
 
@@ -40,20 +42,24 @@ LIMIT = 32 * 1024
 HOUR = 3600.0
 
 
+def fetching(client: Any) -> Any:
+    """``client`` with a ``fetch_messages`` that reaches the caller: 7.2.0's asyncio client records every
+    answered call's latency under a name per operation and has none for fetch messages (``KeyError: 45``), so
+    every ``fetch_messages`` resolves to an error once the server's answer is in (see
+    ``test_7_2_0_asyncio_fetch_messages_fails_on_its_own_telemetry``). This names it as history's."""
+    telemetry = client._telemetry_manager
+    name_of = telemetry.endpoint_name_for_operation
+    telemetry.endpoint_name_for_operation = lambda operation: (
+        "hist" if operation == PNOperationType.PNFetchMessagesOperation else name_of(operation)
+    )
+    return client
+
+
 class HistoryClients(Clients):
-    """Clients whose ``fetch_messages`` reaches the caller: 7.2.0's asyncio client records every answered
-    call's latency under a name per operation and has none for fetch messages (``KeyError: 45``), so every
-    ``fetch_messages`` resolves to an error once the server's answer is in (see
-    ``test_7_2_0_asyncio_fetch_messages_fails_on_its_own_telemetry``). These name it as history's."""
+    """Clients that can ``fetch_messages`` (``fetching``)."""
 
     def __call__(self, uuid: str, *, presence_timeout: int | None = None) -> Any:
-        client = super().__call__(uuid, presence_timeout=presence_timeout)
-        telemetry = client._telemetry_manager
-        name_of = telemetry.endpoint_name_for_operation
-        telemetry.endpoint_name_for_operation = lambda operation: (
-            "hist" if operation == PNOperationType.PNFetchMessagesOperation else name_of(operation)
-        )
-        return client
+        return fetching(super().__call__(uuid, presence_timeout=presence_timeout))
 
 
 @pytest.fixture
@@ -480,6 +486,49 @@ async def test_history_off_every_call_gets_the_403(live_server_factory: ServerFa
             )
             assert body["error_message"].startswith(f"Use of the {wording}"), body
             assert "HTTP Client Error (403)" in str(status.error_data.information)
+
+
+# -- Access Manager -----------------------------------------------------------------------------------
+
+
+async def test_access_manager_history_needs_read_and_delete_needs_delete(live_server_factory: ServerFactory) -> None:
+    async with live_server_factory(keysets=KEYSETS) as server:
+        sdk = AccessClients(server.origin)
+        try:
+            await access_manager_history(sdk)
+        finally:
+            await sdk.stop_all()
+
+
+async def access_manager_history(sdk: AccessClients) -> None:
+    backend = fetching(sdk.server())  # signs every request: may do anything
+    tts = await publish_all(backend, "chat", ["m0", "m1", "m2", "m3"])
+    reader = fetching(sdk.client("reader", token=await grant_token(backend, channels=[Channel.id("chat").read()])))
+    deleter = fetching(sdk.client("deleter", token=await grant_token(backend, channels=[Channel.id("chat").delete()])))
+    chat = {"channels": ["chat"]}
+
+    assert (await v2(reader.history().channel("chat")))[0] == ["m0", "m1", "m2", "m3"]
+    assert await fetched_messages(reader, "chat") == ["m0", "m1", "m2", "m3"]
+    assert await counts(reader, ["chat"], [tts[0]]) == {"chat": 3}
+    assert_denied(await refused(reader.fetch_messages().channels(["chat", "other"])), payload={"channels": ["other"]})
+    assert_denied(
+        await refused(reader.message_counts().channel(["other"]).channel_timetokens([0])),
+        payload={"channels": ["other"]},
+    )
+    assert_denied(await refused(reader.delete_messages().channel("chat")), payload=chat)
+
+    assert_denied(await refused(deleter.history().channel("chat")), payload=chat)
+    assert_denied(await refused(deleter.fetch_messages().channels(["chat"])), payload=chat)
+    await ok(deleter.delete_messages().channel("chat").start(tts[2]).end(tts[1]))
+    assert await fetched_messages(reader, "chat") == ["m0", "m2", "m3"]
+
+    anon = fetching(sdk.client("anon"))
+    assert_denied(await refused(anon.history().channel("chat")), payload=chat)
+    assert_denied(await refused(anon.delete_messages().channel("chat")), payload=chat)
+    # Signed (7.2.0 signs the DELETE too): no token needed.
+    assert await fetched_messages(backend, "chat") == ["m0", "m2", "m3"]
+    await ok(backend.delete_messages().channel("chat").end(tts[3]))
+    assert await counts(backend, ["chat"], [0]) == {"chat": 2}
 
 
 # -- 7.2.0's asyncio fetch_messages, and the README ----------------------------------------------------
