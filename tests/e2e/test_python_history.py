@@ -12,7 +12,7 @@ gets ``uuid`` and ``message_type`` attributes only when the server sent them. ``
 ``delete_messages`` sends ``start``/``end`` as given and resolves to ``{}``. A refusal resolves to an error
 status with the code, the category (``PNAccessDeniedCategory`` for a 403) and the parsed body. Its asyncio
 client fails every ``fetch_messages`` after the answer (its telemetry knows no name for the operation), so the
-tests' clients name it (``HistoryClients``), and one test pins the failure."""
+tests' clients name it (``fetching``), and one test pins the failure."""
 
 from __future__ import annotations
 
@@ -416,10 +416,11 @@ async def test_retention_expires_messages_when_the_clock_moves(live_server_facto
     async with live_server_factory(history_retention=HOUR) as server, HistoryClients(server.origin) as sdk:
         bob = sdk("bob")
         await publish_all(bob, "chat", ["old"])
+        await sent(bob.publish().channel("chat").message("a ttl past retention").ttl(2))  # retention wins
         await server.advance(HOUR / 2)
         await publish_all(bob, "chat", ["newer"])
         await server.advance(HOUR / 2 - 1)
-        assert await fetched_messages(bob, "chat") == ["old", "newer"]
+        assert await fetched_messages(bob, "chat") == ["old", "a ttl past retention", "newer"]
 
         await server.advance(2)  # "old" is past retention, "newer" is not
         assert await fetched_messages(bob, "chat") == ["newer"]
@@ -434,8 +435,7 @@ async def test_retention_expires_messages_when_the_clock_moves(live_server_facto
 
 async def test_a_message_ttl_shortens_its_stay(live_server: LiveServer, sdk: Clients) -> None:
     bob = sdk("bob")
-    chat = bob.publish().channel("chat")
-    await sent(chat.message("kept").ttl(0))  # 7.2.0 leaves a ttl of 0 out: the retention
+    await sent(bob.publish().channel("chat").message("kept").ttl(0))  # 7.2.0 leaves a ttl of 0 out: the retention
     await sent(bob.publish().channel("chat").message("an hour").ttl(1))
     await sent(bob.publish().channel("chat").message("half an hour").ttl(0.5).use_post(True))
     await sent(bob.publish().channel("chat").message("a day").ttl(24))
