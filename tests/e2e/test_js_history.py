@@ -234,6 +234,13 @@ async def test_paging_by_timetoken_reads_every_message_exactly_once(js: Js, live
         )
         assert clients.last_sent("/v2/history/")[2]["count"] == "500"
         assert [m["entry"] for m in capped_v2["messages"]] == everything[1:]
+        several = await clients.fetch("alice", "feed", "empty", count=100)
+        assert clients.last_sent("/v3/history/")[2]["max"] == "100"
+        assert texts(several["feed"]) == everything[-25:]  # "empty" has none: it is left out
+        assert list(several) == ["feed"]
+        with_actions = await clients.fetch("alice", "feed", includeMessageActions=True, count=100)
+        assert clients.last_sent("/v3/history-with-actions/")[2]["max"] == "100"
+        assert texts(with_actions["feed"]) == everything[-25:]
 
         # fetchMessages, newest first, each page before the oldest timetoken of the last.
         pages: list[list[dict[str, Any]]] = []
@@ -275,6 +282,14 @@ async def test_paging_by_timetoken_reads_every_message_exactly_once(js: Js, live
             "alice", "history", {"channel": "feed", "start": tts[50], "end": tts[60], "stringifiedTimeToken": True}
         )
         assert [m["entry"] for m in forward["messages"]] == everything[51:61]
+        # Only an end (inclusive): the newest, or with reverse the oldest, at or after it.
+        assert texts((await clients.fetch("alice", "feed", end=tts[95]))["feed"]) == everything[95:]
+        oldest_after = await clients.call(
+            "alice", "history", {"channel": "feed", "end": tts[50], "count": 3, "reverse": True}
+        )
+        assert [m["entry"] for m in oldest_after["messages"]] == everything[50:53]
+        newest = await clients.call("alice", "history", {"channel": "feed", "end": tts[50], "count": 3})
+        assert [m["entry"] for m in newest["messages"]] == everything[-3:]
 
 
 # -- counts and deletes ----------------------------------------------------------------------------
@@ -314,6 +329,16 @@ async def test_counts_and_deletes_agree(js: Js, live_server: LiveServer) -> None
             False,
         )
         assert counts == {"channels": {"room-a": 0, "room-b": 1}}
+        # Lists of other lengths never leave the client.
+        sent_before = len(clients.sent("/message-counts/"))
+        mismatched = {"channels": ["room-a", "room-b"], "channelTimetokens": [a[0], a[1], a[2]]}
+        local = await clients.attempt("alice", "messageCounts", mismatched)
+        assert local["error"]["status"] == {
+            "message": "Length of channelTimetokens and channels do not match",
+            "type": "validationError",
+            "error": True,
+        }
+        assert len(clients.sent("/message-counts/")) == sent_before
         # A timetoken of 0 as a number is falsy: 7.3.3 sends none, which is a 400.
         refused = await clients.attempt("alice", "messageCounts", {"channels": ["room-a"], "timetoken": 0})
         assert "timetoken" not in clients.last_sent("/message-counts/")[2]
@@ -333,6 +358,13 @@ async def test_counts_and_deletes_agree(js: Js, live_server: LiveServer) -> None
         v2 = await clients.call("alice", "history", {"channel": "room-a", "stringifiedTimeToken": True})
         assert [m["timetoken"] for m in v2["messages"]] == left
 
+        # start = end: nothing; a single message T goes with start = T + 1, end = T.
+        await clients.call("alice", "deleteMessages", {"channel": "room-a", "start": a[4], "end": a[4]})
+        assert stamps((await clients.fetch("alice", "room-a"))["room-a"]) == left
+        await clients.call("alice", "deleteMessages", {"channel": "room-a", "start": str(int(a[4]) + 1), "end": a[4]})
+        left.remove(a[4])
+        assert stamps((await clients.fetch("alice", "room-a"))["room-a"]) == left
+
         # No bounds: all of one channel, and nothing of another.
         await clients.call("alice", "deleteMessages", {"channel": "room-b"})
         assert call_flags(clients.last_sent("/v3/history/")[2]) == {}
@@ -342,7 +374,7 @@ async def test_counts_and_deletes_agree(js: Js, live_server: LiveServer) -> None
         counts = await clients.call(
             "alice", "messageCounts", {"channels": ["room-a", "room-b"], "channelTimetokens": ["0", "0"]}
         )
-        assert counts == {"channels": {"room-a": 4, "room-b": 0}}
+        assert counts == {"channels": {"room-a": 3, "room-b": 0}}
         v2 = await clients.call("alice", "history", {"channel": "room-b"})
         assert (v2["messages"], v2["startTimeToken"], v2["endTimeToken"]) == ([], 0, 0)
 
