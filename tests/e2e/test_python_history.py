@@ -363,6 +363,23 @@ async def test_a_subscriber_catching_up_hears_what_history_holds(sdk: Clients) -
     ]
 
 
+async def test_two_servers_on_one_redis_hold_one_history(live_server_factory: ServerFactory) -> None:
+    async with (
+        live_server_factory() as first,
+        live_server_factory() as second,
+        HistoryClients(first.origin) as on_first,
+        HistoryClients(second.origin) as on_second,
+    ):
+        alice, bob = on_first("alice"), on_second("bob")
+        tts = await publish_all(alice, "chat", ["a0", "a1"]) + await publish_all(bob, "chat", ["b0"])
+        for client in (alice, bob):
+            assert (await v2(client.history().channel("chat").include_timetoken(True)))[1] == tts
+            assert await fetched_messages(client, "chat") == ["a0", "a1", "b0"]
+        await ok(bob.delete_messages().channel("chat").start(tts[1] + 1).end(tts[1]))
+        assert await fetched_messages(alice, "chat") == ["a0", "b0"]
+        assert await counts(alice, ["chat"], [0]) == await counts(bob, ["chat"], [0]) == {"chat": 2}
+
+
 # -- payloads ------------------------------------------------------------------------------------------
 
 
