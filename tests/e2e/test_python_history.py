@@ -567,17 +567,6 @@ async def test_7_2_0_asyncio_fetch_messages_fails_on_its_own_telemetry(live_serv
         assert await counts(bob, ["chat"], [0]) == {"chat": 1}
 
 
-# What the README's History section should show for Python (7.2.0's asyncio client cannot fetch_messages).
-PROPOSED_SNIPPET = """\
-await pubnub.publish().channel("chat").message({"text": "hi"}).future()
-page = await pubnub.history().channel("chat").count(25).include_timetoken(True).include_meta(True).future()
-for item in page.result.messages:
-    print(item.timetoken, item.entry)
-counts = await pubnub.message_counts().channel(["chat"]).channel_timetokens([0]).future()
-print(counts.result.channels["chat"])  # messages after timetoken 0
-"""
-
-
 def readme_python_history() -> str:
     """The README's History section's Python snippet."""
     section = README.read_text(encoding="utf-8").split("\n## History\n", 1)[1].split("\n## ", 1)[0]
@@ -586,25 +575,10 @@ def readme_python_history() -> str:
     return found.group(1)
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        pytest.param(
-            "readme",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="README's snippet calls fetch_messages, which 7.2.0's asyncio client fails (result None); "
-                "drop this mark once the README shows PROPOSED_SNIPPET",
-            ),
-        ),
-        "proposed",
-    ],
-)
 async def test_the_readme_history_snippet_runs_on_7_2_0(
-    live_server: LiveServer, capsys: pytest.CaptureFixture[str], source: str
+    live_server: LiveServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = readme_python_history() if source == "readme" else PROPOSED_SNIPPET
+    code = readme_python_history()
     namespace: dict[str, Any] = {}
     exec("async def snippet(pubnub):\n" + textwrap.indent(code, "    "), namespace)
     async with Clients(live_server.origin) as sdk:  # as a user makes it: 7.2.0 unpatched
