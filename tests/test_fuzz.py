@@ -62,6 +62,11 @@ ROUTES: list[tuple[str, str, tuple[str, ...], str]] = [
     ("GET", REG + "/{group}/remove", (), "group-delete"),
     ("GET", REG, (), "group-list"),
     ("GET", "/time/0", (), "meta"),
+    ("GET", "/v2/history/sub-key/{sub}/channel/{channel}", ("count", "start", "end", "reverse"), "history"),
+    ("GET", "/v3/history/sub-key/{sub}/channel/{channels}", ("max", "start", "end", "include_meta"), "history"),
+    ("DELETE", "/v3/history/sub-key/{sub}/channel/{channel}", ("start", "end"), "history"),
+    ("GET", "/v3/history-with-actions/sub-key/{sub}/channel/{channel}", ("max", "start", "end"), "history"),
+    ("GET", "/v3/history/sub-key/{sub}/message-counts/{channels}", ("timetoken",), "history"),
 ]
 
 CHANNELS = ["ch0", "ch1", "ch2", "a%2Cb", "caf%C3%A9", "x%7By%7D", "sl%2Fash", "sp%20ace"]
@@ -191,7 +196,8 @@ class Generator:
 
     def param_defects(self, call: Call) -> list[Defect]:
         rng = self.rng
-        found = [self.param(key, self.bad_number) for key in ("limit", "offset", "heartbeat") if key in call.params]
+        numbers = ("limit", "offset", "heartbeat", "count", "max", "start", "end", "timetoken")
+        found = [self.param(key, self.bad_number) for key in numbers if key in call.params]
         if "tt" in call.params:
             found.append(self.param("tt", lambda: rng.choice(["-1", "abc", "9" * rng.randint(20, 6000), "1.5"])))
         if "state" in call.params and call.kind == "presence" and not call.path.endswith("}"):
@@ -225,6 +231,10 @@ class Generator:
             ]
 
         def wrong_method(call: Call) -> None:
+            # The v3 history path takes GET (fetch) and DELETE (delete): neither is a wrong method there.
+            if "/v3/history/" in call.path:
+                call.method = rng.choice(["PUT", "PATCH", "OPTIONS", "POST"])
+                return
             call.method = rng.choice(["PUT", "DELETE", "PATCH", "OPTIONS", "POST" if call.method == "GET" else "GET"])
 
         def unknown_path(call: Call) -> None:
