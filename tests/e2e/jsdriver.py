@@ -173,6 +173,8 @@ class JsDriver:
 
 
 Driver = TypeVar("Driver", bound=JsDriver)
+# One reply is one stdout line: one holding near-32-KiB messages is about 100 KB, past asyncio's 64 KiB default.
+LINE_LIMIT = 1 << 20
 
 
 @contextlib.asynccontextmanager
@@ -188,6 +190,7 @@ async def running(driver: type[Driver], node: str, origin: str, sub_key: str) ->
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        limit=LINE_LIMIT,
     )
     clients = driver(proc)
     try:

@@ -32,7 +32,7 @@ import contextlib
 import json
 import re
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from presence_server.store.history import Walk
-from tests.e2e.jsdriver import LISTENER, JsDriver
+from tests.e2e.jsdriver import JsDriver, running
 from tests.e2e.live import JS_DIR, LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -100,37 +100,12 @@ Js = Callable[[LiveServer], contextlib.AbstractAsyncContextManager[JsHistory]]
 ServerFactory = Callable[..., contextlib.AbstractAsyncContextManager[LiveServer]]
 
 
-# A reply holding near-32-KiB messages is one stdout line of about 100 KB, past asyncio's 64 KiB default.
-LINE_LIMIT = 1 << 20
-
-
-@contextlib.asynccontextmanager
-async def running(node: str, server: LiveServer) -> AsyncIterator[JsHistory]:
-    """``listen.mjs`` against ``server``, as ``jsdriver.running`` starts it but with room for long lines."""
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        str(LISTENER),
-        server.origin,
-        SUB_KEY,
-        cwd=JS_DIR,
-        stdin=PIPE,
-        stdout=PIPE,
-        stderr=PIPE,
-        limit=LINE_LIMIT,
-    )
-    clients = JsHistory(proc)
-    try:
-        yield clients
-    finally:
-        await clients.close()
-
-
 @pytest.fixture
 def js(node: str) -> Js:
     """``async with js(server) as clients:`` runs ``listen.mjs`` against ``server``, killed at the end."""
 
     def start(server: LiveServer) -> contextlib.AbstractAsyncContextManager[JsHistory]:
-        return running(node, server)
+        return running(JsHistory, node, server.origin, SUB_KEY)
 
     return start
 
