@@ -17,13 +17,21 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from presence_server.access.needs import Demand, Needs, Want
+from presence_server.access import needs as route_needs
+from presence_server.access.needs import NOTHING, Demand, Needs, Want
 from presence_server.access.signing import signature_matches
 from presence_server.access.tokens import CHANNELS, GROUPS, UUIDS, InvalidToken, Token, looks_like_token, verify
 from presence_server.clock import Clock
 from presence_server.context import ACCESS
 from presence_server.http import PubNubError
-from presence_server.params import CACHED_TEXT, int_or_none, path_value, query_value, raw_target_path
+from presence_server.params import (
+    CACHED_TEXT,
+    int_or_none,
+    path_value,
+    query_value,
+    raw_query_value,
+    raw_target_path,
+)
 from presence_server.store import PresenceStore
 from presence_server.store.access import GrantKey
 
@@ -39,6 +47,12 @@ class Keyset:
     sub_key: str
     pub_key: str
     secret: str = dataclasses.field(repr=False)  # never in a repr, a log line or an error
+
+
+# The needs that read only the path and the `channel-group` parameter: a call with the same token,
+# path and groups needs the same, so the decision can be remembered (AccessControl.allowed).
+_DECIDED_BY_PATH = frozenset({route_needs.read_channels, route_needs.write_channel})
+Decision = tuple[Needs, str, str, str, str | None]
 
 
 def denied(message: str, payload: dict[str, list[str]] | None = None) -> PubNubError:
@@ -115,6 +129,9 @@ class AccessControl:
         self.window = window
         self.wall = wall
         self.tokens = TokenCache()
+        # Calls a token was found to allow, by what decided it: the hot paths (heartbeat, subscribe,
+        # here now, publish) ask the same of the same token over and over.
+        self.allowed: collections.OrderedDict[Decision, Token] = collections.OrderedDict()
 
     async def check(self, request: web.Request, keyset: Keyset, needs: Needs) -> None:
         """Return when ``request`` may go on; raise its PubNub error otherwise."""
@@ -122,10 +139,13 @@ class AccessControl:
         if signature is not None:
             await self._check_signature(request, keyset, signature)
             return
+        auth = query_value(request, "auth", ACCESS_MANAGER) or ""
+        decision = self._decision(request, keyset, needs, auth)
+        if decision is not None and self._allowed_before(request, keyset, auth, decision):
+            return
         demand = needs(request)
         if demand.signed_only:
             raise forbidden()
-        auth = query_value(request, "auth", ACCESS_MANAGER) or ""
         token = self.tokens.get(keyset.sub_key, auth)  # a known token, most requests: no more parsing
         if token is not None or (auth and looks_like_token(auth)):
             token = await self.token(keyset, auth, token)
@@ -135,6 +155,31 @@ class AccessControl:
             refused = await self._v2_refused(keyset.sub_key, auth, demand.wants)
         if refused:
             raise forbidden(refused)
+        if decision is not None and token is not None:
+            self.allowed[decision] = token
+            if len(self.allowed) > self.tokens.size:
+                self.allowed.popitem(last=False)
+
+    @staticmethod
+    def _decision(request: web.Request, keyset: Keyset, needs: Needs, auth: str) -> Decision | None:
+        """What decides a hot-path call (its needs read the path and groups only), when it is short."""
+        if needs not in _DECIDED_BY_PATH or not auth or len(auth) > CACHED_TEXT:
+            return None
+        path = raw_target_path(request)
+        if len(path) > CACHED_TEXT:
+            return None
+        return (needs, keyset.sub_key, auth, path, raw_query_value(request, "channel-group"))
+
+    def _allowed_before(self, request: web.Request, keyset: Keyset, auth: str, decision: Decision) -> bool:
+        """Whether the same call with the same token was allowed, the token is still known (a revocation
+        takes it out of the token cache, and so out of here) and has not expired since."""
+        token = self.allowed.get(decision)
+        if token is None or self.tokens.get(keyset.sub_key, auth) is not token:
+            return False
+        if self.clock() > token.expires:
+            raise denied("Token is expired")
+        self._check_uuid(request, token, NOTHING)
+        return True
 
     async def _check_signature(self, request: web.Request, keyset: Keyset, signature: str) -> None:
         body = b""
