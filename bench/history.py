@@ -4,9 +4,10 @@ message, each figure beside its target (PASS/FAIL) and, where one applies, a bas
 same run.
 
 ``python -m bench.history`` (``--help`` for the knobs; bench/README.md says what each figure means).
-It starts its own redis-server and two server processes (``python -m presence_server``), one with
-history on (the default retention) and one with ``PRESENCE_HISTORY_RETENTION=0``, on loopback, and
-stops them on the way out. The channels read are filled in this process through the store's own
+It starts its own redis-server and server processes (``python -m presence_server``) on loopback: one
+with history on that serves the reads, then two fresh ones for the publish figure, one with history
+on (the default retention) and one with ``PRESENCE_HISTORY_RETENTION=0``; it stops them all on the
+way out. The channels read are filled in this process through the store's own
 ``publish`` (the server's code, on the same Redis and key prefix), many calls at once. Nothing here
 runs in CI.
 """
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ from presence_server.store.history import MAX_COUNT, Walk
 
 ROOT = Path(__file__).resolve().parent.parent
 PUB_KEY, SUB_KEY = "bench-pub", "bench"
-STORED_PREFIX, OFF_PREFIX = "hbench", "hbench-off"  # each server's PRESENCE_KEY_PREFIX
+# Each server's PRESENCE_KEY_PREFIX: the reads server's (which the bench fills), and the publish pair's.
+STORED_PREFIX, ON_PREFIX, OFF_PREFIX = "hbench", "hbench-on", "hbench-off"
 RETENTION = 604_800.0  # the server's default, which the history-on server runs with
 BIG = "big"  # the channel of --messages messages
 PUBLISHER = "4f1b3c2e-9d8a-4e6f-b5a7-0c1d2e3f4a5b"  # a uuid as an SDK sends it
@@ -78,7 +81,6 @@ class Bench:
     rcli: redis.Redis
     url: str
     stored: Child | None = None  # history on: the reads are served by this one
-    off: Child | None = None  # PRESENCE_HISTORY_RETENTION=0
 
     def server(self, name: str, prefix: str, retention: float | None) -> Child:
         port = free_port()
@@ -91,6 +93,11 @@ class Bench:
     def redis_cpu(self) -> float:
         info = self.rcli.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def redis_usec(self) -> Counter[str]:
+        """Redis's time so far per command (INFO commandstats: the commands inside scripts too), µs."""
+        stats = self.rcli.info("commandstats")
+        return Counter({k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in stats.items() if "info" not in k})
 
 
 # -- filling the channels, in this process through the store ------------------------------------------
@@ -300,6 +307,7 @@ class Run:
     p99_ms: float
     server_cpu: float
     redis_cpu: float
+    redis_usec: Counter[str] = dataclasses.field(default_factory=Counter)  # per command, scripts' included
 
     def line(self, label: str) -> str:
         return (
@@ -320,9 +328,9 @@ def wrk(bench: Bench, server: Child, seconds: float) -> Run:
     argv = ["wrk", "-t1", f"-c{o.connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency"]
     argv += ["-s", "bench/publish.lua", f"http://127.0.0.1:{server.port}", "--", PUB_KEY, SUB_KEY]
     argv += [str(o.publish_channels), body]
-    cpu, redis_cpu = server.cpu(), bench.redis_cpu()
+    cpu, redis_cpu, usec = server.cpu(), bench.redis_cpu(), bench.redis_usec()
     out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False).stdout
-    cpu, redis_cpu = server.cpu() - cpu, bench.redis_cpu() - redis_cpu
+    cpu, redis_cpu, usec = server.cpu() - cpu, bench.redis_cpu() - redis_cpu, bench.redis_usec() - usec
     done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m),", out)
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
     if not done or len(latency) != 2:
@@ -332,20 +340,25 @@ def wrk(bench: Bench, server: Child, seconds: float) -> Run:
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in sockets.groups()) if sockets else 0
     requests = int(done.group(1))
-    return Run(requests / elapsed, requests, errors, _ms(latency["50"]), _ms(latency["99"]), cpu, redis_cpu)
+    return Run(requests / elapsed, requests, errors, _ms(latency["50"]), _ms(latency["99"]), cpu, redis_cpu, usec)
 
 
 def publish_phase(bench: Bench) -> list[Figure]:
-    o, on, off = bench.opts, bench.stored, bench.off
-    assert on is not None and off is not None
+    """Two fresh servers (neither served the reads), history on and off; with --control both off."""
+    o = bench.opts
+    on = bench.server("server-history-on", ON_PREFIX, 0.0 if o.control else None)
+    off = bench.server("server-history-off", OFF_PREFIX, 0.0)
+    what = "CONTROL RUN, both with PRESENCE_HISTORY_RETENTION=0" if o.control else "history on / retention 0"
     say(
-        f"\n### publish throughput: history on ({on.name}) / PRESENCE_HISTORY_RETENTION=0 ({off.name}), wrk -t1 "
-        f"-c{o.connections}, GET publishes of {o.message_bytes} bytes of JSON to {o.publish_channels} channels"
+        f"\n### publish throughput: {on.name} / {off.name} ({what}), wrk -t1 -c{o.connections}, "
+        f"GET publishes of {o.message_bytes} bytes of JSON to {o.publish_channels} channels"
     )
     for server in (on, off):
         wrk(bench, server, o.warmup)
     ratios, errors = [], 0
     cost: dict[str, list[float]] = {on.name: [], off.name: []}
+    requests: Counter[str] = Counter()
+    usec: dict[str, Counter[str]] = {on.name: Counter(), off.name: Counter()}
     for number in range(o.rounds):
         pair = (on, off) if number % 2 == 0 else (off, on)
         runs = {server.name: wrk(bench, server, o.seconds) for server in pair}
@@ -356,13 +369,24 @@ def publish_phase(bench: Bench) -> list[Figure]:
         for name, run in runs.items():
             say(run.line(name))
             cost[name].append(1e6 * (run.server_cpu + run.redis_cpu) / max(1, run.requests))
+            requests[name] += run.requests
+            usec[name] += run.redis_usec
+    say("  Redis time per publish by command, every round (commandstats; a script's commands beside it):")
+    for name in (on.name, off.name):
+        top = ", ".join(f"{cmd} {n / requests[name]:.1f}" for cmd, n in usec[name].most_common(8))
+        say(f"    {name:<22} {top} (µs)")
     median = statistics.median(ratios)
     text = f"median ratio {median:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)}), {errors} errors"
     text += f"; CPU per publish (server + redis) on {statistics.median(cost[on.name]):.0f} µs"
     text += f", off {statistics.median(cost[off.name]):.0f} µs"
     target = f"median ratio ≥ {PUBLISH_RATIO:g}, no errors"
+    bench.children.stop(on, off)
     return [
-        Figure("publish throughput, history on / off", target, {"wrk": (text, median >= PUBLISH_RATIO and not errors)})
+        Figure(
+            "publish throughput, history on / off" + (" (CONTROL: both off)" if o.control else ""),
+            target,
+            {"wrk": (text, median >= PUBLISH_RATIO and not errors)},
+        )
     ]
 
 
@@ -409,6 +433,7 @@ class Options:
     connections: int = knob(32, "wrk connections")
     publish_channels: int = knob(10, "channels wrk publishes to")
     message_bytes: int = knob(100, "bytes of JSON per published message")
+    control: int = knob(0, "1: an A/A run, both publish servers with history off (the ratio's own noise)")
     redis_server: str = knob("redis-server", "the redis-server binary")
 
 
@@ -456,14 +481,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rcli = stack.enter_context(redis_server(opts.redis_server, Path(workdir), children))
         url = f"redis://127.0.0.1:{rcli.connection_pool.connection_kwargs['port']}/0"
         bench = Bench(opts, children, rcli, url)
-        bench.stored = bench.server("server-history-on", STORED_PREFIX, None)
-        bench.off = bench.server("server-history-off", OFF_PREFIX, 0.0)
+        bench.stored = bench.server("server-reads", STORED_PREFIX, None)
         say(
             f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
             f"(other work skews every figure); Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
             f"redis-py {redis.__version__}, redis-server {rcli.info('server')['redis_version']}; {url}"
         )
         figures = asyncio.run(reads(bench))
+        bench.children.stop(bench.stored)
         figures += publish_phase(bench)
     say(f"\n#### summary ({time.monotonic() - started:.0f} s, load average now {os.getloadavg()[0]:.2f})")
     for figure in figures:
