@@ -174,8 +174,18 @@ def raw_query_value(request: web.Request, key: str) -> str | None:
     return _raw_query(request).get(key)
 
 
+# The last query parsed: every check and handler of one request asks it for several values in a row,
+# so most lookups end here, before the LRU cache of _parse_query.
+_last_query: list[tuple[str, dict[str, str]]] = [("", {})]
+
+
 def _raw_query(request: web.Request) -> dict[str, str]:
-    return _parse_query(request.rel_url.raw_query_string)
+    raw = request.rel_url.raw_query_string
+    last_raw, parsed = _last_query[0]
+    if raw != last_raw:
+        parsed = _parse_query(raw)
+        _last_query[0] = (raw, parsed)
+    return parsed
 
 
 @cached_when_short(maxsize=256)
