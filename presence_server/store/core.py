@@ -60,11 +60,15 @@ def chunks(items: Sequence[T], size: int = SCRIPT_CHANNELS) -> Iterator[Sequence
         yield items[start : start + size]
 
 
-def _load_script(redis: aioredis.Redis, name: str, *, with_common: bool) -> AsyncScript:
+def _load_script(redis: aioredis.Redis, name: str, *, with_common: bool, with_header: bool = False) -> AsyncScript:
+    """A script of lua/; ``with_common`` prepends the field names and common.lua, ``with_header`` the
+    field names alone."""
     lua = resources.files("presence_server.store") / "lua"
     body = (lua / f"{name}.lua").read_text()
     if with_common:
         body = lua_header() + (lua / "common.lua").read_text() + "\n" + body
+    elif with_header:
+        body = lua_header() + body
     return redis.register_script(body)
 
 
@@ -118,7 +122,8 @@ class StoreCore:
         self._here_now = _load_script(redis, "here_now", with_common=False)
         self._group_add = _load_script(redis, "group_add", with_common=False)
         self._group_remove = _load_script(redis, "group_remove", with_common=False)
-        self._history_delete = _load_script(redis, "history_delete", with_common=False)
+        self._history_delete = _load_script(redis, "history_delete", with_common=False, with_header=True)
+        self._history_counts = _load_script(redis, "history_counts", with_common=False, with_header=True)
 
     async def aclose(self) -> None:
         """Hand the connections the script batcher keeps back to the client's pool."""

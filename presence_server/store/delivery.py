@@ -48,16 +48,17 @@ class Logs(StoreCore):
         """
         ks = self.keys(sub_key)
         keys, args = self._mutation_call(ks, now, (), [channel])
-        keys.append(ks.messages(channel))
+        keys += [ks.messages(channel), ks.history_gone(channel), ks.history_ttl(channel), ks.history_rank(channel)]
         retention = self.history_retention
+        shown = retention > 0 and store and kind is None
+        expires = ""
+        if shown and 0 < ttl_hours * 3600 < retention:
+            expires = str(int((now + ttl_hours * 3600) * 1000))
         if retention > 0:
-            args += [self.history_max, _ticks(now - retention), int(retention) + 60]
+            args += [self.history_max, _ticks(now - retention).zfill(17), int(retention) + 60]
         else:
             args += [self.log_size, "", 0]
-        args += [MESSAGE_BODY, message]
-        expires = None
-        if retention > 0 and store and 0 < ttl_hours * 3600 < retention:
-            expires = int((now + ttl_hours * 3600) * 1000)
+        args += ["1" if shown else "0", expires, MESSAGE_BODY, message]
         optional = (
             (MESSAGE_PUBLISHER, publisher),
             (MESSAGE_META, meta),
@@ -65,7 +66,7 @@ class Logs(StoreCore):
             (MESSAGE_CUSTOM_TYPE, custom_type),
             # Published while history is off: not history's, should it be turned on later.
             (MESSAGE_LIVE_ONLY, None if store and retention > 0 else 1),
-            (MESSAGE_EXPIRES, expires),
+            (MESSAGE_EXPIRES, expires or None),
         )
         for name, value in optional:
             if value is not None:

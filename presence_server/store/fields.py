@@ -34,6 +34,9 @@ MESSAGE_KIND: Final = "e"  # the message type (integer): 1 for a signal; absent 
 MESSAGE_CUSTOM_TYPE: Final = "cmt"  # the publisher's custom message type, when given
 MESSAGE_LIVE_ONLY: Final = "n"  # "1": published with store=0: delivered, never in history (nor are signals)
 MESSAGE_EXPIRES: Final = "x"  # when the message leaves history (ms), when its own ttl is shorter than retention
+# With history on: how many messages history shows in the log up to this one, this one included
+# (message counts subtract two ranks, then what left history early: KeysetKeys.history_gone, history_ttl).
+MESSAGE_RANK: Final = "c"
 
 # -- fields of the keyset counters hash (``KeysetKeys.counters``) ----------------------------------
 COUNTER_OCCUPANTS: Final = "occupants"  # present (uuid, channel) pairs, expired-but-unswept included
@@ -62,6 +65,7 @@ _LUA_TABLES = {
     },
     "COUNTER": {"occupants": COUNTER_OCCUPANTS},
     "WAKE": {"keyset": WAKE_KEYSET, "names": WAKE_NAMES, "left": WAKE_LEFT},
+    "MESSAGE": {"kind": MESSAGE_KIND, "live_only": MESSAGE_LIVE_ONLY, "rank": MESSAGE_RANK},
 }
 
 

@@ -14,10 +14,10 @@ from typing import cast
 
 from presence_server.store.core import StoreCore, ms
 from presence_server.store.fields import MESSAGE_EXPIRES, MESSAGE_KIND, MESSAGE_LIVE_ONLY
+from presence_server.store.keys import KeysetKeys
 
 # Message counts stop counting a channel here, as PubNub's do.
 MAX_COUNT = 10_000
-COUNT_STEP = 1000
 Entry = tuple[str, dict[str, str]]
 
 
@@ -31,6 +31,12 @@ class Walk:
 
     def bounds(self) -> tuple[bool, int | None, bool, int | None, bool] | None:
         """(ascending, low, low inclusive, high, high inclusive), None bounds open; None when empty."""
+        found = self._bounds()
+        if found is not None and found[3] == 0 and not found[4]:
+            return None  # below timetoken 0: nothing (and Redis refuses an exclusive end at 0-0)
+        return found
+
+    def _bounds(self) -> tuple[bool, int | None, bool, int | None, bool] | None:
         start, end = self.start, self.end
         if start is not None and end is not None:
             if start == end:
@@ -99,24 +105,18 @@ class History(StoreCore):
     async def history_counts(self, sub_key: str, after: Sequence[tuple[str, int]], *, now: float) -> dict[str, int]:
         """How many messages each channel holds past its timetoken (exclusive), at most MAX_COUNT.
 
-        Every channel is read in one pipeline per step of 1,000 entries, so a request costs one round
-        trip when its channels hold fewer newer entries than that (a badge's "since I last looked").
+        One script call for every channel (history_counts.lua), which subtracts ranks rather than
+        read the messages in between: a few commands per channel, however many it counts.
         """
-        ks, now_ms, oldest = self.keys(sub_key), ms(now), self._oldest(now)
-        counts = dict.fromkeys((channel for channel, _ in after), 0)
-        pending = {channel: (f"({tt}-0" if tt >= oldest else f"{oldest}-0") for channel, tt in after}
-        while pending:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for channel, low in pending.items():
-                    pipe.xrange(ks.messages(channel), min=low, max="+", count=COUNT_STEP)
-                replies = cast("list[list[Entry]]", await pipe.execute())
-            following: dict[str, str] = {}
-            for (channel, _), entries in zip(pending.items(), replies, strict=True):
-                counts[channel] += sum(1 for _, fields in entries if self._shown(fields, now_ms))
-                if len(entries) == COUNT_STEP and counts[channel] < MAX_COUNT:
-                    following[channel] = f"({entries[-1][0]}"
-            pending = following
-        return {channel: min(count, MAX_COUNT) for channel, count in counts.items()}
+        ks, floor = self.keys(sub_key), self._oldest(now) - 1
+        keys = [key for channel, _ in after for key in self._history_keys(ks, channel)]
+        args: list[str | int] = [ms(now), MAX_COUNT, *(max(tt, floor, 0) for _, tt in after)]
+        counts = await self._history_counts(keys=keys, args=args)
+        return {channel: int(count) for (channel, _), count in zip(after, counts, strict=True)}
+
+    @staticmethod
+    def _history_keys(ks: KeysetKeys, channel: str) -> list[str]:
+        return [ks.messages(channel), ks.history_gone(channel), ks.history_ttl(channel)]
 
     async def delete_history(self, sub_key: str, channel: str, walk: Walk) -> int:
         """Delete the walk's messages (every one between the bounds, no count); returns how many went."""
@@ -124,5 +124,6 @@ class History(StoreCore):
         if bounds is None:
             return 0
         _, low, low_in, high, high_in = bounds
-        key = self.keys(sub_key).messages(channel)
-        return int(await self._history_delete(keys=[key], args=[_id(low, low_in, "-"), _id(high, high_in, "+")]))
+        keys = self._history_keys(self.keys(sub_key), channel)
+        ids = [_id(low, low_in, "-"), _id(high, high_in, "+")]
+        return int(await self._history_delete(keys=keys, args=[*ids, int(self.history_retention) + 60]))

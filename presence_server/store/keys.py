@@ -87,6 +87,20 @@ class KeysetKeys:
         """Stream: the channel's published messages and signals, entry id ``<timetoken>-0``."""
         return self._base + "msg:" + channel
 
+    def history_gone(self, channel: str) -> str:
+        """Sorted set (scores 0, read by lex range): the 17-digit timetokens of messages that left the
+        channel's history before retention trimmed them (deleted, or past their own ttl)."""
+        return self._base + "hgn:" + channel
+
+    def history_rank(self, channel: str) -> str:
+        """String (integer): how many messages history has ever shown in the channel's log: the rank the
+        next shown message gets (MESSAGE_RANK). Never lowered, so deletes leave ranks apart."""
+        return self._base + "hrk:" + channel
+
+    def history_ttl(self, channel: str) -> str:
+        """Sorted set: 17-digit timetoken of a message with its own ttl -> when it leaves history (ms)."""
+        return self._base + "htl:" + channel
+
     def group(self, group: str) -> str:
         """Set: the channels of one channel group."""
         return self._base + "grp:" + group
