@@ -116,7 +116,7 @@ class History(StoreCore):
 
     @staticmethod
     def _history_keys(ks: KeysetKeys, channel: str) -> list[str]:
-        return [ks.messages(channel), ks.history_gone(channel), ks.history_ttl(channel)]
+        return [ks.messages(channel), ks.history_gone(channel), ks.history_ttl(channel), ks.history_rank(channel)]
 
     async def delete_history(self, sub_key: str, channel: str, walk: Walk) -> int:
         """Delete the walk's messages (every one between the bounds, no count); returns how many went."""

@@ -1,6 +1,7 @@
 -- history_counts.lua: how many messages history shows in each channel's log after a timetoken, from
 -- the entries' ranks (MESSAGE.rank) and the sets of messages that left early, without reading the
--- messages in between. KEYS: per channel its message log, history_gone and history_ttl sets.
+-- messages in between. KEYS: per channel its message log, history_gone and history_ttl sets and
+-- history_rank counter.
 -- ARGV[1] now (ms), ARGV[2] the count cap, then per channel the bound (a timetoken already raised to
 -- the oldest one retention keeps, minus one), as a decimal. Returns the counts.
 local now_ms, cap = ARGV[1], tonumber(ARGV[2])
@@ -24,30 +25,22 @@ local function rank(entry)
 end
 
 local counts = {}
-for c = 1, #KEYS / 3 do
-  local log_key, gone_key, ttl_key = KEYS[3 * c - 2], KEYS[3 * c - 1], KEYS[3 * c]
-  local bound = ARGV[2 + c]
+for c = 1, #KEYS / 4 do
+  local log_key, gone_key, ttl_key, rank_key = KEYS[4 * c - 3], KEYS[4 * c - 2], KEYS[4 * c - 1], KEYS[4 * c]
   local count = 0
-  local newest = redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', 1)[1]
-  if newest then
-    -- Ranks count every shown message ever appended; between two entries they count those deleted
-    -- or expired since too, so what left early is subtracted over the same span, (low, high].
-    local high, low, before = tt_of(newest), nil, 0
-    local at = redis.call('XREVRANGE', log_key, bound .. '-0', '-', 'COUNT', 1)[1]
-    if at then
-      before, low = rank(at), '(' .. tt_of(at)
-    else
-      -- Everything left is newer than the bound: count from just before the oldest entry.
-      local first = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 1)[1]
-      before, low = rank(first), '[' .. tt_of(first)
-      if field(first, MESSAGE.rank) and not field(first, MESSAGE.kind) and not field(first, MESSAGE.live_only) then
-        before = before - 1
-      end
+  -- The first entry after the bound: the shown messages before it are its rank, less itself if shown.
+  local first = redis.call('XRANGE', log_key, '(' .. ARGV[2 + c] .. '-0', '+', 'COUNT', 1)[1]
+  if first then
+    local before = rank(first)
+    if field(first, MESSAGE.rank) and not field(first, MESSAGE.kind) and not field(first, MESSAGE.live_only) then
+      before = before - 1
     end
-    count = rank(newest) - before - redis.call('ZLEXCOUNT', gone_key, low, '[' .. high)
-    local floor, inclusive = string.sub(low, 2), string.sub(low, 1, 1) == '['
+    -- Ranks count every shown message ever appended, so what left early since is subtracted over
+    -- the same span: from that first entry on.
+    local low = tt_of(first)
+    count = tonumber(redis.call('GET', rank_key) or '0') - before - redis.call('ZLEXCOUNT', gone_key, '[' .. low, '+')
     for _, member in ipairs(redis.call('ZRANGEBYSCORE', ttl_key, '-inf', now_ms)) do
-      if member <= high and (member > floor or (inclusive and member == floor)) then
+      if member >= low then
         count = count - 1
       end
     end

@@ -1,6 +1,6 @@
 -- history_delete.lua: delete a channel's messages between two stream ids (XRANGE bounds: "-", "+",
 -- "<tt>-0" inclusive or "(<tt>-0" exclusive), in steps of 500. KEYS[1] the message log, KEYS[2] and
--- KEYS[3] its history_gone and history_ttl sets. ARGV[1] low bound, ARGV[2] high bound, ARGV[3] the
+-- KEYS[3] its history_gone and history_ttl sets (KEYS[4], its rank counter, is not changed). ARGV[1] low bound, ARGV[2] high bound, ARGV[3] the
 -- sets' lifetime (s). Returns how many entries went.
 local low, high = ARGV[1], ARGV[2]
 local removed = 0
