@@ -38,8 +38,10 @@ if oldest ~= '' then
   redis.call('XTRIM', log_key, 'MINID', '~', oldest .. '-0')
   -- The gone set keeps what is newer than the log's oldest entry (the trim is approximate): ranks
   -- between entries still in the log count those too.
-  local first = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 1)[1]
-  redis.call('ZREMRANGEBYLEX', gone_key, '-', '(' .. string.match(first[1], '^(%d+)'))
+  if redis.call('EXISTS', gone_key) == 1 then
+    local first = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 1)[1]
+    redis.call('ZREMRANGEBYLEX', gone_key, '-', '(' .. string.match(first[1], '^(%d+)'))
+  end
   if lifetime > tonumber(BACKSTOP) then
     redis.call('EXPIRE', log_key, lifetime)
   end
