@@ -266,6 +266,23 @@ async def test_v2_grants_by_auth_key_channel_and_keyset(am: Client, clock: FakeC
     assert_error(status, body, 400, AM)
 
 
+async def test_a_remembered_decision_holds_only_for_the_same_split_of_names(am: Client) -> None:
+    # JavaScript before 8 sends a%2Cb for the channels a and b; everyone else for one channel "a,b"
+    # (docs/protocol.md 1.2): the same path, two different calls.
+    token = await grant(am, resources={"channels": {"a,b": 1}})
+    path = HB.format("a%2Cb")
+    assert (await send(am, as_client(path, auth=token)))[0] == 200
+    old_js = as_client(path, auth=token, pnsdk="PubNub-JS-Web/7.3.3")
+    refused(*await send(am, old_js), "Forbidden", {"channels": ["a", "b"]})
+
+
+async def test_a_v2_grant_naming_nothing_is_refused(am: Client) -> None:
+    for params in ({"channel": ",", "r": "1"}, {"channel-group": "", "r": "1"}, {"auth": ",", "r": "1"}):
+        status, body = await send(am, signed("GET", f"/v2/auth/grant/sub-key/{SUB}", params))
+        assert_error(status, body, 400, AM)
+    refused(*await send(am, as_client(HB.format("any"))), "Forbidden", {"channels": ["any"]})
+
+
 async def test_an_open_keyset_beside_is_unaffected(am: Client) -> None:
     open_hb = "/v2/presence/sub-key/sub-c-open/channel/room-1/heartbeat"
     assert await send(am, as_client(open_hb)) == (200, OK)

@@ -63,6 +63,12 @@ def test_python_post_publish_is_signed_v1() -> None:
     assert sign_v1(SECRET, SUB, PUB, path, canonical_query(query)) == signature
     assert matches(signature, "POST", path, query, b'{"text":"hi"}')
     assert matches(signature.rstrip("="), "POST", path, query, b'{"text":"hi"}')
+    # v1 covers neither the method nor the body: it signs a POST publish and nothing else.
+    assert not matches(signature, "GET", path, query)
+    assert not matches(signature, "DELETE", path, query)
+    history = "/v3/history/sub-key/sub-c-demo/channel/room-1"
+    v1 = sign_v1(SECRET, SUB, PUB, history, canonical_query(query))
+    assert not matches(v1, "GET", history, query) and not matches(v1, "DELETE", history, query)
 
 
 def test_javascript_post_publish_is_signed_as_a_get_without_its_body() -> None:

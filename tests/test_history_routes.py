@@ -188,6 +188,13 @@ async def test_delete_removes_from_start_exclusive_to_end_inclusive(
     assert (await v2(client, count=100))[0] == [f"m{i}" for i in left]
 
 
+async def test_a_delete_takes_no_reverse(client: Client) -> None:
+    tts = await fill(client, n=4)
+    status, _ = await send(client, H3.format("ch") + f"?start={tts[2]}&reverse=true", "DELETE")
+    assert status == 200
+    assert (await v2(client))[0] == ["m2", "m3"]  # tt < start went, whatever reverse says
+
+
 async def test_retention_and_ttl_follow_the_servers_clock(new_client: NewClient, clock: FakeClock) -> None:
     client = await new_client(history_retention=3600.0)
     await publish(client, "ch", "hour", ttl="1")  # a ttl as long as retention: retention decides
@@ -206,6 +213,7 @@ async def test_retention_and_ttl_follow_the_servers_clock(new_client: NewClient,
     [
         H2.format("ch") + "?count=-1",
         H2.format("ch") + "?count=abc",
+        H2.format("ch") + "?count=-0",
         H2.format("ch") + "?start=12x",
         H2.format("ch") + "?end=-5",
         H3.format("ch") + "?max=-1",

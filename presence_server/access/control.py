@@ -31,6 +31,7 @@ from presence_server.params import (
     query_value,
     raw_query_value,
     raw_target_path,
+    whole_list_encoded,
 )
 from presence_server.store import PresenceStore
 from presence_server.store.access import GrantKey
@@ -52,7 +53,7 @@ class Keyset:
 # The needs that read only the path and the `channel-group` parameter: a call with the same token,
 # path and groups needs the same, so the decision can be remembered (AccessControl.allowed).
 _DECIDED_BY_PATH = frozenset({route_needs.read_channels, route_needs.write_channel})
-Decision = tuple[Needs, str, str, str, str | None]
+Decision = tuple[Needs, str, str, str, str | None, bool]
 
 
 def denied(message: str, payload: dict[str, list[str]] | None = None) -> PubNubError:
@@ -168,7 +169,9 @@ class AccessControl:
         path = raw_target_path(request)
         if len(path) > CACHED_TEXT:
             return None
-        return (needs, keyset.sub_key, auth, path, raw_query_value(request, "channel-group"))
+        # How the path's names split depends on the client too (an encoded comma, docs/protocol.md 1.2).
+        whole = ("%2C" in path or "%2c" in path) and whole_list_encoded(request)
+        return (needs, keyset.sub_key, auth, path, raw_query_value(request, "channel-group"), whole)
 
     def _allowed_before(self, request: web.Request, keyset: Keyset, auth: str, decision: Decision) -> bool:
         """Whether the same call with the same token was allowed, the token is still known (a revocation

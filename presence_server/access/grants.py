@@ -194,6 +194,11 @@ def v2_grant_request(request: web.Request, *, audit: bool = False) -> V2Call:
         for key, what in (("channel", "channel"), ("channel-group", "channel group"), ("target-uuid", "uuid"))
     }
     auths = query_names(request, "auth", "auth key", 4096, ACCESS_MANAGER)
+    listed = {**names, "auth": auths}
+    for key, found in listed.items():
+        # Sent but naming nothing (`channel=,`): refused, never read as a grant on the whole keyset.
+        if not found and query_value(request, key, ACCESS_MANAGER) is not None:
+            raise v2_error(f"Invalid {key}: names nothing")
     if names["target-uuid"] and not auths:
         raise v2_error("Invalid request: target-uuid needs auth")
     if names["target-uuid"] and (names["channel"] or names["channel-group"]):

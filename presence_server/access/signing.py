@@ -80,6 +80,9 @@ def signature_matches(
             and raw_path.startswith("/publish/")
             and _same(signature, sign_v2(secret, "GET", pub_key, raw_path, query))
         )
+    # v1 covers neither the method nor the body: only what Python signs with it, a POST publish.
+    if method != "POST" or not raw_path.startswith("/publish/"):
+        return False
     return _same(signature.rstrip("="), sign_v1(secret, sub_key, pub_key, raw_path, query).rstrip("="))
 
 

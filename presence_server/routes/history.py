@@ -82,8 +82,8 @@ def _count(request: web.Request, key: str, default: int, cap: int) -> int:
     raw = query_value(request, key)
     if raw is None or raw == "":
         return default
-    value = int_or_none(raw)
-    if value is None or value < 0:
+    value = int_or_none(raw) if raw.isdigit() else None
+    if value is None:
         raise HistoryError(400, f"Invalid {key}: must be a non-negative integer")
     return min(value, cap) if value else default
 
@@ -195,7 +195,9 @@ async def _delete(request: web.Request) -> web.Response:
     channels = path_names(request, "channels", "channel", limit)
     if len(channels) != 1:
         raise HistoryError(400, "Delete takes exactly one channel")
-    await request.app[STORE].delete_history(sub_key, channels[0], _walk(request))
+    # A delete takes no reverse (docs/protocol.md 12.5): only the bounds say what goes.
+    walk = Walk(_timetoken(request, "start"), _timetoken(request, "end"))
+    await request.app[STORE].delete_history(sub_key, channels[0], walk)
     return json_response({"status": 200, "error": False, "error_message": ""})
 
 
