@@ -14,7 +14,7 @@ from aiohttp import web
 from presence_server.app import RUNNER_OPTIONS, create_app
 from presence_server.config import Settings, SettingsError
 from presence_server.http import AppRunner
-from presence_server.logs import setup_logging
+from presence_server.logs import RouteAccessLogger, setup_logging
 
 log = logging.getLogger("presence_server")
 
@@ -52,6 +52,7 @@ async def serve(app: web.Application, host: str, port: int, access_log: logging.
     runner = AppRunner(
         app,
         access_log=access_log,
+        access_log_class=RouteAccessLogger,
         keepalive_timeout=75.0,
         shutdown_timeout=60.0,
         **RUNNER_OPTIONS,  # type: ignore[arg-type]

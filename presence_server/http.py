@@ -115,9 +115,9 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, REDIS_DOWN):
         outage = request.app.get(REDIS_OUTAGE)
         if outage is not None:
-            outage.failed(f"{request.method} {request.path}", exc)
+            outage.failed(f"{request.method} {_logged_path(request)}", exc)
         else:
-            log.warning("redis unavailable during %s %s: %s", request.method, request.path, exc)
+            log.warning("redis unavailable during %s %s: %s", request.method, _logged_path(request), exc)
         return PubNubError(503, "Service Unavailable", _service_of(request.path)).response()
     if isinstance(exc, ClockOutOfRange):
         # Nothing was written (store.core.timetoken_at refuses first); /health says so too.
@@ -125,8 +125,15 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
             _clock_reported.append(True)
             log.error("clock out of range, answering 503 until it is back: %s", exc)
         return PubNubError(503, "Service Unavailable: clock out of range", _service_of(request.path)).response()
-    log.error("internal error during %s %s", request.method, request.path, exc_info=exc)
+    log.error("internal error during %s %s", request.method, _logged_path(request), exc_info=exc)
     return PubNubError(500, "Internal Server Error", _service_of(request.path)).response()
+
+
+def _logged_path(request: web.Request) -> str:
+    """The route's pattern (``/v3/pam/{sub_key}/grant/{token}``), not the path: a path may carry a
+    token, and names are the users' own."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
 
 
 def _service_of(path: str) -> str:

@@ -532,12 +532,14 @@ async def test_json_log_format_makes_every_line_json() -> None:
         assert {"time", "level", "logger", "message"} <= entry.keys(), entry
         assert entry["level"] == "info" and entry["message"].startswith("starting on 127.0.0.1:")
         assert f":{port}" in entry["message"]
-        await wait_answering(f"http://127.0.0.1:{port}", "/time/0", 200, proc)
+        await wait_answering(f"http://127.0.0.1:{port}", "/time/0?auth=s3cret-token", 200, proc)
         proc.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(proc.stderr.read(), 20)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     lines = [orjson.loads(line) for line in rest.splitlines() if line.strip()]
     assert any(line["logger"] == "aiohttp.access" and "/time/0" in line["message"] for line in lines), lines
+    # Access lines name the route, never the query: it holds tokens, auth keys and signatures.
+    assert "s3cret" not in rest.decode(), rest
     assert lines[-1]["message"] == "stopped"
 
 
@@ -576,3 +578,14 @@ async def heartbeat_refused(base: str) -> None:
         path = f"/v2/presence/sub-key/demo/channel/{quote('ch1')}/heartbeat?uuid=u1"
         async with session.get(base + path) as resp:
             assert resp.status == 503
+
+
+async def test_a_request_failing_on_redis_is_logged_by_its_route_not_its_path(
+    down: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A path may carry a token (revoke: /v3/pam/{sub_key}/grant/{token}) and names are the users' own.
+    caplog.set_level(logging.DEBUG)
+    assert (await get(down, f"{P}/channel/private-room-4711/heartbeat", {"uuid": "u1"})).status == 503
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("presence_server"))
+    assert "private-room-4711" not in ours, ours
+    assert "/v2/presence/sub-key/{sub_key}/channel/{channels}/heartbeat" in ours, ours
