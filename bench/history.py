@@ -14,7 +14,6 @@ runs in CI.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -37,7 +36,7 @@ import aiohttp
 import orjson
 import redis
 
-from bench.live import Child, Children, Conn, Figure, free_port, pct, redis_server, say
+from bench.live import Child, Children, Conn, Figure, free_port, given_options, knob, pct, redis_server, say
 from presence_server.store import PresenceStore, open_redis
 from presence_server.store.fields import MESSAGE_EXPIRES, MESSAGE_KIND, MESSAGE_LIVE_ONLY
 from presence_server.store.history import MAX_COUNT, Walk
@@ -413,10 +412,6 @@ def memory_phase(bench: Bench, store: PresenceStore) -> list[Figure]:
 # -- main ---------------------------------------------------------------------------------------------
 
 
-def knob(default: Any, text: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": text})
-
-
 @dataclasses.dataclass
 class Options:
     messages: int = knob(100_000, "messages in the channel fetched from (at most PRESENCE_HISTORY_MAX, 100,000)")
@@ -438,11 +433,8 @@ class Options:
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench.history", description=(__doc__ or "").splitlines()[0])
-    for field in dataclasses.fields(Options):
-        help_text = f"{field.metadata['help']} (default {field.default})"
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), help=help_text)
-    opts = Options(**{k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None})
+    parser, given = given_options("python -m bench.history", Options, argv)
+    opts = Options(**given)
     counts = [
         opts.messages,
         opts.samples,

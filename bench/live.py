@@ -797,7 +797,21 @@ def access(bench: Bench) -> list[Figure]:
 
 
 def knob(default: Any, text: str) -> Any:
+    """An option of a bench: its default, and its --help text."""
     return dataclasses.field(default=default, metadata={"help": text})
+
+
+def given_options(
+    prog: str, options: type[Any], argv: Sequence[str] | None
+) -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    """The parser of a bench's command line (one flag per ``knob`` field of ``options``) and the options
+    given on it, by field name; the parser is for the bench's own refusals (``parser.error``)."""
+    description = (sys.modules[options.__module__].__doc__ or "").splitlines()[0]
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for field in dataclasses.fields(options):
+        help_text = f"{field.metadata['help']} (default {field.default})"
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), help=help_text)
+    return parser, {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
 
 @dataclasses.dataclass
@@ -825,11 +839,7 @@ class Options:
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench.live", description=(__doc__ or "").splitlines()[0])
-    for field in dataclasses.fields(Options):
-        help_text = f"{field.metadata['help']} (default {field.default})"
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), help=help_text)
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    parser, given = given_options("python -m bench.live", Options, argv)
     opts = Options(**given)
     opts.fanout_runs = opts.fanout_runs or (2 if opts.compare else 1)
     if opts.engine == "memory" and "phases" not in given:
