@@ -169,6 +169,11 @@ def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str 
     return None if raw is None else _decode(raw, key, service)
 
 
+def raw_query(request: web.Request) -> dict[str, str]:
+    """The query's names (decoded) and first values exactly as sent: the parse every lookup reads."""
+    return _raw_query(request)
+
+
 def raw_query_value(request: web.Request, key: str) -> str | None:
     """A query parameter's first value exactly as sent (still percent-encoded); None when absent."""
     return _raw_query(request).get(key)

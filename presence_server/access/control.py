@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from presence_server.access import needs as route_needs
-from presence_server.access.needs import NOTHING, Demand, Needs, Want
+from presence_server.access.needs import Demand, Needs, Want
 from presence_server.access.signing import signature_matches
 from presence_server.access.tokens import CHANNELS, GROUPS, UUIDS, InvalidToken, Token, looks_like_token, verify
 from presence_server.clock import Clock
@@ -29,7 +29,7 @@ from presence_server.params import (
     int_or_none,
     path_value,
     query_value,
-    raw_query_value,
+    raw_query,
     raw_target_path,
     whole_list_encoded,
 )
@@ -54,6 +54,23 @@ class Keyset:
 # path and groups needs the same, so the decision can be remembered (AccessControl.allowed).
 _DECIDED_BY_PATH = frozenset({route_needs.read_channels, route_needs.write_channel})
 Decision = tuple[Needs, str, str, str, str | None, bool]
+
+
+def _decision(request: web.Request, keyset: Keyset, needs: Needs) -> Decision | None:
+    """What decides a hot call, when it is one (its needs read the path and groups only), signed by no
+    one, with a token as sent and a path both short."""
+    if needs not in _DECIDED_BY_PATH:
+        return None
+    query = raw_query(request)
+    auth = query.get("auth")
+    if not auth or "signature" in query or len(auth) > CACHED_TEXT:
+        return None
+    path = raw_target_path(request)
+    if len(path) > CACHED_TEXT:
+        return None
+    # How the path's names split depends on the client too (an encoded comma, docs/protocol.md 1.2).
+    whole = ("%2C" in path or "%2c" in path) and whole_list_encoded(request)
+    return (needs, keyset.sub_key, auth, path, query.get("channel-group"), whole)
 
 
 def denied(message: str, payload: dict[str, list[str]] | None = None) -> PubNubError:
@@ -132,7 +149,7 @@ class AccessControl:
         self.tokens = TokenCache()
         # Calls a token was found to allow, by what decided it: the hot paths (heartbeat, subscribe,
         # here now, publish) ask the same of the same token over and over.
-        self.allowed: collections.OrderedDict[Decision, Token] = collections.OrderedDict()
+        self.allowed: collections.OrderedDict[Decision, tuple[Token, str]] = collections.OrderedDict()
 
     async def check(self, request: web.Request, keyset: Keyset, needs: Needs) -> None:
         """Return when ``request`` may go on; raise its PubNub error otherwise."""
@@ -141,9 +158,6 @@ class AccessControl:
             await self._check_signature(request, keyset, signature)
             return
         auth = query_value(request, "auth", ACCESS_MANAGER) or ""
-        decision = self._decision(request, keyset, needs, auth)
-        if decision is not None and self._allowed_before(request, keyset, auth, decision):
-            return
         demand = needs(request)
         if demand.signed_only:
             raise forbidden()
@@ -156,33 +170,25 @@ class AccessControl:
             refused = await self._v2_refused(keyset.sub_key, auth, demand.wants)
         if refused:
             raise forbidden(refused)
+        decision = _decision(request, keyset, needs) if token is not None else None
         if decision is not None and token is not None:
-            self.allowed[decision] = token
+            self.allowed[decision] = (token, auth)
             if len(self.allowed) > self.tokens.size:
                 self.allowed.popitem(last=False)
 
-    @staticmethod
-    def _decision(request: web.Request, keyset: Keyset, needs: Needs, auth: str) -> Decision | None:
-        """What decides a hot-path call (its needs read the path and groups only), when it is short."""
-        if needs not in _DECIDED_BY_PATH or not auth or len(auth) > CACHED_TEXT:
-            return None
-        path = raw_target_path(request)
-        if len(path) > CACHED_TEXT:
-            return None
-        # How the path's names split depends on the client too (an encoded comma, docs/protocol.md 1.2).
-        whole = ("%2C" in path or "%2c" in path) and whole_list_encoded(request)
-        return (needs, keyset.sub_key, auth, path, raw_query_value(request, "channel-group"), whole)
-
-    def _allowed_before(self, request: web.Request, keyset: Keyset, auth: str, decision: Decision) -> bool:
-        """Whether the same call with the same token was allowed, the token is still known (a revocation
-        takes it out of the token cache, and so out of here) and has not expired since."""
-        token = self.allowed.get(decision)
-        if token is None or self.tokens.get(keyset.sub_key, auth) is not token:
+    def allowed_before(self, request: web.Request, keyset: Keyset, needs: Needs) -> bool:
+        """Whether the same call (needs, token as sent, path, groups) was allowed before, its token is
+        still known (a revocation takes it out of the token cache, and so out of here), has not expired
+        and, when bound to a uuid, is used by it. No parsing beyond the request's one parse, no Redis:
+        the hot calls' usual way through. False sends the request through ``check``."""
+        decision = _decision(request, keyset, needs)
+        remembered = None if decision is None else self.allowed.get(decision)
+        if remembered is None:
             return False
-        if self.clock() > token.expires:
-            raise denied("Token is expired")
-        self._check_uuid(request, token, NOTHING)
-        return True
+        token, auth = remembered
+        if self.tokens.get(keyset.sub_key, auth) is not token or self.clock() > token.expires:
+            return False
+        return token.uuid is None or query_value(request, "uuid", ACCESS_MANAGER) == token.uuid
 
     async def _check_signature(self, request: web.Request, keyset: Keyset, signature: str) -> None:
         body = b""
@@ -263,7 +269,9 @@ def access_checked(handler: Handler, needs: Needs, keysets: dict[str, Keyset]) -
         sub_key = path_value(request, "sub_key")
         keyset = None if sub_key is None else keysets.get(sub_key)
         if keyset is not None:
-            await request.app[ACCESS].check(request, keyset, needs)
+            access = request.app[ACCESS]
+            if not access.allowed_before(request, keyset, needs):
+                await access.check(request, keyset, needs)
         return await handler(request)
 
     return checked
