@@ -23,6 +23,7 @@ CONTENT_TYPE = 'text/javascript; charset="UTF-8"'
 
 PRESENCE = "Presence"
 CHANNEL_REGISTRY = "channel-registry"
+ACCESS_MANAGER = "Access Manager"
 
 # Server options every way of running the app uses: held long-polls are cancelled when their client
 # goes away, and publish bodies reach the handler undecoded (Python labels zlib as gzip, docs/protocol.md 8).

@@ -174,11 +174,6 @@ def raw_query(request: web.Request) -> dict[str, str]:
     return _raw_query(request)
 
 
-def raw_query_value(request: web.Request, key: str) -> str | None:
-    """A query parameter's first value exactly as sent (still percent-encoded); None when absent."""
-    return _raw_query(request).get(key)
-
-
 # The last query parsed: every check and handler of one request asks it for several values in a row,
 # so most lookups end here, before the LRU cache of _parse_query.
 _last_query: list[tuple[str, dict[str, str]]] = [("", {})]
@@ -281,11 +276,17 @@ def query_int(request: web.Request, key: str, default: int, minimum: int) -> int
 MAX_TIMETOKEN = 2**63 - 1
 
 
+def timetoken_or_none(text: str) -> int | None:
+    """``text`` as a timetoken: plain digits, at most MAX_TIMETOKEN; None otherwise."""
+    value = int_or_none(text) if text.isdigit() else None
+    return value if value is not None and value <= MAX_TIMETOKEN else None
+
+
 def query_timetoken(request: web.Request, key: str = "tt") -> str:
     """A subscribe cursor: digits only, at most MAX_TIMETOKEN; missing or empty is ``"0"``."""
     raw = query_value(request, key) or "0"
-    value = int_or_none(raw) if raw.isdigit() else None
-    if value is None or value > MAX_TIMETOKEN:
+    value = timetoken_or_none(raw)
+    if value is None:
         raise bad_request(f"Invalid timetoken: {_shown(raw)}")
     return str(value)
 

@@ -23,7 +23,7 @@ from presence_server.access.signing import signature_matches
 from presence_server.access.tokens import CHANNELS, GROUPS, UUIDS, InvalidToken, Token, looks_like_token, verify
 from presence_server.clock import Clock
 from presence_server.context import ACCESS
-from presence_server.http import PubNubError
+from presence_server.http import ACCESS_MANAGER, PubNubError
 from presence_server.params import (
     CACHED_TEXT,
     int_or_none,
@@ -36,7 +36,6 @@ from presence_server.params import (
 from presence_server.store import PresenceStore
 from presence_server.store.access import GrantKey
 
-ACCESS_MANAGER = "Access Manager"
 # The 403 payload's key for each kind of resource denied (docs/protocol.md 11.5).
 PAYLOAD_KEYS = {CHANNELS: "channels", GROUPS: "channel-groups", UUIDS: "uuids"}
 # The v2 grant level of each kind of resource (store.access.GrantKey).

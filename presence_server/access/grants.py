@@ -13,11 +13,10 @@ from aiohttp import web
 from presence_server.access.tokens import ALL_BITS, CHANNELS, GET, GROUPS, JOIN, MANAGE, READ, UPDATE, UUIDS, WRITE
 from presence_server.access.tokens import DELETE as DELETE_BIT
 from presence_server.context import SETTINGS
-from presence_server.http import PubNubError, json_response
+from presence_server.http import ACCESS_MANAGER, PubNubError, json_response
 from presence_server.params import int_or_none, load_json, query_names, query_value
 from presence_server.store.access import GrantKey
 
-ACCESS_MANAGER = "Access Manager"
 MAX_TTL = 43_200  # minutes: 30 days (docs/protocol.md 11.3)
 # v2: no ttl means a day, as PubNub; 0 means no end; at most a year (docs/protocol.md 11.4).
 V2_DEFAULT_TTL, V2_MAX_TTL = 1440, 525_600

@@ -8,11 +8,11 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from presence_server.access.control import ACCESS_MANAGER, Keyset
+from presence_server.access.control import Keyset
 from presence_server.access.grants import GrantError, grant_body, v2_grant_request
 from presence_server.access.tokens import InvalidToken, mint, verify
 from presence_server.context import ACCESS, CLOCK, SETTINGS, STORE
-from presence_server.http import json_response
+from presence_server.http import ACCESS_MANAGER, json_response
 from presence_server.params import path_name, raw_path_value
 
 

@@ -14,12 +14,12 @@ from aiohttp import web
 from presence_server.context import CLOCK, SETTINGS, STORE
 from presence_server.http import PubNubError, json_response
 from presence_server.params import (
-    MAX_TIMETOKEN,
     int_or_none,
     path_name,
     path_names,
     query_flag,
     query_value,
+    timetoken_or_none,
 )
 from presence_server.store.fields import MESSAGE_BODY, MESSAGE_CUSTOM_TYPE, MESSAGE_META, MESSAGE_PUBLISHER
 from presence_server.store.history import Entry, Walk
@@ -71,8 +71,8 @@ def _timetoken(request: web.Request, key: str) -> int | None:
     raw = query_value(request, key)
     if raw is None or raw == "":
         return None
-    value = int_or_none(raw) if raw.isdigit() else None
-    if value is None or value > MAX_TIMETOKEN:
+    value = timetoken_or_none(raw)
+    if value is None:
         raise HistoryError(400, f"Invalid {key}: a timetoken is a non-negative integer")
     return value
 
@@ -216,8 +216,8 @@ async def message_counts(request: web.Request) -> web.Response:
         raise HistoryError(400, "Invalid Arguments: channelsTimetoken must list one timetoken per channel")
     after = []
     for channel, text in zip(channels, raw, strict=True):
-        value = int_or_none(text) if text.isdigit() else None
-        if value is None or value > MAX_TIMETOKEN:
+        value = timetoken_or_none(text)
+        if value is None:
             raise HistoryError(400, "Invalid Arguments: a timetoken is a non-negative integer")
         after.append((channel, value))
     counts = await request.app[STORE].history_counts(sub_key, after, now=request.app[CLOCK]())

@@ -132,6 +132,15 @@ class StoreCore:
     def keys(self, sub_key: str) -> KeysetKeys:
         return _keyset_keys(self.prefix, sub_key)
 
+    def _oldest(self, now: float) -> int:
+        """The oldest timetoken history keeps (retention back from ``now``)."""
+        return max(0, int((now - self.history_retention) * 10_000_000))
+
+    @staticmethod
+    def _history_keys(ks: KeysetKeys, channel: str) -> list[str]:
+        """A channel's message log and what history keeps beside it, in the order the scripts take them."""
+        return [ks.messages(channel), ks.history_gone(channel), ks.history_ttl(channel), ks.history_rank(channel)]
+
     async def ping(self) -> None:
         """Raise unless Redis answers."""
         await self.redis.ping()

@@ -48,14 +48,14 @@ class Logs(StoreCore):
         """
         ks = self.keys(sub_key)
         keys, args = self._mutation_call(ks, now, (), [channel])
-        keys += [ks.messages(channel), ks.history_gone(channel), ks.history_ttl(channel), ks.history_rank(channel)]
+        keys += self._history_keys(ks, channel)
         retention = self.history_retention
         shown = retention > 0 and store and kind is None
         expires = ""
         if shown and 0 < ttl_hours * 3600 < retention:
             expires = str(int((now + ttl_hours * 3600) * 1000))
         if retention > 0:
-            args += [self.history_max, _ticks(now - retention).zfill(17), int(retention) + 60]
+            args += [self.history_max, str(self._oldest(now)).zfill(17), int(retention) + 60]
         else:
             args += [self.log_size, "", 0]
         args += ["1" if shown else "0", expires, MESSAGE_BODY, message]
@@ -159,8 +159,3 @@ class Logs(StoreCore):
             # Every name starting with "<pattern minus *>": a lex range on the name index.
             low = wildcard.prefix.encode()
             pipe.zrangebylex(ks.names, b"[" + low, b"[" + low + b"\xff")
-
-
-def _ticks(seconds: float) -> str:
-    """A Unix time as 100 ns ticks (what a timetoken counts), never negative."""
-    return str(max(0, int(seconds * 10_000_000)))

@@ -14,7 +14,6 @@ from typing import cast
 
 from presence_server.store.core import StoreCore, ms
 from presence_server.store.fields import MESSAGE_EXPIRES, MESSAGE_KIND, MESSAGE_LIVE_ONLY
-from presence_server.store.keys import KeysetKeys
 
 # Message counts stop counting a channel here, as PubNub's do.
 MAX_COUNT = 10_000
@@ -60,10 +59,6 @@ def _tt(entry_id: str) -> int:
 
 
 class History(StoreCore):
-    def _oldest(self, now: float) -> int:
-        """The oldest timetoken retention keeps."""
-        return max(0, int((now - self.history_retention) * 10_000_000))
-
     @staticmethod
     def _shown(fields: dict[str, str], now_ms: int) -> bool:
         if MESSAGE_KIND in fields or MESSAGE_LIVE_ONLY in fields:
@@ -113,10 +108,6 @@ class History(StoreCore):
         args: list[str | int] = [ms(now), MAX_COUNT, *(max(tt, floor, 0) for _, tt in after)]
         counts = await self._history_counts(keys=keys, args=args)
         return {channel: int(count) for (channel, _), count in zip(after, counts, strict=True)}
-
-    @staticmethod
-    def _history_keys(ks: KeysetKeys, channel: str) -> list[str]:
-        return [ks.messages(channel), ks.history_gone(channel), ks.history_ttl(channel), ks.history_rank(channel)]
 
     async def delete_history(self, sub_key: str, channel: str, walk: Walk) -> int:
         """Delete the walk's messages (every one between the bounds, no count); returns how many went."""
