@@ -30,6 +30,7 @@ from tests.helpers.app import (
 )
 from tests.helpers.http import LONG_HOLD, Client
 from tests.helpers.redis import redis_server
+from tests.helpers.topologies import redis_cluster, redis_sentinel
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,31 @@ def real_redis_url() -> Iterator[str]:
         return
     with redis_server() as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A ``redis+cluster://`` seed URL: PRESENCE_TEST_CLUSTER_URL (.ci/run starts one), or a 3-master,
+    3-replica cluster started for the session on first use. Shared: break only a cluster of your own
+    (``tests.helpers.topologies.redis_cluster``)."""
+    url = os.environ.get("PRESENCE_TEST_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    with redis_cluster() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel_url() -> Iterator[str]:
+    """A ``redis+sentinel://`` URL (master name ``presence``, db 0): PRESENCE_TEST_SENTINEL_URL (.ci/run
+    starts one), or one master, one replica and three sentinels started for the session on first use."""
+    url = os.environ.get("PRESENCE_TEST_SENTINEL_URL")
+    if url:
+        yield url
+        return
+    with redis_sentinel() as sentinel:
+        yield sentinel.url
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
