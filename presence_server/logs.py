@@ -15,8 +15,19 @@ from aiohttp.web import BaseRequest, Request, StreamResponse
 
 log = logging.getLogger("presence_server")
 
-# What a call to Redis raises when Redis cannot be reached (or is still loading its data).
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+# What a call to Redis raises when Redis cannot be reached (or is still loading its data), and on a
+# Redis Cluster or behind Sentinel while a master is lost or being replaced: the cluster is down, a
+# slot has no master yet, a slot is being moved (TRYAGAIN), or a connection still reaches the old
+# master, now a replica. (Sentinel's "no master found" is a ConnectionError.)
+REDIS_DOWN = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 class RedisOutage:
