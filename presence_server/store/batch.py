@@ -1,19 +1,35 @@
 """Coalescing of concurrent script calls: the calls made in one event-loop iteration go to Redis in
 one pipeline. Under load this is most of the throughput (one write and one read for many calls, and
-one reply parse), and at low load it costs one loop iteration of latency."""
+one reply parse), and at low load it costs one loop iteration of latency.
+
+On a Redis Cluster the calls are grouped by the master that owns their keys (every key of a call shares
+the keyset's slot), one pipeline per master. A call a master redirects (MOVED, ASK: a slot moved), or
+that fails while the cluster is down or switching, goes once more through redis-py's cluster client,
+which follows the redirect and refreshes its map of the slots."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
 
 # The fast path reads three redis-py internals: the connection's ``_writer`` and ``_parser``, the
 # parser's hiredis ``_reader``, and the sentinel below. Each is looked up with a guard, and any
@@ -26,6 +42,13 @@ except ImportError:  # internals moved: the public calls serve
     NOT_ENOUGH_DATA = None
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+# Replies of a cluster node that mean the script did not run there: it runs again through the cluster client.
+_REROUTE = (MovedError, AskError, ClusterDownError, TryAgainError)
+
+
+class _NotSent(Exception):
+    """A cluster node's connection failed before any reply: nothing of the batch is known to have run."""
+
 
 # Connections the batcher keeps between batches instead of handing them back to the pool: the
 # pool's acquire and release (locks, events, counters) cost more than a small batch's reply parse.
@@ -39,9 +62,10 @@ FLUSH_AT = 16
 class ScriptBatcher:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
+        self._cluster = redis if isinstance(redis, RedisCluster) else None
         self._pending: list[_Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._idle: list[AbstractConnection] = []
+        self._idle: dict[str, list[AbstractConnection]] = {}  # by node name ("" for a single Redis)
         self.batches = 0
         self.calls = 0
         self.fast_batches = 0  # of ``batches``, those sent through the hiredis fast path
@@ -61,9 +85,29 @@ class ScriptBatcher:
         batch, self._pending = self._pending, []
         if not batch:  # already sent for being full
             return
-        task = asyncio.ensure_future(self._run(batch))
+        if self._cluster is None:
+            self._start(self._run(batch, None), batch)
+            return
+        for node, calls in self._by_node(self._cluster, batch).items():
+            self._start(self._run(calls, node) if node is not None else self._reroute(calls), calls)
+
+    def _start(self, work: Coroutine[Any, Any, None], batch: list[_Call]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(functools.partial(self._finished, batch))
+
+    @staticmethod
+    def _by_node(cluster: RedisCluster, batch: list[_Call]) -> dict[ClusterNode | None, list[_Call]]:
+        """The calls grouped by the master of their first key (None: the client's map has no master for
+        it yet, and the cluster client finds one)."""
+        groups: dict[ClusterNode | None, list[_Call]] = {}
+        for call in batch:
+            try:
+                node: ClusterNode | None = cluster.get_node_from_key(call[1][0])
+            except RedisClusterException:
+                node = None
+            groups.setdefault(node, []).append(call)
+        return groups
 
     def _finished(self, batch: list[_Call], task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -75,12 +119,20 @@ class ScriptBatcher:
                 if not future.done():
                     future.set_exception(error)
 
-    async def _run(self, batch: list[_Call]) -> None:
+    async def _run(self, batch: list[_Call], node: ClusterNode | None) -> None:
         self.batches += 1
         self.calls += len(batch)
         try:
-            replies = await self._send(batch)
-            for (script, keys, args, future), reply in zip(batch, replies, strict=True):
+            try:
+                replies = await self._send(batch, node)
+            except _NotSent:
+                await self._reroute(batch)
+                return
+            for call, reply in zip(batch, replies, strict=True):
+                script, keys, args, future = call
+                if isinstance(reply, _REROUTE):
+                    await self._reroute([call])
+                    continue
                 if isinstance(reply, NoScriptError):
                     # Redis restarted or flushed its scripts (or never saw this one): this call
                     # loads it and runs again.
@@ -94,41 +146,58 @@ class ScriptBatcher:
                 if not future.done():
                     future.set_exception(exc)
 
-    async def _send(self, batch: list[_Call]) -> list[Any]:
+    async def _reroute(self, batch: list[_Call]) -> None:
+        """Each call through the cluster client, which finds the slot's master (following MOVED and
+        ASK, refreshing its map after a failover) and retries a lost connection."""
+
+        async def one(call: _Call) -> None:
+            script, keys, args, future = call
+            try:
+                reply = await script(keys=keys, args=args)
+            except Exception as exc:
+                reply = exc
+            _settle(future, reply)
+
+        await asyncio.gather(*(one(call) for call in batch))
+
+    async def _send(self, batch: list[_Call], node: ClusterNode | None) -> list[Any]:
         """The whole batch as one write on one connection, packed by hiredis: redis-py's pipeline
         packs every argument in Python, which was the largest cost on the heartbeat path. Real and
         fakeredis connections alike take the packed stream."""
         payload = b"".join(
             hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args, _ in batch
         )
-        connection = await self._connection()
+        connection = await self._connection(node)
         replies: list[Any] = []
         try:
             await self._exchange(connection, payload, len(batch), replies)
         except (ConnectionError, OSError):
-            await self._drop(connection)
+            await self._drop(connection, node)
             if replies:
                 raise
+            if node is not None:
+                raise _NotSent from None
             # Lost before any reply: a connection whose far end went away (a restart, a failover,
             # a proxy in between) looks open until it is used. Once more, at once, on a connection
             # the pool checks first: the same policy as redis-py's retry for every other command
             # (connect.py), with the same caveat that a Redis which ran the batch and died before
             # answering runs it twice.
-            connection = await self._connection(fresh=True)
+            connection = await self._connection(node, fresh=True)
             try:
                 await self._exchange(connection, payload, len(batch), replies)
             except BaseException:
-                await self._drop(connection)
+                await self._drop(connection, node)
                 raise
         except BaseException:
             # Cancelled or broken half-way: the connection's replies are out of step with its
             # requests, so it must not be reused.
-            await self._drop(connection)
+            await self._drop(connection, node)
             raise
-        if len(self._idle) < KEEP_CONNECTIONS and connection.is_connected:
-            self._idle.append(connection)
+        idle = self._idle.setdefault("" if node is None else node.name, [])
+        if len(idle) < KEEP_CONNECTIONS and connection.is_connected:
+            idle.append(connection)
         else:
-            await self.redis.connection_pool.release(connection)
+            await self._release(connection, node)
         return replies
 
     async def _exchange(self, connection: AbstractConnection, payload: bytes, count: int, replies: list[Any]) -> None:
@@ -139,18 +208,38 @@ class ScriptBatcher:
             self.fast_batches += 1
             await _exchange_fast(connection, reader, payload, count, replies)
 
-    async def _drop(self, connection: AbstractConnection) -> None:
-        await connection.disconnect()
-        await self.redis.connection_pool.release(connection)
+    async def _release(self, connection: AbstractConnection, node: ClusterNode | None) -> None:
+        if node is None:
+            await self.redis.connection_pool.release(connection)
+        else:
+            node.release(connection)  # type: ignore[arg-type]
 
-    async def _connection(self, fresh: bool = False) -> AbstractConnection:
-        """A connection for one batch: one kept from an earlier batch, unless ``fresh``."""
-        while self._idle and not fresh:
-            connection = self._idle.pop()
+    async def _drop(self, connection: AbstractConnection, node: ClusterNode | None) -> None:
+        await connection.disconnect()
+        await self._release(connection, node)
+
+    async def _connection(self, node: ClusterNode | None, fresh: bool = False) -> AbstractConnection:
+        """A connection for one batch (to ``node``, on a cluster): one kept from an earlier batch,
+        unless ``fresh``."""
+        idle = self._idle.get("" if node is None else node.name)
+        while idle and not fresh:
+            connection = idle.pop()
             if _still_open(connection):
                 return connection
             # Redis went away since the last batch (restart, failover): drop it, the pool reconnects.
-            await self._drop(connection)
+            await self._drop(connection, node)
+        if node is not None:
+            fresh_one: AbstractConnection = node.acquire_connection()
+            try:
+                if not fresh_one.is_connected:
+                    await fresh_one.connect()  # type: ignore[no-untyped-call]
+            except (ConnectionError, TimeoutError, OSError):
+                node.release(fresh_one)  # type: ignore[arg-type]
+                raise _NotSent from None
+            except BaseException:
+                node.release(fresh_one)  # type: ignore[arg-type]
+                raise
+            return fresh_one
         pooled: AbstractConnection = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         return pooled
 
@@ -159,9 +248,17 @@ class ScriptBatcher:
         (before the client closes it)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await self.redis.connection_pool.release(connection)
+        idle, self._idle = self._idle, {}
+        nodes: dict[str, ClusterNode] = {}
+        if self._cluster is not None:
+            nodes = {node.name: node for node in self._cluster.get_nodes()}
+        for name, connections in idle.items():
+            for connection in connections:
+                node = nodes.get(name)
+                if name and node is None:
+                    await connection.disconnect()  # its node left the cluster's map
+                else:
+                    await self._release(connection, node)
 
 
 async def _exchange(connection: AbstractConnection, payload: bytes, count: int, replies: list[Any]) -> None:
