@@ -159,12 +159,16 @@ async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
 
     bus = app[BUS] = WakeBus(
         app[REDIS],
-        store.wake_channel,
+        lambda sub_key: store.keys(sub_key).wake,
+        store.clock_channel,
         app[LONGPOLLS],
+        # Revocations must reach the token cache of every Access Manager keyset from the start.
+        always=app[SETTINGS].keyset_secrets(),
         on_clock=clock.set_offset if admin else None,
         on_connect=reconnected,
         on_revoke=tokens.revoke,
     )
+    app[LONGPOLLS].watch = bus.watch
     if admin:
         with contextlib.suppress(Exception):  # Redis may not be up yet; the listener retries.
             await resync_clock()

@@ -223,10 +223,10 @@ async def test_a_process_that_started_while_redis_was_away_catches_up_with_the_c
             other = PresenceStore(redis, prefix=settings.key_prefix)
             assert await other.advance_clock(100) == 100.0
             assert b.app is not None
-            wake_channel = b.app[STORE].wake_channel
+            clock_channel = b.app[STORE].clock_channel
 
             async def listening() -> bool:  # B's listener is back
-                return bool((await redis.pubsub_numsub(wake_channel))[0][1] >= 1)
+                return bool((await redis.pubsub_shardnumsub(clock_channel))[0][1] >= 1)
 
             await wait_until(listening, 10, what="B's wake-up listener connected", interval=0.05)
             await wait_until(lambda: b_clock() == START + 100, within=5)

@@ -27,7 +27,7 @@ class AccessGrants(StoreCore):
         """Remember for its remaining lifetime that the token is revoked, and tell every process."""
         ks = self.keys(sub_key)
         await self.redis.set(ks.revoked(token_id), "1", px=max(1000, ms(seconds_left) + 1000))
-        await self.redis.publish(self.wake_channel, orjson.dumps({WAKE_KEYSET: sub_key, WAKE_REVOKED: token_id}))
+        await self.redis.spublish(self.keys(sub_key).wake, orjson.dumps({WAKE_KEYSET: sub_key, WAKE_REVOKED: token_id}))
 
     async def token_revoked(self, sub_key: str, token_id: str) -> bool:
         return bool(await self.redis.exists(self.keys(sub_key).revoked(token_id)))

@@ -31,7 +31,7 @@ class Admin(StoreCore):
             removed += int(await self.redis.unlink(*batch))
         await self.redis.zrem(self._keysets_due, sub_key)
         self._departed(sub_key, None)
-        await self.redis.publish(self.wake_channel, orjson.dumps({WAKE_KEYSET: sub_key, WAKE_RESET: True}))
+        await self.redis.spublish(ks.wake, orjson.dumps({WAKE_KEYSET: sub_key, WAKE_RESET: True}))
         return removed
 
     async def snapshot(self, sub_key: str, *, now: float) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from presence_server.store import topology
 from presence_server.store.batch import ScriptBatcher
 from presence_server.store.fields import lua_header
-from presence_server.store.keys import KeysetKeys, keysets_due, keysets_known, wake_channel
+from presence_server.store.keys import KeysetKeys, clock_offset, keysets_due, keysets_known
 from presence_server.store.subscription import is_presence_name
 
 # Called with (subscribe key, uuid) when a user left channels of the keyset in this process, and
@@ -108,7 +109,8 @@ class StoreCore:
         self.history_max = history_max
         self._keysets_due = keysets_due(prefix)
         self._keysets_known = keysets_known(prefix)
-        self.wake_channel = wake_channel(prefix)
+        # The shard channel of admin clock moves (every keyset's own wake-ups: KeysetKeys.wake).
+        self.clock_channel = clock_offset(prefix)
         self.counts: collections.Counter[str] = collections.Counter()
         self._departures: list[Departure] = []
         self._batch = ScriptBatcher(redis)
@@ -144,6 +146,11 @@ class StoreCore:
     async def ping(self) -> None:
         """Raise unless Redis answers."""
         await self.redis.ping()
+
+    async def health(self, keysets: Iterable[str] = ()) -> tuple[str | None, list[str]]:
+        """Why the store cannot serve (None: it can), and what is lost without stopping it (a cluster
+        replica, a sentinel); a lost cluster master's reason names which of ``keysets`` it held."""
+        return await topology.check(self.redis, self.prefix, keysets)
 
     def on_departure(self, callback: Departure) -> None:
         """Call ``callback`` after each leave and keyset reset made through this store."""
@@ -190,7 +197,7 @@ class StoreCore:
             self.log_size,
             self.backstop_seconds,
             ks.sub_key,
-            self.wake_channel,
+            ks.wake,
             self.announce_max,
             int(self.interval * 1000),
             *extra,

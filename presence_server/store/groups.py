@@ -43,7 +43,7 @@ class Groups(StoreCore):
     async def _group_changed(self, sub_key: str, group: str) -> None:
         # Polls held on the group re-read its members (and the new channels' logs) at once.
         wake = {WAKE_KEYSET: sub_key, WAKE_NAMES: [GROUP_CHANGED + group]}
-        await self.redis.publish(self.wake_channel, orjson.dumps(wake))
+        await self.redis.spublish(self.keys(sub_key).wake, orjson.dumps(wake))
 
     async def group_channels(self, sub_key: str, group: str) -> list[str]:
         members = cast("set[str]", await self.redis.smembers(self.keys(sub_key).group(group)))

@@ -27,19 +27,16 @@ def keysets_known(prefix: str) -> str:
 
 
 def clock_offset(prefix: str) -> str:
-    """String (float): seconds the admin API has moved every process's clock forward."""
+    """String (float): seconds the admin API has moved every process's clock forward. Also the name of
+    the sharded pub/sub channel that announces each move (a shard channel hashes like the key of the
+    same name, so on a cluster both live on one node, and every process listens there)."""
     return f"{prefix}:clock:offset"
-
-
-def wake_channel(prefix: str) -> str:
-    """Pub/sub channel on which scripts announce which logs grew: ``{"k": sub_key, "n": [names]}``."""
-    return f"{prefix}:wake"
 
 
 class KeysetKeys:
     """Key names of one keyset (one subscribe key)."""
 
-    __slots__ = ("_base", "counters", "due", "groups", "intervals", "names", "sub_key", "timetoken")
+    __slots__ = ("_base", "counters", "due", "groups", "intervals", "names", "sub_key", "timetoken", "wake")
 
     def __init__(self, prefix: str, sub_key: str) -> None:
         self.sub_key = sub_key
@@ -57,6 +54,10 @@ class KeysetKeys:
         self.counters = base + "counters"
         # Set: names of the channel groups that have channels.
         self.groups = base + "groups"
+        # Sharded pub/sub channel (SPUBLISH, SSUBSCRIBE: in the keyset's slot, so on a cluster a wake-up
+        # goes only to the node that owns the keyset): which logs grew, ``{"k": sub_key, "n": [names]}``,
+        # leaves, resets, group changes, token revocations (fields WAKE_* of fields.py).
+        self.wake = base + "wake"
 
     @property
     def match_all(self) -> str:

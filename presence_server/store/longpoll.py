@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Mapping
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 
 from presence_server.clock import Clock
@@ -220,6 +220,9 @@ class LongPolls:
         self.reads_started = 0  # numbers the reads (the markers of the invariant above)
         self._by_name: dict[tuple[str, str], set[_Waiter]] = defaultdict(set)
         self._by_prefix: dict[str, set[_Waiter]] = defaultdict(set)
+        self._held: Counter[str] = Counter()  # keyset -> polls waiting in it
+        # Set by the wake listener (bus.py): returns once this process hears the keyset's wake-ups.
+        self.watch: Callable[[str], Awaitable[None]] | None = None
         self._reads: dict[ReadKey, _SharedRead] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         store.on_departure(self.forget)
@@ -229,6 +232,8 @@ class LongPolls:
     async def subscribe(self, call: SubscribeCall) -> Answer:
         """A handshake's cursor, or the next deliveries after the call's cursor, held up to ``hold``
         seconds when there are none. Either way the subscriber's presence is refreshed."""
+        if self.watch is not None:
+            await self.watch(call.sub_key)
         if call.cursor == "0":
             return await self._handshake(call)
         await self._refresh(call)
@@ -387,6 +392,10 @@ class LongPolls:
         poll must make it present again, so the memo forgets it."""
         self.memo.forget(sub_key, uuid)
 
+    def holds(self, sub_key: str) -> bool:
+        """Whether a poll of the keyset waits in this process."""
+        return sub_key in self._held
+
     def wake_all(self) -> None:
         """Every waiter reads again (the wake listener reconnected: wake-ups may have been missed)."""
         for waiters in self._by_name.values():
@@ -417,6 +426,7 @@ class LongPolls:
             self._by_name[(waiter.sub_key, name)].add(waiter)
         if waiter.prefixes:
             self._by_prefix[waiter.sub_key].add(waiter)
+        self._held[waiter.sub_key] += 1
         self.waiting += 1
 
     def _unregister(self, waiter: _Waiter) -> None:
@@ -435,4 +445,7 @@ class LongPolls:
             if not prefixed:
                 del self._by_prefix[waiter.sub_key]
         waiter.names, waiter.prefixes = frozenset(), ()
+        self._held[waiter.sub_key] -= 1
+        if self._held[waiter.sub_key] <= 0:
+            del self._held[waiter.sub_key]
         self.waiting -= 1

@@ -20,7 +20,7 @@ local NOW_S = ARGV[3]
 local LOG_SIZE = ARGV[4]
 local BACKSTOP = ARGV[5]
 local SUB_KEY = ARGV[6]
-local WAKE_CHANNEL = ARGV[7]
+local WAKE_CHANNEL = ARGV[7]  -- the keyset's shard channel (SPUBLISH: in the keyset's slot)
 local ANNOUNCE_MAX = tonumber(ARGV[8])
 local INTERVAL_MS = tonumber(ARGV[9])
 local SHARED_ARGS = 9
@@ -82,7 +82,7 @@ local function publish_wakes(left)
   if left then
     wake[WAKE.left] = left
   end
-  redis.call('PUBLISH', WAKE_CHANNEL, cjson.encode(wake))
+  redis.call('SPUBLISH', WAKE_CHANNEL, cjson.encode(wake))
 end
 
 -- Appends an entry to a log, in the same script as the change it reports. `name` is the name the
