@@ -18,11 +18,17 @@ async def time(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """``{"status": "ok"}``; 503 ``unavailable`` with the reason when the store cannot serve (Redis, or
+    on a cluster a master, with the configured keysets it held); 200 ``degraded`` with the reason when a
+    cluster replica or a sentinel is lost but every keyset is served."""
     app = request.app
+    settings = app[SETTINGS]
     try:
-        await app[STORE].ping()
+        fatal, degraded = await app[STORE].health(sub_key for _, sub_key in settings.keyset_pairs())
+        if fatal is not None:
+            return _unavailable(fatal)
         # Read only where it is used: the admin API's clock moves.
-        offset = await app[STORE].clock_offset() if app[SETTINGS].admin else 0.0
+        offset = await app[STORE].clock_offset() if settings.admin else 0.0
     except REDIS_DOWN as exc:
         return _unavailable(f"store unreachable: {exc}")
     if REDIS_OUTAGE in app:
@@ -35,6 +41,8 @@ async def health(request: web.Request) -> web.Response:
         timetoken_at(app[CLOCK]())
     except ClockOutOfRange as exc:
         return _unavailable(str(exc))
+    if degraded:
+        return json_response({"status": "degraded", "reason": "; ".join(degraded)})
     return json_response({"status": "ok"})
 
 
