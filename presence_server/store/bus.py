@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
+from presence_server.store.connect import refresh_slots
 from presence_server.store.fields import WAKE_CLOCK, WAKE_KEYSET, WAKE_LEFT, WAKE_NAMES, WAKE_RESET, WAKE_REVOKED
 from presence_server.store.longpoll import LongPolls
 
@@ -234,7 +235,7 @@ class WakeBus:
     async def _connect(self) -> None:
         if isinstance(self.redis, RedisCluster):
             # A fresh map of the slots: after a failover the keysets have other masters.
-            await self.redis.nodes_manager.initialize()
+            await refresh_slots(self.redis)
         self._connected = True
         for channel in [self.clock_channel, *self._keysets.values()]:
             self._confirmed.setdefault(channel, asyncio.get_running_loop().create_future())

@@ -66,6 +66,17 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
+async def refresh_slots(cluster: RedisCluster) -> None:
+    """Read the cluster's map of slots again (after a failover its keysets have other masters).
+
+    The client is initialized first: redis-py 8.1 routes a command by its keys before initializing
+    itself once its node map exists, so a map refreshed on a client never initialized would leave it
+    without its command table.
+    """
+    await cluster.initialize()
+    await cluster.nodes_manager.initialize()
+
+
 def _open_memory(max_connections: int, options: dict[str, Any]) -> aioredis.Redis:
     import fakeredis
 

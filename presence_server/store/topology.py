@@ -18,6 +18,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from presence_server.logs import REDIS_DOWN
+from presence_server.store.connect import refresh_slots
 from presence_server.store.keys import KeysetKeys
 
 PING_WAIT = 2.0  # seconds each node has to answer
@@ -59,7 +60,7 @@ async def _check_cluster(cluster: RedisCluster, prefix: str, keysets: Iterable[s
         if lost and attempt == 0:
             # The map may predate a failover: read it again before calling a master lost.
             try:
-                await cluster.nodes_manager.initialize()
+                await refresh_slots(cluster)
             except Exception as exc:
                 return f"no cluster node answers: {_said(exc)}", []
             continue
