@@ -68,10 +68,23 @@ def sentinel_url() -> Iterator[str]:
         yield sentinel.url
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+ENGINE_URLS = {"redis": "real_redis_url", "cluster": "cluster_url", "sentinel": "sentinel_url"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # redis_client's engines: fakeredis and the real redis-server, unless the test or its module is
+    # marked ``engines(...)`` (the store contract and the multi-process tests add cluster and sentinel).
+    if "redis_client" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("engines")
+        metafunc.parametrize("redis_client", marker.args if marker else ("fakeredis", "redis"), indirect=True)
+
+
+@pytest.fixture
 async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
-    """Each test that uses this runs twice: on fakeredis and on the real redis-server."""
-    url = "memory://" if request.param == "fakeredis" else request.getfixturevalue("real_redis_url")
+    """Each test that uses this runs on fakeredis and on the real redis-server (and, when marked
+    ``engines``, on the session's Redis Cluster and Sentinel-managed Redis)."""
+    engine = request.param
+    url = "memory://" if engine == "fakeredis" else request.getfixturevalue(ENGINE_URLS[engine])
     client = open_redis(url)
     try:
         yield client

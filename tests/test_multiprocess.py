@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from presence_server.app import SWEEPER
 from tests.helpers.app import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, waiting
@@ -35,6 +36,9 @@ from tests.helpers.http import (
 from tests.helpers.process import server_env, server_process, wait_answering
 from tests.helpers.redis import free_port
 from tests.helpers.wait import wait_until
+
+# Several processes behave as one on every engine (the apps in this process share one client).
+pytestmark = pytest.mark.engines("fakeredis", "redis", "cluster", "sentinel")
 
 
 async def two(
@@ -209,12 +213,14 @@ async def call(session: aiohttp.ClientSession, base: str, path: str, params: dic
     return reply.body
 
 
+@pytest.mark.parametrize("redis_url", ["real_redis_url", "cluster_url", "sentinel_url"])
 async def test_two_real_server_processes_share_presence_and_messages(
-    real_redis_url: str, prefix: str, tmp_path: Path
+    redis_url: str, prefix: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    url = request.getfixturevalue(redis_url)
     async with (
-        server_on(real_redis_url, prefix, tmp_path / "a.log") as a,
-        server_on(real_redis_url, prefix, tmp_path / "b.log") as b,
+        server_on(url, prefix, tmp_path / "a.log") as a,
+        server_on(url, prefix, tmp_path / "b.log") as b,
         aiohttp.ClientSession() as session,
     ):
         sub = "/v2/subscribe/demo"

@@ -18,6 +18,9 @@ from presence_server.store import GroupCapExceeded, LogEntry, PresenceStore, tim
 from presence_server.store.fields import EVENT_UUID
 from tests.helpers.app import START
 
+# The contract holds on every engine: fakeredis, one Redis, a Redis Cluster, a Sentinel-managed Redis.
+pytestmark = pytest.mark.engines("fakeredis", "redis", "cluster", "sentinel")
+
 SUB = "demo"
 T = START
 
