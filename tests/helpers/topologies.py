@@ -46,6 +46,15 @@ _DATA_ARGS = (
 _FAILED = frozenset({"fail", "fail?", "noaddr", "handshake"})
 
 
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (free_port alone may hand out one twice in a row)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 def _binary(name: str) -> str:
     found = shutil.which(name)
     if found is None:
@@ -155,7 +164,7 @@ def _processes() -> Iterator[_Processes]:
 
 
 @dataclass(frozen=True)
-class ClusterNode:
+class NodeEntry:
     """One line of ``CLUSTER NODES``, as one node sees another (or itself)."""
 
     node_id: str
@@ -173,7 +182,7 @@ class ClusterNode:
         return bool(self.flags & _FAILED)
 
     @classmethod
-    def parse(cls, line: str) -> ClusterNode:
+    def parse(cls, line: str) -> NodeEntry:
         node_id, address, flags, master_id, _ping, _pong, _epoch, _link, *slots = line.split()
         port = int(address.split("@", 1)[0].rsplit(":", 1)[1])
         ranges = []
@@ -185,15 +194,15 @@ class ClusterNode:
         return cls(node_id, port, frozenset(flags.split(",")), master_id, tuple(ranges))
 
 
-def cluster_view(port: int) -> list[ClusterNode] | None:
+def cluster_view(port: int) -> list[NodeEntry] | None:
     """The cluster as the node on ``port`` sees it, or None if it does not answer."""
     reply = _ask(port, "CLUSTER", "NODES")
     if not isinstance(reply, str):
         return None
-    return [ClusterNode.parse(line) for line in reply.splitlines() if line.strip()]
+    return [NodeEntry.parse(line) for line in reply.splitlines() if line.strip()]
 
 
-def _slot_map(view: list[ClusterNode], live: list[int]) -> tuple[tuple[int, int, int], ...] | None:
+def _slot_map(view: list[NodeEntry], live: list[int]) -> tuple[tuple[int, int, int], ...] | None:
     """``(first, last, master port)`` for every slot range, if live masters not flagged as failed serve all
     16384 slots exactly once in this view; None otherwise."""
     ranges = sorted(
@@ -210,7 +219,7 @@ def _slot_map(view: list[ClusterNode], live: list[int]) -> tuple[tuple[int, int,
     return tuple(ranges) if covered == SLOTS else None
 
 
-def _replicas_attached(view: list[ClusterNode], live: list[int], replicas: int | None) -> bool:
+def _replicas_attached(view: list[NodeEntry], live: list[int], replicas: int | None) -> bool:
     """Every live node is known and not failed in this view, every replica follows a serving master, and
     (if ``replicas`` is given) every master has that many replicas."""
     known = {node.port: node for node in view if not node.failed}
@@ -260,7 +269,7 @@ class Cluster:
             *("--cluster-port", str(self._bus_ports[port]), "--cluster-node-timeout", str(self._node_timeout_ms)),
         ]
 
-    def view(self) -> list[ClusterNode]:
+    def view(self) -> list[NodeEntry]:
         """The cluster as the first live node that answers sees it."""
         for port in self._processes.alive():
             view = cluster_view(port)
@@ -273,6 +282,8 @@ class Cluster:
         return sorted(node.port for node in self.view() if node.is_master and node.slots and not node.failed)
 
     def master_of_slot(self, slot: int) -> int:
+        """The port of the master that owns ``slot`` as one live node sees it: a killed master still owns its
+        slots until its replica has taken over."""
         for node in self.view():
             if node.is_master and any(first <= slot <= last for first, last in node.slots):
                 return node.port
@@ -290,7 +301,8 @@ class Cluster:
 
     def healthy(self, replicas: int | None = None) -> bool:
         """Every live node says cluster_state:ok, knows every other live node, and agrees with all the others
-        on which live master serves each of the 16384 slots; every live replica's link to its master is up."""
+        on which live master serves each of the 16384 slots; every live replica's link to its master is up
+        and every node counts it as online; with ``replicas``, every master has that many."""
         live = self._processes.alive()
         maps = set()
         for port in live:
@@ -321,10 +333,10 @@ def redis_cluster(masters: int = 3, replicas: int = 1, node_timeout_ms: int = 10
     if masters < 3:
         raise ValueError("redis-cli --cluster create needs at least 3 masters")
     count = masters * (1 + replicas)
-    ports = [free_port() for _ in range(count)]
     # The bus port is set (cluster-port, Redis 7) rather than left at port + 10000, which may be taken or
     # beyond 65535 for a port from the ephemeral range.
-    bus_ports = {port: free_port() for port in ports}
+    every_port = _free_ports(2 * count)
+    ports, bus_ports = every_port[:count], dict(zip(every_port[:count], every_port[count:], strict=True))
     with _processes() as processes:
         cluster = Cluster(processes, ports, bus_ports, node_timeout_ms)
         for port in ports:
@@ -456,8 +468,8 @@ def redis_sentinel(
 ) -> Iterator[SentinelSet]:
     """One master, ``replicas`` replicas and ``sentinels`` sentinels (quorum: a majority); yields once every
     sentinel names the master and knows each replica and each other sentinel, and every replica is in sync."""
-    data_ports = [free_port() for _ in range(1 + replicas)]
-    sentinel_ports = [free_port() for _ in range(sentinels)]
+    every_port = _free_ports(1 + replicas + sentinels)
+    data_ports, sentinel_ports = every_port[: 1 + replicas], every_port[1 + replicas :]
     master = data_ports[0]
     with _processes() as processes:
         topology = SentinelSet(processes, data_ports, sentinel_ports)
