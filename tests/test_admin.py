@@ -127,6 +127,7 @@ def error(status: int, message: str | None = None) -> Callable[[Any], bool]:
 # -- clock -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.engines("fakeredis", "redis", "cluster", "sentinel")
 async def test_advance_delivers_a_due_timeout_to_a_held_poll_at_once(new_server: NewServer) -> None:
     loop = asyncio.get_running_loop()
     server = await new_server(longpoll_hold=LONG_HOLD)
@@ -176,6 +177,7 @@ async def test_advances_add_up_and_bad_seconds_are_refused(server: AdminServer, 
     assert server.clock() == START + 14.5
 
 
+@pytest.mark.engines("fakeredis", "redis", "cluster", "sentinel")
 async def test_every_process_follows_an_advance_made_on_one(new_server: NewServer) -> None:
     a = await new_server()
     b = await new_server(longpoll_hold=LONG_HOLD)
@@ -251,6 +253,7 @@ async def fill(client: Client, sub_key: str) -> str:
     return cursor
 
 
+@pytest.mark.engines("fakeredis", "redis", "cluster", "sentinel")
 async def test_reset_empties_one_keyset_and_leaves_the_others(
     server: AdminServer,
     new_server: NewServer,
@@ -315,6 +318,7 @@ async def test_a_subscriber_polling_after_a_reset_is_present_again(server: Admin
 
 
 @pytest.mark.parametrize("pattern", ["d*", "d?mo", "[d]emo", "*"])
+@pytest.mark.engines("fakeredis", "redis", "cluster", "sentinel")
 async def test_reset_of_a_key_with_glob_characters_removes_only_that_key(server: AdminServer, pattern: str) -> None:
     client, store = server.client, server.store
     await fill(client, "demo")
