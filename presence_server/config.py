@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from presence_server.store.connect import BadRedisUrl, check_url
+
 
 class SettingsError(ValueError):
     """A setting has a value the server cannot run with; the message names the setting."""
@@ -55,6 +57,10 @@ class Settings:
                 "PRESENCE_REDIS_URL must be a URL such as memory:// or redis://host:6379/0, "
                 f"got {redact_url(self.redis_url)!r}"
             )
+        try:
+            check_url(self.redis_url)
+        except BadRedisUrl as exc:
+            raise SettingsError(f"PRESENCE_REDIS_URL {redact_url(self.redis_url)!r}: {exc}") from None
 
     def _check_times(self) -> None:
         for name in (

@@ -156,7 +156,8 @@ class SentinelRedis(aioredis.Redis):
             await manager.aclose()
 
 
-def _open_sentinel(url: str, max_connections: int, options: dict[str, Any]) -> SentinelRedis:
+def _sentinel_target(url: str) -> tuple[dict[str, Any], list[tuple[str, int]], str, int]:
+    """A redis+sentinel URL's credentials, sentinels, master name and database."""
     _, netloc, path = _split(url)
     credentials, hosts = _hosts(netloc, 26379)
     parts = [unquote(part) for part in urlsplit(path).path.split("/") if part]
@@ -166,12 +167,26 @@ def _open_sentinel(url: str, max_connections: int, options: dict[str, Any]) -> S
         db = int(parts[1]) if len(parts) == 2 else 0
     except ValueError:
         raise BadRedisUrl(f"the database of the redis+sentinel URL is not a number: {parts[1]!r}") from None
+    return credentials, hosts, parts[0], db
+
+
+def check_url(url: str) -> None:
+    """Raise BadRedisUrl if a cluster or sentinel URL cannot be used (a bad port, no master name)."""
+    scheme, netloc, _ = _split(url)
+    if scheme in CLUSTER_SCHEMES:
+        _hosts(netloc, 6379)
+    elif scheme in SENTINEL_SCHEMES:
+        _sentinel_target(url)
+
+
+def _open_sentinel(url: str, max_connections: int, options: dict[str, Any]) -> SentinelRedis:
+    credentials, hosts, name, db = _sentinel_target(url)
     timeouts = {key: options[key] for key in ("socket_connect_timeout", "socket_timeout")}
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         hosts, sentinel_kwargs={**timeouts, "decode_responses": True}
     )
     client: SentinelRedis = sentinel.master_for(
-        parts[0],
+        name,
         redis_class=SentinelRedis,
         connection_pool_class=_BlockingSentinelPool,
         db=db,
