@@ -270,10 +270,18 @@ def _ms(text: str) -> float:
     return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)] if found else 0.0
 
 
-def wrk(jobs: Sequence[tuple[int, int]], seconds: float, opts: Options, sub_key: str = SUB_KEY, auth: str = "") -> Run:
+def wrk(
+    jobs: Sequence[tuple[int, int]],
+    seconds: float,
+    opts: Options,
+    sub_key: str = SUB_KEY,
+    auth: str = "",
+    script: str = "bench/heartbeat.lua",
+) -> Run:
     """One wrk per (port, connections), all at once, each reaped with wait4 for its CPU time; the
-    heartbeats go to ``sub_key``, with ``auth`` (a token) when given."""
-    argv = ["wrk", "-t1", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", "-s", "bench/heartbeat.lua"]
+    heartbeats go to ``sub_key``, with ``auth`` (a token) when given. ``script`` takes the same
+    arguments (bench/heartbeat_keysets.lua: ``sub_key`` a comma list of keysets)."""
+    argv = ["wrk", "-t1", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", "-s", script]
     args = ["--", sub_key, str(opts.users), str(opts.channels), str(TIMEOUT)]
     args += [urllib.parse.quote(auth, safe="")] if auth else []
     procs = [
