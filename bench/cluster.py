@@ -197,10 +197,15 @@ def summary(runs: dict[str, list[Run]], single: Topology, cluster: Topology) -> 
     cores = os.cpu_count() or 1
     rates = {name: [run.rps for run in each] for name, each in runs.items()}
     one, many = statistics.median(rates[single.name]), statistics.median(rates[cluster.name])
+    # Each round's two runs are side by side in time: their ratio moves less with the machine's other load.
+    ratios = [c / s for s, c in zip(rates[single.name], rates[cluster.name], strict=True)]
     errors = sum(run.errors for each in runs.values() for run in each)
     say("\n#### summary")
     figure = live.Figure(f"heartbeat throughput, {cluster.name} / {single.name}", "printed beside it, no errors")
-    text = f"{many / one:.2f} ({many:.0f} against {one:.0f} heartbeats/s, medians; {errors} errors)"
+    text = (
+        f"median ratio {statistics.median(ratios):.2f} (rounds {listed(ratios, ', ', 2)}; medians {many:.0f} "
+        f"against {one:.0f} heartbeats/s; {errors} errors)"
+    )
     figure.values["throughput"] = (text, errors == 0)
     for topology in (single, cluster):
         each = runs[topology.name]

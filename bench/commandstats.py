@@ -29,6 +29,8 @@ import orjson
 import redis
 
 from bench.live import Child, Children, Conn, free_port, given_options, knob, redis_server, say
+from presence_server.store import PresenceStore, open_redis
+from presence_server.store.batch import FLUSH_AT
 from presence_server.store.fields import lua_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,7 @@ LUA = ROOT / "presence_server" / "store" / "lua"
 PUB_KEY, SUB_KEY = "bench-pub", "bench"
 PREFIX = "cbench"
 TIMEOUT = 300  # heartbeat=300, as the SDKs send by default
+RETENTION = 604_800.0  # the server's default history retention, which its publishes run with
 # Heartbeat intervals the derived capacity is given for: the SDKs' default (presence timeout 300 s,
 # a heartbeat every timeout / 2 - 1 = 149 s, about 150) and an aggressive one (timeout 20 s, every 10 s).
 INTERVALS = (150.0, 10.0)
@@ -221,6 +224,13 @@ async def load_phases(bench: Bench, session: aiohttp.ClientSession) -> None:
             "handshake (tt=0) of a new subscriber",
             lambda: (subscribe_path(f"hs-{n // rooms}", uuid_of(n), "0") for n in range(2 * o.users, 3 * o.users)),
         ),
+        (
+            f"leave, rooms of {rooms} (a leave event each)",
+            lambda: (
+                f"/v2/presence/sub-key/{SUB_KEY}/channel/room-{n // rooms}/leave?uuid={uuid_of(n)}"
+                for n in range(o.users)
+            ),
+        ),
         ("publish, nobody subscribed", lambda: (publish_path(f"pub-{n % 10}", n) for n in range(o.publishes))),
     ]
     for name, paths in phases:
@@ -354,10 +364,43 @@ def floors(bench: Bench) -> None:
         bench.measured(name, o.floor // o.concurrency * o.concurrency, before)
 
 
-async def run_all(bench: Bench) -> None:
+async def store_phases(bench: Bench, url: str) -> None:
+    """The refreshes of the crowded phase again, and --publishes publishes, from the store's own code in
+    this process with 256 calls in flight: its batcher then sends full batches (FLUSH_AT calls in one
+    write), as a server does when it is the busy one. Redis's cost at its ceiling is nearer this than the
+    figures through one server."""
+    o = bench.opts
+    store = PresenceStore(open_redis(url), prefix=PREFIX, history_retention=RETENTION)
+    try:
+        before = bench.meter.read()
+        for start in range(o.users, 2 * o.users, 256):
+            await asyncio.gather(
+                *(
+                    store.heartbeat(SUB_KEY, uuid_of(n), [f"crowd-{n % o.crowded}"], now=time.time(), timeout=TIMEOUT)
+                    for n in range(start, min(start + 256, 2 * o.users))
+                )
+            )
+        bench.measured(f"refresh, batches of {FLUSH_AT} (the store)", o.users, before)
+        body = orjson.dumps({"text": "x" * 80}).decode()
+        before = bench.meter.read()
+        for start in range(0, o.publishes, 256):
+            await asyncio.gather(
+                *(
+                    store.publish(SUB_KEY, f"pub-{n % 10}", body, now=time.time(), publisher=f"publisher-{n % 1000}")
+                    for n in range(start, min(start + 256, o.publishes))
+                )
+            )
+        bench.measured(f"publish, batches of {FLUSH_AT} (the store)", o.publishes, before)
+    finally:
+        await store.aclose()
+        await store.redis.aclose()
+
+
+async def run_all(bench: Bench, url: str) -> None:
     connector = aiohttp.TCPConnector(limit=bench.opts.concurrency + 8)
     async with aiohttp.ClientSession(connector=connector) as session:
         await load_phases(bench, session)
+        await store_phases(bench, url)
         await poll_phase(bench, session)
         await held_phases(bench, session)
 
@@ -382,7 +425,7 @@ class Options:
     publishes: int = knob(10_000, "publishes to channels nobody subscribes to")
     polls: int = knob(10_000, "polls answered at once")
     subscribers: int = knob(200, "held long-polls on the fan-out channel")
-    fan_publishes: int = knob(100, "publishes to them, one at a time")
+    fan_publishes: int = knob(50, "publishes to them, one at a time (all within the 10 s refresh memo window)")
     concurrency: int = knob(32, "requests in flight (the server's batcher pipelines what arrives together)")
     alone: int = knob(2000, "refreshes sent one at a time")
     floor: int = knob(10_000, "calls of each floor case (redis-py, pipelined --concurrency at a time)")
@@ -429,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "\n#### Redis per operation (each command: calls per op (µs inside it per op); "
             "a script's µs include its commands')"
         )
-        asyncio.run(run_all(bench))
+        asyncio.run(run_all(bench, url))
         floors(bench)
         derive(bench.phases)
     say(f"\n({time.monotonic() - started:.0f} s, load average now {os.getloadavg()[0]:.2f})")
