@@ -96,7 +96,8 @@ READER = "reader"
 WATCHER = "watcher"
 
 # What a request's answer was, when it was not a 200: PubNub's JSON 503 in the shape of its route
-# (docs/protocol.md 1.5, 2.9), or a publish's 503 in the error object of the other routes.
+# (docs/protocol.md 1.5, 2.9), or (a defect, counted apart) a publish's 503 in the error object of the
+# other routes.
 UNAVAILABLE = "503"
 PUBLISH_AS_OBJECT = "503 as object"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -119,15 +120,23 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
             outage.failed(f"{request.method} {_logged_path(request)}", exc)
         else:
             log.warning("redis unavailable during %s %s: %s", request.method, _logged_path(request), exc)
-        return PubNubError(503, "Service Unavailable", _service_of(request.path)).response()
+        return _failure(request, 503, "Service Unavailable")
     if isinstance(exc, ClockOutOfRange):
         # Nothing was written (store.core.timetoken_at refuses first); /health says so too.
         if not _clock_reported:
             _clock_reported.append(True)
             log.error("clock out of range, answering 503 until it is back: %s", exc)
-        return PubNubError(503, "Service Unavailable: clock out of range", _service_of(request.path)).response()
+        return _failure(request, 503, "Service Unavailable: clock out of range")
     log.error("internal error during %s %s", request.method, _logged_path(request), exc_info=exc)
-    return PubNubError(500, "Internal Server Error", _service_of(request.path)).response()
+    return _failure(request, 500, "Internal Server Error")
+
+
+def _failure(request: web.Request, status: int, message: str) -> web.Response:
+    """The server's own failure, in the route's error shape: publish's and signal's array (docs/protocol.md
+    2.9, with the wall clock's timetoken: the server's clock may be what failed), else the object."""
+    if request.path.startswith(("/publish/", "/signal/")):
+        return json_response([0, message, str(int(time.time() * 10_000_000))], status)
+    return PubNubError(status, message, _service_of(request.path)).response()
 
 
 def _logged_path(request: web.Request) -> str:

@@ -13,7 +13,7 @@ from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.store import open_redis
 from tests.helpers.app import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock, NewClient
-from tests.helpers.http import assert_error, send, stored
+from tests.helpers.http import assert_error, is_timetoken, send, stored
 
 P = "/v2/presence/sub-key/demo"
 CG = "/v1/channel-registration/sub-key/demo/channel-group"
@@ -227,6 +227,12 @@ async def test_redis_unreachable_answers_503_then_a_working_server_answers(
             (CG, REGISTRY),
         ):
             assert_error(*await send(down, path), 503, service)
+        # Publish and signal answer in their own error shape, the array (docs/protocol.md 2.9).
+        for path in ("/publish/pk/demo/0/ch1/0/%221%22?uuid=u1", "/signal/pk/demo/0/ch1/0/%221%22?uuid=u1"):
+            status, body = await send(down, path)
+            assert status == 503 and body[:2] == [0, "Service Unavailable"] and is_timetoken(body[2]), body
+        status, body = await send(down, "/publish/pk/demo/0/ch1/0?uuid=u1", "POST", b'"1"')
+        assert status == 503 and body[:2] == [0, "Service Unavailable"], body
         # Bad requests are still refused as such before the store is asked.
         assert_error(*await send(down, f"{P}/channel/ch1/heartbeat"), 400, PRESENCE)
         status, body = await send(down, "/health")
