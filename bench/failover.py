@@ -537,21 +537,12 @@ async def server(url: str, prefix: str, clock: FakeClock) -> AsyncIterator[tuple
         announce_max=1000,  # every join and timeout announced on its own, not in interval events
     )
     redis = open_redis(url)
-    manager = _manager(redis)
-    originals = [] if manager is None else list(manager.sentinels)
     try:
         app = create_app(settings, redis=redis, clock=clock, sweeper=False)
         async with listening(app) as port:
             yield app, f"http://127.0.0.1:{port}"
     finally:
         await redis.aclose()
-        # redis-py's Sentinel.discover_master reorders its list of sentinel clients across an await:
-        # concurrent calls during a failover can leave one client in it twice and drop another, which
-        # the client's aclose then never closes (a leak of the server's, reported; Result.sentinels
-        # shows it). Closed here so that its connections do not outlive the run.
-        for sentinel in originals:
-            if manager is not None and all(sentinel is not kept for kept in manager.sentinels):
-                await sentinel.aclose()
 
 
 async def failover(name: str, target_: Target, *, users: int = 40, seconds: float = 3.0, stall: bool = False) -> Result:

@@ -70,6 +70,8 @@ def assert_survived(result: Result) -> None:
     assert result.timeouts() == Counter(result.leavers)
     # Nothing delivered twice, nothing delivered that was never sent, hardly anything lost.
     assert result.duplicates == []
+    if result.sentinels is not None:  # the client still asks every sentinel, each once
+        assert len(set(result.sentinels)) == len(result.sentinels) == 3, result.sentinels
     assert result.unknown == []
     assert len(result.lost) <= HANDFUL, result.lost
     # Held polls are woken again after the failover: without wake-ups the reader would get each message

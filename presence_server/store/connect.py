@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, TimeoutError
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel",)
@@ -146,6 +146,40 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """The sentinels' master pool, waiting for a free connection at its limit like the single-Redis one."""
 
 
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel, asking its sentinels in turn without losing one.
+
+    redis-py 8.1 moves the sentinel that answered to the front by swapping at an index taken before it
+    awaited the answer; concurrent lookups (every new connection during a failover makes one) then list
+    one sentinel twice and drop another, whose connections are never closed. Here the answering one is
+    moved to the front with no await in between.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (ConnectionError, TimeoutError) as exc:
+                errors.append(f"{address_of(sentinel)}: {exc}")
+                continue
+            state = masters.get(service_name) if isinstance(masters, dict) else None
+            if state and self.check_master_state(state, service_name):
+                if sentinel in self.sentinels:
+                    self.sentinels.remove(sentinel)
+                    self.sentinels.insert(0, sentinel)
+                host = self._force_master_ip if self._force_master_ip is not None else state["ip"]
+                return host, int(state["port"])
+        said = f": {'; '.join(errors)}" if errors else ""
+        raise MasterNotFoundError(f"no sentinel names a master for {service_name!r}{said}")
+
+
+def address_of(client: aioredis.Redis) -> str:
+    """``host:port`` of a client of one Redis (or sentinel)."""
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
 class SentinelRedis(aioredis.Redis):
     """A master client that also closes its connections to the sentinels."""
 
@@ -182,7 +216,7 @@ def check_url(url: str) -> None:
 def _open_sentinel(url: str, max_connections: int, options: dict[str, Any]) -> SentinelRedis:
     credentials, hosts, name, db = _sentinel_target(url)
     timeouts = {key: options[key] for key in ("socket_connect_timeout", "socket_timeout")}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = _Sentinels(  # type: ignore[no-untyped-call]
         hosts, sentinel_kwargs={**timeouts, "decode_responses": True}
     )
     client: SentinelRedis = sentinel.master_for(

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from presence_server.logs import REDIS_DOWN
-from presence_server.store.connect import refresh_slots
+from presence_server.store.connect import address_of, refresh_slots
 from presence_server.store.keys import KeysetKeys
 
 PING_WAIT = 2.0  # seconds each node has to answer
@@ -107,7 +107,7 @@ async def _check_sentinel(redis: aioredis.Redis, manager: Sentinel, name: str) -
     sentinels: list[Any] = list(manager.sentinels)
     results = await asyncio.gather(*(_ping(s) for s in sentinels))
     degraded = [
-        f"sentinel {_address(s)} unreachable ({results.count(None)} of {len(sentinels)} answer): {_said(error)}"
+        f"sentinel {address_of(s)} unreachable ({results.count(None)} of {len(sentinels)} answer): {_said(error)}"
         for s, error in zip(sentinels, results, strict=True)
         if error is not None
     ]
@@ -125,11 +125,6 @@ async def _ping(client: aioredis.Redis) -> BaseException | None:
     except (*REDIS_DOWN, TimeoutError) as exc:
         return exc
     return None
-
-
-def _address(client: aioredis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
 def _said(exc: BaseException) -> str:
