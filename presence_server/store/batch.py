@@ -224,7 +224,7 @@ class ScriptBatcher:
         idle = self._idle.get("" if node is None else node.name)
         while idle and not fresh:
             connection = idle.pop()
-            if _still_open(connection):
+            if _still_open(connection) and _to_master(connection, self.redis):
                 return connection
             # Redis went away since the last batch (restart, failover): drop it, the pool reconnects.
             await self._drop(connection, node)
@@ -279,6 +279,14 @@ def _still_open(connection: AbstractConnection) -> bool:
     if isinstance(stream, asyncio.StreamReader):
         return not stream.at_eof() and stream.exception() is None
     return True
+
+
+def _to_master(connection: AbstractConnection, redis: aioredis.Redis) -> bool:
+    """False for a kept connection to a master the sentinels no longer name (the pool learns of a new one
+    at its next connection, and the wake listener asks every second): a demoted master may still take
+    writes until it is reconfigured, and they would be lost."""
+    named = getattr(getattr(redis, "connection_pool", None), "master_address", None)
+    return named is None or (getattr(connection, "host", None), getattr(connection, "port", None)) == tuple(named)
 
 
 def _hiredis_reader(connection: AbstractConnection) -> Any:

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
-from presence_server.store.connect import refresh_slots
+from presence_server.store.connect import refresh_slots, sentinel_master
 from presence_server.store.fields import WAKE_CLOCK, WAKE_KEYSET, WAKE_LEFT, WAKE_NAMES, WAKE_RESET, WAKE_REVOKED
 from presence_server.store.longpoll import LongPolls
 
@@ -211,6 +211,7 @@ class WakeBus:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(lost), 1.0)
                         lost.result()  # raises what ended a link
+                    await self._check_master()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -227,6 +228,20 @@ class WakeBus:
                 if lost.done() and not lost.cancelled():
                     lost.exception()  # retrieved: a failure after the loop moved on is not "never retrieved"
                 await self._disconnect()
+
+    async def _check_master(self) -> None:
+        """Behind Sentinel, raise SubscriptionLost once the sentinels name another master than the one
+        this listener is subscribed on. A master demoted to a replica (a failover while it was alive,
+        ``SENTINEL FAILOVER``) keeps its pub/sub clients, but the scripts now run, and publish, on the
+        new master. Asked once a second; sentinels that do not answer are no reason to start over."""
+        named = await sentinel_master(self.redis)
+        if named is None:
+            return
+        for link in self._links.values():
+            connection = link.pubsub.connection
+            if connection is not None and (connection.host, connection.port) != named:
+                now_on = f"{connection.host}:{connection.port}"
+                raise SubscriptionLost(f"the sentinels name {named[0]}:{named[1]} the master; subscribed on {now_on}")
 
     def _should_stop(self) -> bool:
         task = asyncio.current_task()

@@ -213,6 +213,20 @@ def check_url(url: str) -> None:
         _sentinel_target(url)
 
 
+async def sentinel_master(client: aioredis.Redis) -> tuple[str, int] | None:
+    """The master the sentinels name now, for a Sentinel-managed client; None for any other client, or
+    when no sentinel answers."""
+    pool = client.connection_pool
+    manager = getattr(pool, "sentinel_manager", None)
+    if not isinstance(manager, Sentinel):
+        return None
+    try:
+        host, port = await pool.get_master_address()  # type: ignore[attr-defined]
+    except (ConnectionError, TimeoutError):
+        return None
+    return str(host), int(port)
+
+
 def _open_sentinel(url: str, max_connections: int, options: dict[str, Any]) -> SentinelRedis:
     credentials, hosts, name, db = _sentinel_target(url)
     timeouts = {key: options[key] for key in ("socket_connect_timeout", "socket_timeout")}
