@@ -30,7 +30,7 @@ from tests.helpers.app import (
 )
 from tests.helpers.http import LONG_HOLD, Client
 from tests.helpers.redis import redis_server
-from tests.helpers.topologies import redis_cluster, redis_sentinel
+from tests.helpers.topologies import SHARED, SHARED_SENTINEL, redis_cluster, redis_sentinel
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def cluster_url() -> Iterator[str]:
     if url:
         yield url
         return
-    with redis_cluster() as cluster:
+    with redis_cluster(**SHARED) as cluster:
         yield cluster.url
 
 
@@ -64,7 +64,7 @@ def sentinel_url() -> Iterator[str]:
     if url:
         yield url
         return
-    with redis_sentinel() as sentinel:
+    with redis_sentinel(**SHARED_SENTINEL) as sentinel:
         yield sentinel.url
 
 

@@ -55,6 +55,13 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+# The shared topologies (the session's, and CI's) detect a lost node in 5 s, not 1: nothing breaks them
+# on purpose, and a busy 2-core machine must not make a replica take over (a switch would fail requests
+# of unrelated tests). Tests that kill a master start a topology of their own with 1 s.
+SHARED = {"node_timeout_ms": 5000}
+SHARED_SENTINEL = {"down_after_ms": 5000}
+
+
 def _binary(name: str) -> str:
     found = shutil.which(name)
     if found is None:
@@ -497,7 +504,7 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
 def serve(env_file: Path, *, parent_alive: Callable[[], bool]) -> None:
     """Start a cluster and a sentinel set, write their URLs to ``env_file`` as shell ``export`` lines once
     both are ready, and keep them until SIGTERM or SIGINT, or until the parent process is gone."""
-    with redis_cluster() as cluster, redis_sentinel() as sentinel:
+    with redis_cluster(**SHARED) as cluster, redis_sentinel(**SHARED_SENTINEL) as sentinel:
         lines = [f"export PRESENCE_TEST_CLUSTER_URL={cluster.url}", f"export PRESENCE_TEST_SENTINEL_URL={sentinel.url}"]
         partial = env_file.with_name(env_file.name + ".partial")
         partial.write_text("\n".join(lines) + "\n")
