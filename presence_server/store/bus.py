@@ -211,7 +211,7 @@ class WakeBus:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(lost), 1.0)
                         lost.result()  # raises what ended a link
-                    await self._check_master()
+                    await self.check_master()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -229,7 +229,7 @@ class WakeBus:
                     lost.exception()  # retrieved: a failure after the loop moved on is not "never retrieved"
                 await self._disconnect()
 
-    async def _check_master(self) -> None:
+    async def check_master(self) -> None:
         """Behind Sentinel, raise SubscriptionLost once the sentinels name another master than the one
         this listener is subscribed on. A master demoted to a replica (a failover while it was alive,
         ``SENTINEL FAILOVER``) keeps its pub/sub clients, but the scripts now run, and publish, on the

@@ -216,12 +216,12 @@ def check_url(url: str) -> None:
 async def sentinel_master(client: aioredis.Redis) -> tuple[str, int] | None:
     """The master the sentinels name now, for a Sentinel-managed client; None for any other client, or
     when no sentinel answers."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has none
     manager = getattr(pool, "sentinel_manager", None)
-    if not isinstance(manager, Sentinel):
+    if pool is None or not isinstance(manager, Sentinel):
         return None
     try:
-        host, port = await pool.get_master_address()  # type: ignore[attr-defined]
+        host, port = await pool.get_master_address()
     except (ConnectionError, TimeoutError):
         return None
     return str(host), int(port)
