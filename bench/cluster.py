@@ -5,9 +5,9 @@ against the same load on one Redis, in the same run, with each Redis's CPU per h
 It starts one redis-server and a cluster (tests/helpers/topologies.py: ``redis-cli --cluster create``),
 picks keyset names by the slot of their hash tag so that every master owns the same number of them,
 starts server processes (``python -m presence_server``) on each topology, makes the uuids present in
-every keyset, then runs wrk (bench/heartbeat_keysets.lua: every keyset in turn) on the one Redis and on
-the cluster in turn, the order reversed every other round. It stops everything on the way out. Nothing
-here runs in CI.
+every keyset, then runs wrk (bench/heartbeat.lua given a comma list of keysets: every keyset in turn)
+on the one Redis and on the cluster in turn, the order reversed every other round. It stops everything
+on the way out. Nothing here runs in CI.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tests.helpers.topologies import Cluster, NodeEntry, redis_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "clbench"
-SCRIPT = "bench/heartbeat_keysets.lua"
+SCRIPT = "bench/heartbeat.lua"
 SLOTS = 16384
 
 # (first slot, last slot, port of the master serving them)

@@ -280,7 +280,7 @@ def wrk(
 ) -> Run:
     """One wrk per (port, connections), all at once, each reaped with wait4 for its CPU time; the
     heartbeats go to ``sub_key``, with ``auth`` (a token) when given. ``script`` takes the same
-    arguments (bench/heartbeat_keysets.lua: ``sub_key`` a comma list of keysets)."""
+    arguments (``sub_key`` may be a comma list of keysets)."""
     argv = ["wrk", "-t1", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", "-s", script]
     args = ["--", sub_key, str(opts.users), str(opts.channels), str(TIMEOUT)]
     args += [urllib.parse.quote(auth, safe="")] if auth else []
