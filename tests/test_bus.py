@@ -92,3 +92,21 @@ async def test_the_listeners_check_of_the_named_master_passes_while_nothing_chan
     assert client.app is not None
     await subscribe(client, "demo", "0")
     await client.app[BUS].check_master()
+
+
+@pytest.mark.engines("fakeredis", "redis", "cluster", "sentinel")
+async def test_keysets_watched_at_once_as_the_listener_starts_all_hear_their_wake_ups(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    # The first subscriptions of a listener race its connection being opened: each must land on the
+    # connection it reads (two concurrent first SSUBSCRIBEs once each opened a connection of its own,
+    # and one of them was never read).
+    client = await serve(aiohttp_server, aiohttp_client, make_app(longpoll_hold=30.0))
+    sub_keys = [f"k{i}" for i in range(8)]
+    cursors = await asyncio.gather(*(subscribe(client, k, "0") for k in sub_keys))
+    pending = [asyncio.create_task(subscribe(client, k, c["t"]["t"])) for k, c in zip(sub_keys, cursors, strict=True)]
+    await wait_until(lambda: waiting(client) == len(sub_keys), 5, what="every poll held")
+    for sub_key in sub_keys:
+        await publish(client, sub_key, sub_key)
+    done = await asyncio.wait_for(asyncio.gather(*pending), 5)
+    assert [[env["d"] for env in body["m"]] for body in done] == [[k] for k in sub_keys]

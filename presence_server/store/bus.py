@@ -70,6 +70,9 @@ class _Link:
         self.pubsub = pubsub
         self.client = client  # a cluster node's own client, closed with the link
         self.reader: asyncio.Task[None] | None = None
+        # One (un)subscribe at a time: redis-py's PubSub opens its connection at its first command, and
+        # two first commands at once would each open one, the one not kept never read.
+        self.lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         if self.reader is not None:
@@ -273,7 +276,8 @@ class WakeBus:
         self._sent.add(channel)
         try:
             link = await self._link_for(channel)
-            await link.pubsub.ssubscribe(channel)
+            async with link.lock:
+                await link.pubsub.ssubscribe(channel)
         except Exception as exc:
             self._lose(exc)
 
@@ -282,7 +286,8 @@ class WakeBus:
         self._live.discard(channel)
         with contextlib.suppress(Exception):
             link = await self._link_for(channel)
-            await link.pubsub.sunsubscribe(channel)
+            async with link.lock:
+                await link.pubsub.sunsubscribe(channel)
 
     async def _link_for(self, channel: str) -> _Link:
         """The link to the node that owns ``channel``, opened (and its reader started) on first use."""
