@@ -110,3 +110,19 @@ async def test_keysets_watched_at_once_as_the_listener_starts_all_hear_their_wak
         await publish(client, sub_key, sub_key)
     done = await asyncio.wait_for(asyncio.gather(*pending), 5)
     assert [[env["d"] for env in body["m"]] for body in done] == [[k] for k in sub_keys]
+
+
+async def test_a_keyset_dropped_and_wanted_again_at_once_is_still_heard(client: Client) -> None:
+    assert client.app is not None
+    bus = client.app[BUS]
+    await subscribe(client, "a", "0")
+    bus.max_keysets = 1
+    # b's watch drops a (its SUNSUBSCRIBE is on its way) and a's drops b again, before that went out.
+    await asyncio.gather(bus.watch("b"), bus.watch("a"))
+    assert bus.keysets == 1 and bus.hears("a") and not bus.hears("b")
+    assert bus.restarts == 0  # heard without starting over (Redis ending a's subscription would)
+    cursor = (await subscribe(client, "a", "0"))["t"]["t"]
+    pending = asyncio.create_task(subscribe(client, "a", cursor))
+    await wait_until(lambda: waiting(client) == 1, 5, what="a poll held in a")
+    await publish(client, "a", "still")
+    assert [env["d"] for env in (await asyncio.wait_for(pending, 5))["m"]] == ["still"]

@@ -113,6 +113,7 @@ class WakeBus:
         self.on_connect = on_connect
         self.on_revoke = on_revoke
         self.stopped = False
+        self.restarts = 0  # times everything was subscribed again after a failure
         self._always = set(always)
         self._keysets: OrderedDict[str, str] = OrderedDict()  # watched keyset -> its channel, least used first
         self._by_channel: dict[str, str] = {}  # channel -> keyset
@@ -130,6 +131,11 @@ class WakeBus:
     def keysets(self) -> int:
         """How many keysets this process listens to."""
         return len(self._keysets)
+
+    def hears(self, sub_key: str) -> bool:
+        """Whether Redis confirmed this process's subscription to the keyset's wake-ups."""
+        channel = self._keysets.get(sub_key)
+        return channel is not None and channel in self._live
 
     async def announce_clock(self, offset: float) -> None:
         """Tell every process the admin clock's new offset."""
@@ -181,6 +187,8 @@ class WakeBus:
             channel = self._keysets.pop(sub_key)
             del self._by_channel[channel]
             self._confirmed.pop(channel, None)
+            self._sent.discard(channel)  # wanted again before the SUNSUBSCRIBE below: subscribed again
+            self._live.discard(channel)
             self.polls.forget(sub_key, None)  # its memo would no longer hear of leaves
             excess -= 1
             if self._connected:
@@ -224,6 +232,7 @@ class WakeBus:
                 if not failing:
                     log.warning("wake-up listener lost its connection, subscribing again: %s", exc)
                 failing = True
+                self.restarts += 1
                 self.polls.wake_all()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -282,12 +291,11 @@ class WakeBus:
             self._lose(exc)
 
     async def _unsubscribe(self, channel: str) -> None:
-        self._sent.discard(channel)
-        self._live.discard(channel)
         with contextlib.suppress(Exception):
             link = await self._link_for(channel)
             async with link.lock:
-                await link.pubsub.sunsubscribe(channel)
+                if channel not in self._by_channel:  # not wanted again meanwhile
+                    await link.pubsub.sunsubscribe(channel)
 
     async def _link_for(self, channel: str) -> _Link:
         """The link to the node that owns ``channel``, opened (and its reader started) on first use."""
