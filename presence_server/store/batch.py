@@ -42,8 +42,9 @@ except ImportError:  # internals moved: the public calls serve
     NOT_ENOUGH_DATA = None
 
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
-# Replies of a cluster node that mean the script did not run there: it runs again through the cluster client.
-_REROUTE = (MovedError, AskError, ClusterDownError, TryAgainError)
+# Replies that mean the script did not run: it runs again on its own (through the cluster client on a
+# cluster, which follows redirects), after its script is loaded if Redis lacks it.
+_AGAIN = (NoScriptError, MovedError, AskError, ClusterDownError, TryAgainError)
 
 
 class _NotSent(Exception):
@@ -128,27 +129,26 @@ class ScriptBatcher:
             except _NotSent:
                 await self._reroute(batch)
                 return
+            again = []
             for call, reply in zip(batch, replies, strict=True):
-                script, keys, args, future = call
-                if isinstance(reply, _REROUTE):
-                    await self._reroute([call])
-                    continue
-                if isinstance(reply, NoScriptError):
-                    # Redis restarted or flushed its scripts (or never saw this one): this call
-                    # loads it and runs again.
-                    try:
-                        reply = await script(keys=keys, args=args)
-                    except Exception as exc:
-                        reply = exc
-                _settle(future, reply)
+                # NOSCRIPT: Redis restarted, flushed its scripts, or is a replica that just took over
+                # and never saw this one; a redirect: the slot has another master. Either way the
+                # script did not run: it runs again on its own, loading the script if needed.
+                if isinstance(reply, _AGAIN):
+                    again.append(call)
+                else:
+                    _settle(call[3], reply)
+            if again:
+                await self._reroute(again)
         except Exception as exc:
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)
 
     async def _reroute(self, batch: list[_Call]) -> None:
-        """Each call through the cluster client, which finds the slot's master (following MOVED and
-        ASK, refreshing its map after a failover) and retries a lost connection."""
+        """Each call on its own, all at once, through redis-py's script call: it loads a script Redis
+        lacks, and on a cluster finds the slot's master (following MOVED and ASK, refreshing its map
+        after a failover) and retries a lost connection."""
 
         async def one(call: _Call) -> None:
             script, keys, args, future = call
