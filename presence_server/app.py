@@ -24,6 +24,7 @@ from presence_server.context import (
     ACCESS,
     BUS,
     CLOCK,
+    FAULTS,
     LONGPOLLS,
     METRICS,
     REDIS,
@@ -32,6 +33,7 @@ from presence_server.context import (
     STORE,
     SWEEPER,
 )
+from presence_server.faults import Faults, fault_checked, route_of
 from presence_server.http import RUNNER_OPTIONS
 from presence_server.keysets import keyset_checked
 from presence_server.logs import RedisOutage
@@ -71,11 +73,15 @@ def create_app(
     secured = _keysets(settings)
 
     def wrap(handler: Handler, route: str, needs: Needs | None) -> Handler:
-        # Outermost first: metrics and errors, the keyset list, Access Manager, the handler.
+        # Outermost first: metrics and errors, fault rules (admin API on), the keyset list, Access
+        # Manager, the handler.
         if secured and needs is not None:
             handler = access_checked(handler, needs, secured)
         if pairs:
             handler = keyset_checked(handler, pairs)
+        fault_route = route_of(route) if settings.admin else None
+        if fault_route is not None:
+            handler = fault_checked(handler, fault_route, lambda: app.get(FAULTS))
         return instrumented(handler, route)
 
     router = Router(app, wrap)
@@ -156,7 +162,20 @@ async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
         tokens.clear()
         if admin:
             await resync_clock()
+        if faults is not None:
+            await faults.reload()  # rules changed while this process was away
 
+    faults = None
+    if admin:
+        faults = app[FAULTS] = Faults(store, clock)
+
+    def faults_changed() -> None:
+        if faults is not None:
+            reload = asyncio.ensure_future(faults.reload())
+            reloads.add(reload)
+            reload.add_done_callback(reloads.discard)
+
+    reloads: set[asyncio.Task[None]] = set()
     bus = app[BUS] = WakeBus(
         app[REDIS],
         lambda sub_key: store.keys(sub_key).wake,
@@ -167,6 +186,7 @@ async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
         on_clock=clock.set_offset if admin else None,
         on_connect=reconnected,
         on_revoke=tokens.revoke,
+        on_faults=faults_changed,
     )
     app[LONGPOLLS].watch = bus.watch
     if admin:

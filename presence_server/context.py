@@ -1,7 +1,8 @@
 """Every typed application key, in one place: what the app factory builds and the handlers read.
 
 Set by app.py: SETTINGS and CLOCK when the app is built; the others by one cleanup context each, in
-this order (torn down in reverse): REDIS, STORE (with ACCESS), LONGPOLLS (with METRICS and REDIS_OUTAGE), BUS,
+this order (torn down in reverse): REDIS, STORE (with ACCESS), LONGPOLLS (with METRICS and REDIS_OUTAGE), BUS
+(with FAULTS),
 SWEEPER.
 """
 
@@ -19,7 +20,8 @@ from presence_server.store import LongPolls, PresenceStore, WakeBus
 from presence_server.sweeper import Sweeper
 
 if TYPE_CHECKING:
-    from presence_server.access.control import AccessControl  # both read these keys
+    from presence_server.access.control import AccessControl  # all three read these keys
+    from presence_server.faults import Faults
     from presence_server.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -35,3 +37,5 @@ ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
 # Told of each call that failed because Redis could not be reached: counts the requests (metrics)
 # and logs once when Redis is lost and once when it is back.
 REDIS_OUTAGE = web.AppKey("redis_outage", RedisOutage)
+# With the admin API on: this process's copy of the fault rules (set with BUS, which hears their changes).
+FAULTS: web.AppKey[Faults] = web.AppKey("faults")

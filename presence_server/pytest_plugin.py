@@ -2,7 +2,8 @@
 
 The server runs in-process on a free loopback port with the embedded store, in a thread of its own,
 so the fixture serves synchronous and asyncio tests alike. Its clock can be moved forward with
-``presence_server.advance(seconds)``: timeouts and interval events then happen at once.
+``presence_server.advance(seconds)``: timeouts and interval events then happen at once. Fault rules
+(``presence_server.fault(...)``) make chosen requests fail, wait, drop or come back empty.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 from aiohttp import web
 
 from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from presence_server.clock import Clock
 from presence_server.config import Settings
-from presence_server.context import STORE
+from presence_server.context import FAULTS, STORE
+from presence_server.faults import parse_rule
 from presence_server.http import AppRunner
 
 T = TypeVar("T")
@@ -49,6 +52,26 @@ class PresenceServer:
         """Everyone present in a keyset, with deadlines and state."""
         return self._call(self._app[STORE].snapshot(sub_key, now=self.clock()))
 
+    def fault(self, route: str, sub_key: str, **rule: Any) -> str:
+        """Add a fault rule (docs/protocol.md 9.1), e.g. ``fault("heartbeat", "demo", status=503, times=1)``:
+        the next heartbeat in keyset ``demo`` answers 503. Returns the rule's id; a bad rule raises."""
+        stored, times = parse_rule(orjson.dumps({"route": route, "sub_key": sub_key, **rule}), self.clock())
+        return self._call(self._add_fault(stored, times))
+
+    def clear_faults(self) -> int:
+        """Remove every fault rule; returns how many there were."""
+        return self._call(self._clear_faults())
+
+    async def _add_fault(self, stored: dict[str, Any], times: int | None) -> str:
+        fault_id = await self._app[STORE].add_fault(stored, times)
+        await self._app[FAULTS].reload()
+        return fault_id
+
+    async def _clear_faults(self) -> int:
+        removed = await self._app[STORE].clear_faults()
+        await self._app[FAULTS].reload()
+        return removed
+
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
 
@@ -69,6 +92,7 @@ def presence_server(presence_server_settings: dict[str, Any]) -> Iterator[Presen
             "redis_url": "memory://",
             "min_timeout": 1.0,
             "longpoll_hold": 20.0,
+            "admin": True,  # the admin API (loopback only), whose fault rules ``fault`` adds
             **presence_server_settings,
         }
     )

@@ -9,6 +9,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,19 @@ def test_the_fixtures_server_answers_what_aiohttps_parser_refuses_in_json(
     assert json.loads(body)["error"] is True
     assert "s3cr3t" not in caplog.text and "Traceback" not in caplog.text, caplog.text
     assert "refused a malformed request" in caplog.text
+
+
+def test_the_fixtures_fault_rules_make_the_next_request_fail_then_go(presence_server: PresenceServer) -> None:
+    url = f"{presence_server.url}/v2/presence/sub-key/demo/channel/ch1/heartbeat?uuid=u1"
+    presence_server.fault("heartbeat", "demo", status=503, times=1)
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(url, timeout=10)
+    assert failed.value.code == 503 and json.loads(failed.value.read())["message"] == "Service Unavailable"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+    presence_server.fault("heartbeat", "demo", status=500)
+    assert presence_server.clear_faults() == 1
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+    with pytest.raises(Exception, match="Invalid fault rule"):
+        presence_server.fault("heartbeat", "demo", status=200)

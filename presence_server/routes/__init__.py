@@ -106,3 +106,5 @@ def setup_admin_routes(app: Router) -> None:
     app.add("POST", "/admin/clock/advance", admin.advance_clock)
     app.add("POST", f"/admin/keysets/{{sub_key:{N}}}/reset", admin.reset_keyset)
     app.add_get(f"/admin/keysets/{{sub_key:{N}}}/snapshot", admin.snapshot)
+    app.add_methods(("GET", "POST", "DELETE"), "/admin/faults", admin.faults)
+    app.add("DELETE", f"/admin/faults/{{fault_id:{N}}}", admin.remove_fault)

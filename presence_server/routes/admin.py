@@ -1,4 +1,5 @@
-"""The admin API for use as a test double (PRESENCE_ADMIN=1): move the clock, reset or inspect a keyset."""
+"""The admin API for use as a test double (PRESENCE_ADMIN=1): move the clock, reset or inspect a keyset,
+add and remove fault rules."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import ipaddress
 
 from aiohttp import web
 
-from presence_server.context import BUS, CLOCK, SETTINGS, STORE
+from presence_server.context import BUS, CLOCK, FAULTS, SETTINGS, STORE
+from presence_server.faults import MAX_RULES, parse_rule
 from presence_server.http import PubNubError, json_response
 from presence_server.params import path_name, query_seconds
 
@@ -74,3 +76,48 @@ async def snapshot(request: web.Request) -> web.Response:
     _check(request)
     sub_key = path_name(request, "sub_key", "subscribe key", request.app[SETTINGS].max_name_length, ADMIN)
     return json_response(await request.app[STORE].snapshot(sub_key, now=request.app[CLOCK]()))
+
+
+# -- fault rules (presence_server/faults.py) --------------------------------------------------------
+
+
+async def faults(request: web.Request) -> web.Response:
+    """GET lists the rules, POST adds one, DELETE removes them all."""
+    _check(request)
+    if request.method == "POST":
+        return await _add_fault(request)
+    if request.method == "DELETE":
+        return await _clear_faults(request)
+    return await _list_faults(request)
+
+
+async def _add_fault(request: web.Request) -> web.Response:
+    """Keep a fault rule for every process on this Redis; answers ``{"id": "..."}``."""
+    store, clock = request.app[STORE], request.app[CLOCK]
+    rule, times = parse_rule(await request.read(), clock())
+    if len(await store.fault_rules()) >= MAX_RULES:
+        raise PubNubError(400, f"Invalid fault rule: at most {MAX_RULES} rules at once", ADMIN)
+    fault_id = await store.add_fault(rule, times)
+    await request.app[FAULTS].reload()  # this process applies it from its next request on
+    return json_response({"status": 200, "id": fault_id})
+
+
+async def _list_faults(request: web.Request) -> web.Response:
+    now = request.app[CLOCK]()
+    rules = [rule for rule in await request.app[STORE].fault_rules() if rule.get("until", now + 1) > now]
+    return json_response({"status": 200, "faults": rules})
+
+
+async def _clear_faults(request: web.Request) -> web.Response:
+    removed = await request.app[STORE].clear_faults()
+    await request.app[FAULTS].reload()
+    return json_response({"status": 200, "removed": removed})
+
+
+async def remove_fault(request: web.Request) -> web.Response:
+    _check(request)
+    fault_id = path_name(request, "fault_id", "fault id", 64, ADMIN)
+    if not await request.app[STORE].remove_fault(fault_id):
+        raise PubNubError(404, "No such fault rule", ADMIN)
+    await request.app[FAULTS].reload()
+    return json_response({"status": 200, "removed": 1})

@@ -34,7 +34,15 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from presence_server.store.connect import refresh_slots, sentinel_master
-from presence_server.store.fields import WAKE_CLOCK, WAKE_KEYSET, WAKE_LEFT, WAKE_NAMES, WAKE_RESET, WAKE_REVOKED
+from presence_server.store.fields import (
+    WAKE_CLOCK,
+    WAKE_FAULTS,
+    WAKE_KEYSET,
+    WAKE_LEFT,
+    WAKE_NAMES,
+    WAKE_RESET,
+    WAKE_REVOKED,
+)
 from presence_server.store.longpoll import LongPolls
 
 log = logging.getLogger("presence_server.bus")
@@ -99,6 +107,7 @@ class WakeBus:
         on_clock: Callable[[float], None] | None = None,
         on_connect: Callable[[], Awaitable[None]] | None = None,
         on_revoke: Callable[[str, str | None], None] | None = None,
+        on_faults: Callable[[], None] | None = None,
     ) -> None:
         """``channel_of`` names a keyset's shard channel. ``on_clock`` gets each announced admin clock
         offset; ``on_connect`` runs at each (re)connection, to read again what may have been announced
@@ -112,6 +121,7 @@ class WakeBus:
         self.on_clock = on_clock
         self.on_connect = on_connect
         self.on_revoke = on_revoke
+        self.on_faults = on_faults  # the admin API's fault rules changed
         self.stopped = False
         self.restarts = 0  # times everything was subscribed again after a failure
         self._always = set(always)
@@ -357,6 +367,10 @@ class WakeBus:
             if WAKE_CLOCK in body:
                 if self.on_clock is not None:
                     self.on_clock(float(body[WAKE_CLOCK]))
+                return
+            if WAKE_FAULTS in body:
+                if self.on_faults is not None:
+                    self.on_faults()
                 return
             sub_key = body[WAKE_KEYSET]
             names = body.get(WAKE_NAMES) or ()

@@ -41,7 +41,7 @@ MESSAGE_RANK: Final = "c"
 # -- fields of the keyset counters hash (``KeysetKeys.counters``) ----------------------------------
 COUNTER_OCCUPANTS: Final = "occupants"  # present (uuid, channel) pairs, expired-but-unswept included
 
-# -- wake-up messages on the pub/sub channel (``keys.wake_channel``), JSON objects ---------------
+# -- wake-up messages on the shard channels (``KeysetKeys.wake``, ``keys.clock_offset``), JSON objects
 WAKE_KEYSET: Final = "k"  # the subscribe key
 WAKE_NAMES: Final = "n"  # names whose logs grew (``ch``, ``ch-pnpres``) or group markers; may be absent
 # A name in WAKE_NAMES made of this and a group name: the group's channels changed.
@@ -50,6 +50,7 @@ WAKE_LEFT: Final = "l"  # a uuid that left channels of the keyset (its refresh m
 WAKE_RESET: Final = "x"  # present (true) when the whole keyset was reset
 WAKE_REVOKED: Final = "r"  # an Access Manager token revoked in the keyset (its id)
 WAKE_CLOCK: Final = "clock"  # alone in its message: the admin clock's new offset (seconds)
+WAKE_FAULTS: Final = "faults"  # alone in its message, on the clock's channel: the fault rules changed
 
 _LUA_TABLES = {
     "EVENT": {

@@ -33,6 +33,13 @@ def clock_offset(prefix: str) -> str:
     return f"{prefix}:clock:offset"
 
 
+def faults(prefix: str) -> str:
+    """Hash: the admin API's fault rules, ``r:<id>`` -> the rule as JSON, ``n:<id>`` -> how many more
+    requests a rule with ``times`` may answer (decremented by each process that applies it), and ``seq``,
+    the last rule's place in the order they apply in."""
+    return f"{prefix}:faults"
+
+
 class KeysetKeys:
     """Key names of one keyset (one subscribe key)."""
 

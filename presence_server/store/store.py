@@ -11,6 +11,7 @@
 - ``history.py``: message history: reads, counts, deletes
 - ``admin.py``: admin clock, keyset reset, snapshot
 - ``access.py``: Access Manager revocations and v2 grants
+- ``faults.py``: the admin API's fault rules
 - ``totals.py``: metric totals
 - ``keys.py`` builds every key name; ``fields.py`` names the data the scripts write.
 
@@ -25,6 +26,7 @@ from presence_server.store.access import AccessGrants
 from presence_server.store.admin import Admin
 from presence_server.store.delivery import Logs
 from presence_server.store.expiry import Expiry
+from presence_server.store.faults import FaultRules
 from presence_server.store.groups import Groups
 from presence_server.store.history import History
 from presence_server.store.presence import PresenceWrites
@@ -32,5 +34,7 @@ from presence_server.store.reads import PresenceReads
 from presence_server.store.totals import Totals
 
 
-class PresenceStore(PresenceWrites, PresenceReads, Logs, Expiry, Groups, History, Admin, AccessGrants, Totals):
+class PresenceStore(
+    PresenceWrites, PresenceReads, Logs, Expiry, Groups, History, Admin, AccessGrants, FaultRules, Totals
+):
     """Presence, state, channel groups and event logs of every keyset, kept in one Redis."""
