@@ -8,7 +8,7 @@ from importlib import resources
 from presence_server.store import fields
 
 # Written by Python only (the admin API, a reset), never by a script.
-PYTHON_ONLY = {"WAKE_CLOCK", "WAKE_RESET", "WAKE_FAULTS"}  # written by Python only, never by a script
+PYTHON_ONLY = {"WAKE_CLOCK", "WAKE_RESET", "WAKE_FAULTS"}
 
 
 def test_the_lua_header_names_every_field_scripts_write() -> None:
