@@ -212,7 +212,10 @@ async def _apply(rule: Rule, request: web.Request, handler: Handler) -> web.Stre
     if rule.action == "empty":
         return await _empty_poll(request)
     status = int(rule.value)
-    message = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        message = HTTPStatus(status).phrase
+    except ValueError:  # a status HTTP names no reason for (e.g. 499)
+        message = "Error"
     if rule.route in ("publish", "signal"):
         return json_response([0, message, timetoken_at(time.time())], status)
     service = CHANNEL_REGISTRY if rule.route == "groups" else PRESENCE

@@ -184,3 +184,8 @@ async def test_of_two_matching_rules_the_first_added_applies(app: Client) -> Non
         await add(app, route="heartbeat", sub_key="demo", status=500, times=1)
         await add(app, route="heartbeat", sub_key="demo", status=503, times=1)
         assert [(await heartbeat(app))[0] for _ in range(3)] == [500, 503, 200]
+
+
+async def test_a_status_without_a_reason_phrase_says_error(app: Client) -> None:
+    await add(app, route="heartbeat", sub_key="demo", status=499, times=1)
+    assert await heartbeat(app) == (499, {"status": 499, "error": True, "message": "Error", "service": "Presence"})

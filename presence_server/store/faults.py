@@ -47,7 +47,7 @@ class FaultRules(StoreCore):
         return removed > 0
 
     async def clear_faults(self) -> int:
-        count = len([rule for rule in await self.fault_rules()])
+        count = len(await self.fault_rules())
         await self.redis.delete(faults(self.prefix))
         await self._faults_changed()
         return count
