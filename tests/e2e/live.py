@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -42,6 +43,22 @@ class LiveServer:
         """Move the server's clock and run one sweep; returns how many users timed out."""
         self.clock.advance(seconds)
         return await self.app[SWEEPER].run_once()
+
+    async def admin(self, method: str, path: str, rule: dict[str, Any] | None = None) -> Any:
+        """Call the server's admin API (a server made with ``admin=True``), e.g. ``admin("POST", "faults",
+        {...})`` adds a fault rule (docs/protocol.md 9.1); returns the parsed answer, which must be a 200."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, f"http://{self.origin}/admin/{path}", json=rule) as response,
+        ):
+            answer = await response.json(content_type=None)  # PubNub's text/javascript
+            assert response.status == 200, answer
+            return answer
+
+    async def fault_rules(self) -> list[dict[str, Any]]:
+        """The live fault rules (GET /admin/faults): a used-up ``times`` rule is gone, the others show ``left``."""
+        rules: list[dict[str, Any]] = (await self.admin("GET", "faults"))["faults"]
+        return rules
 
 
 @contextlib.asynccontextmanager
