@@ -1,7 +1,8 @@
 """The application factory: nothing is created at import time.
 
 Each resource is opened in a cleanup context of its own and closed in reverse order: the Redis
-client, the store, the long-poll owner, the wake listener, the sweeper. The app keys are in context.py.
+client, the store, the long-poll owner, the wake listener, the sweeper, the webhook sender. The app
+keys are in context.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from presence_server.context import (
     SETTINGS,
     STORE,
     SWEEPER,
+    WEBHOOKS,
 )
 from presence_server.faults import Faults, fault_checked, route_of
 from presence_server.http import RUNNER_OPTIONS
@@ -41,6 +43,7 @@ from presence_server.metrics import Metrics, instrumented
 from presence_server.routes import Router, setup_admin_routes, setup_routes
 from presence_server.store import LongPolls, PresenceStore, WakeBus, open_redis
 from presence_server.sweeper import Sweeper
+from presence_server.webhooks import BACKLOG, WebhookSender
 
 log = logging.getLogger("presence_server")
 
@@ -53,11 +56,13 @@ def create_app(
     redis: aioredis.Redis | None = None,
     clock: Clock | Callable[[], float] | None = None,
     sweeper: bool = True,
+    webhooks: bool = True,
     wall_clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """Build the server. ``redis`` injects a client the caller keeps ownership of; ``clock`` injects
     time (a ``Clock``, or the base time of one); ``sweeper=False`` leaves expiry to explicit
-    ``Sweeper.run_once`` calls (tests); ``wall_clock`` is what signed requests' timestamps are
+    ``Sweeper.run_once`` calls (tests), ``webhooks=False`` webhook deliveries to
+    ``WebhookSender.run_once`` calls; ``wall_clock`` is what signed requests' timestamps are
     compared with (the machine's clock, which SDKs sign with, whatever ``clock`` says)."""
     settings = settings or Settings.from_env()
     app = web.Application()
@@ -68,6 +73,8 @@ def create_app(
     app.cleanup_ctx.append(_longpolls_ctx)
     app.cleanup_ctx.append(_bus_ctx)
     app.cleanup_ctx.append(_sweeper_ctx(run=sweeper))
+    if settings.webhook_url:
+        app.cleanup_ctx.append(_webhooks_ctx(run=webhooks))
     app.on_shutdown.append(_answer_held_polls)
     pairs = settings.keyset_pairs()
     secured = _keysets(settings)
@@ -130,6 +137,7 @@ def _store(settings: Settings, redis: aioredis.Redis) -> PresenceStore:
         interval=settings.interval,
         history_retention=settings.history_retention,
         history_max=settings.history_max,
+        webhook_backlog=BACKLOG if settings.webhook_url else 0,
         # The embedded store runs its Lua in this process's event loop: smaller sweep steps keep
         # a mass expiry from stalling requests for long.
         sweep_budget=100 if settings.redis_url.startswith("memory://") else 1000,
@@ -212,6 +220,30 @@ def _sweeper_ctx(*, run: bool) -> Callable[[web.Application], AsyncIterator[None
             await task
 
     return sweeper_ctx
+
+
+def _webhooks_ctx(*, run: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings, store = app[SETTINGS], app[STORE]
+        sender = app[WEBHOOKS] = WebhookSender(
+            store,
+            app[CLOCK],
+            settings.webhook_url,
+            secret=settings.webhook_secret,
+            retry_for=settings.webhook_retry_seconds,
+            registry=app[METRICS].registry,
+            outage=app[REDIS_OUTAGE],
+        )
+        store.on_presence_events(sender.nudge)
+        task = asyncio.create_task(sender.run(), name="webhooks") if run else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await sender.aclose()
+
+    return webhooks_ctx
 
 
 async def _answer_held_polls(app: web.Application) -> None:

@@ -11,6 +11,9 @@ from typing import Any
 
 from presence_server.store.connect import BadRedisUrl, check_url
 
+# A failing webhook event is retried for at least this long, and never longer than the upper bound.
+MIN_WEBHOOK_RETRY, MAX_WEBHOOK_RETRY = 30.0, 3600.0
+
 
 class SettingsError(ValueError):
     """A setting has a value the server cannot run with; the message names the setting."""
@@ -38,6 +41,9 @@ class Settings:
     admin: bool = False
     admin_remote: bool = False
     admin_token: str = ""  # when set, every admin call needs "Authorization: Bearer <token>"
+    webhook_url: str = ""  # presence webhooks: every presence event POSTed here (presence_server/webhooks.py)
+    webhook_secret: str = ""  # when set, each webhook POST carries an HMAC-SHA256 signature of its body
+    webhook_retry_seconds: float = 60.0  # how long a failing webhook event is retried before it is dropped
     log_format: str = "text"
     access_log: bool = False
 
@@ -99,11 +105,27 @@ class Settings:
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"PRESENCE_LOG_FORMAT must be text or json, got {self.log_format!r}")
         self._check_keysets()
+        self._check_webhooks()
         if not self.key_prefix or any(c in self.key_prefix for c in "{}"):
             raise SettingsError(f"PRESENCE_KEY_PREFIX must be non-empty and free of braces, got {self.key_prefix!r}")
         if self.admin_token and not re.fullmatch(r"[!-~]{16,}", self.admin_token):
             # Never echoed: the message names the setting only.
             raise SettingsError("PRESENCE_ADMIN_TOKEN must be at least 16 printable ASCII characters without spaces")
+
+    def _check_webhooks(self) -> None:
+        if self.webhook_url:
+            scheme, sep, rest = self.webhook_url.partition("://")
+            host = rest.split("/", 1)[0].rpartition("@")[2]
+            if scheme.lower() not in ("http", "https") or not sep or not host or any(c.isspace() for c in rest):
+                raise SettingsError(
+                    "PRESENCE_WEBHOOK_URL must be an http:// or https:// URL with a host, "
+                    f"got {redact_url(self.webhook_url)!r}"
+                )
+        if not (MIN_WEBHOOK_RETRY <= self.webhook_retry_seconds <= MAX_WEBHOOK_RETRY):
+            raise SettingsError(
+                f"PRESENCE_WEBHOOK_RETRY_SECONDS must be between {MIN_WEBHOOK_RETRY:.0f} and "
+                f"{MAX_WEBHOOK_RETRY:.0f}, got {self.webhook_retry_seconds}"
+            )
 
     def _check_keysets(self) -> None:
         entries = self._keyset_fields()
@@ -152,6 +174,10 @@ class Settings:
         secured = len(self.keyset_secrets())
         data["keysets"] = f"{len(self.keyset_pairs())} listed, {secured} with Access Manager" if self.keysets else "any"
         data["admin_token"] = "set" if self.admin_token else "unset"
+        # The query may carry the receiver's own token: only where the events go is logged.
+        location, query_sep, _ = self.webhook_url.partition("?")
+        data["webhook_url"] = redact_url(location) + ("?***" if query_sep else "")
+        data["webhook_secret"] = "set" if self.webhook_secret else "unset"
         return data
 
 

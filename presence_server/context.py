@@ -3,7 +3,7 @@
 Set by app.py: SETTINGS and CLOCK when the app is built; the others by one cleanup context each, in
 this order (torn down in reverse): REDIS, STORE (with ACCESS), LONGPOLLS (with METRICS and REDIS_OUTAGE), BUS
 (with FAULTS),
-SWEEPER.
+SWEEPER, WEBHOOKS.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from presence_server.access.control import AccessControl  # all three read these keys
     from presence_server.faults import Faults
     from presence_server.metrics import Metrics
+    from presence_server.webhooks import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
@@ -37,5 +38,7 @@ ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
 # Told of each call that failed because Redis could not be reached: counts the requests (metrics)
 # and logs once when Redis is lost and once when it is back.
 REDIS_OUTAGE = web.AppKey("redis_outage", RedisOutage)
+# With PRESENCE_WEBHOOK_URL set: the presence webhooks' sender (set after SWEEPER).
+WEBHOOKS: web.AppKey[WebhookSender] = web.AppKey("webhooks")
 # With the admin API on: this process's copy of the fault rules (set with BUS, which hears their changes).
 FAULTS: web.AppKey[Faults] = web.AppKey("faults")

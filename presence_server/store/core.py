@@ -92,6 +92,7 @@ class StoreCore:
         interval_max_uuids: int = 100,
         history_retention: float = 0.0,
         history_max: int = 100_000,
+        webhook_backlog: int = 0,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -107,6 +108,11 @@ class StoreCore:
         # Seconds published messages are kept for history (0: history is off, logs keep log_size).
         self.history_retention = history_retention
         self.history_max = history_max
+        # Presence webhooks: the most events a keyset's webhook stream holds (0: webhooks off, the
+        # scripts write none). See presence_server/webhooks.py.
+        self.webhook_backlog = webhook_backlog
+        self._presence_listeners: list[Callable[[str], None]] = []
+        self._hooked_keysets: set[str] = set()  # keysets this process recorded as known (set_state)
         self._keysets_due = keysets_due(prefix)
         self._keysets_known = keysets_known(prefix)
         # The shard channel of admin clock moves (every keyset's own wake-ups: KeysetKeys.wake).
@@ -126,6 +132,7 @@ class StoreCore:
         self._group_remove = _load_script(redis, "group_remove", with_common=False)
         self._history_delete = _load_script(redis, "history_delete", with_common=False, with_header=True)
         self._history_counts = _load_script(redis, "history_counts", with_common=False, with_header=True)
+        self._hook_lease = _load_script(redis, "hook_lease", with_common=False)
 
     async def aclose(self) -> None:
         """Hand the connections the script batcher keeps back to the client's pool."""
@@ -160,6 +167,15 @@ class StoreCore:
         for callback in self._departures:
             callback(sub_key, uuid)
 
+    def on_presence_events(self, callback: Callable[[str], None]) -> None:
+        """With webhooks on: call ``callback(sub_key)`` after each write through this store that may
+        have added presence events to the keyset's webhook stream (so they go out without waiting)."""
+        self._presence_listeners.append(callback)
+
+    def _presence_written(self, sub_key: str) -> None:
+        for callback in self._presence_listeners:
+            callback(sub_key)
+
     async def _expand(
         self, ks: KeysetKeys, channels: Sequence[str], groups: Sequence[str], *, presence_names: bool = False
     ) -> list[tuple[str, str | None]]:
@@ -188,6 +204,7 @@ class StoreCore:
         """KEYS and ARGV of the scripts that share common.lua's calling convention: its keys, four keys
         per channel, its arguments (in common.lua's order), then the script's own (``extra``)."""
         keys = [ks.timetoken, ks.due, ks.uuid_timeout(uuid), ks.intervals, ks.names, ks.counters]
+        keys += [ks.hooks, ks.hooks_active]
         for channel in channels:
             keys += [ks.occupants(channel), ks.state(channel), ks.log(channel), ks.deltas(channel)]
         args: list[Any] = [
@@ -200,6 +217,7 @@ class StoreCore:
             ks.wake,
             self.announce_max,
             int(self.interval * 1000),
+            self.webhook_backlog,
             *extra,
         ]
         return keys, args

@@ -51,6 +51,7 @@ class Expiry(StoreCore):
             args += [*expiring, *intervals]
             timeouts, upcoming = await self._sweep(keys=keys, args=args)
             total += int(timeouts)
+            self._presence_written(sub_key)
             full = len(expiring) >= self.sweep_channels or len(intervals) >= self.sweep_channels
             if int(timeouts) < self.sweep_budget and not full:
                 break

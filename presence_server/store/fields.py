@@ -26,6 +26,11 @@ EVENT_LEFT: Final = "l"  # JSON list of uuids that left
 EVENT_TIMED_OUT: Final = "t"  # JSON list of uuids that timed out
 EVENT_REFRESH: Final = "r"  # "1": too many changes to list; the client should ask here_now
 
+# -- webhook stream entries (``KeysetKeys.hooks``): the EVENT_* fields above, and these -----------
+# EVENT_ACTION there is also "active" or "inactive": a channel's occupancy went from 0 to 1, or to 0.
+HOOK_CHANNEL: Final = "c"  # the channel
+HOOK_AT: Final = "w"  # when the event happened, in ms (EVENT_TIMESTAMP in seconds is what the POST carries)
+
 # -- message log entries ---------------------------------------------------------------------------
 MESSAGE_BODY: Final = "m"  # the message (JSON), as published
 MESSAGE_PUBLISHER: Final = "i"  # the publisher's uuid, when it gave one
@@ -40,6 +45,9 @@ MESSAGE_RANK: Final = "c"
 
 # -- fields of the keyset counters hash (``KeysetKeys.counters``) ----------------------------------
 COUNTER_OCCUPANTS: Final = "occupants"  # present (uuid, channel) pairs, expired-but-unswept included
+# Webhook events not kept because the keyset's webhook stream was full (taken, and counted as dropped,
+# by the process that delivers the keyset's webhooks).
+COUNTER_HOOKS_LOST: Final = "hooks_lost"
 
 # -- wake-up messages on the shard channels (``KeysetKeys.wake``, ``keys.clock_offset``), JSON objects
 WAKE_KEYSET: Final = "k"  # the subscribe key
@@ -64,7 +72,8 @@ _LUA_TABLES = {
         "timeout": EVENT_TIMED_OUT,
         "refresh": EVENT_REFRESH,
     },
-    "COUNTER": {"occupants": COUNTER_OCCUPANTS},
+    "HOOK": {"channel": HOOK_CHANNEL, "at": HOOK_AT},
+    "COUNTER": {"occupants": COUNTER_OCCUPANTS, "hooks_lost": COUNTER_HOOKS_LOST},
     "WAKE": {"keyset": WAKE_KEYSET, "names": WAKE_NAMES, "left": WAKE_LEFT},
     "MESSAGE": {"kind": MESSAGE_KIND, "live_only": MESSAGE_LIVE_ONLY, "rank": MESSAGE_RANK},
 }

@@ -43,7 +43,20 @@ def faults(prefix: str) -> str:
 class KeysetKeys:
     """Key names of one keyset (one subscribe key)."""
 
-    __slots__ = ("_base", "counters", "due", "groups", "intervals", "names", "sub_key", "timetoken", "wake")
+    __slots__ = (
+        "_base",
+        "counters",
+        "due",
+        "groups",
+        "hooks",
+        "hooks_active",
+        "hooks_lease",
+        "intervals",
+        "names",
+        "sub_key",
+        "timetoken",
+        "wake",
+    )
 
     def __init__(self, prefix: str, sub_key: str) -> None:
         self.sub_key = sub_key
@@ -65,6 +78,14 @@ class KeysetKeys:
         # goes only to the node that owns the keyset): which logs grew, ``{"k": sub_key, "n": [names]}``,
         # leaves, resets, group changes, token revocations (fields WAKE_* of fields.py).
         self.wake = base + "wake"
+        # Stream (only with presence webhooks on): every presence event of the keyset, with its channel
+        # (fields EVENT_* and HOOK_* of fields.py), read through the consumer group ``webhooks`` by the
+        # one process that holds ``hooks_lease``; delivered entries are deleted.
+        self.hooks = base + "hooks"
+        # Set (with webhooks on): the channels whose ``active`` notice went out and no ``inactive`` since.
+        self.hooks_active = base + "hooks:active"
+        # String: ``<consumer> <until ms>``, the process that delivers this keyset's webhooks, and until when.
+        self.hooks_lease = base + "hooks:lease"
 
     @property
     def match_all(self) -> str:

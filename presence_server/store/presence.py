@@ -43,6 +43,7 @@ class PresenceWrites(StoreCore):
             if part_earlier and (not earlier or float(part_earlier) < float(earlier)):
                 earlier = part_earlier
         self.counts["join"] += joins
+        self._presence_written(sub_key)
         if earlier:
             # The global index lives in another cluster slot, so this cannot be part of the script.
             # Shielded: a client that goes away must not leave a join the sweeper never looks at;
@@ -73,6 +74,8 @@ class PresenceWrites(StoreCore):
             args += [channel for channel, _ in part]
             left += int(await self._batch.call(self._leave, keys, args))
         self.counts["leave"] += left
+        if left:
+            self._presence_written(sub_key)
         self._departed(sub_key, uuid)
         return left
 
@@ -90,6 +93,12 @@ class PresenceWrites(StoreCore):
             args += [channel for channel, _ in part]
             changed += int(await self._batch.call(self._set_state, keys, args))
         self.counts["state-change"] += changed
+        if changed and self.webhook_backlog:
+            if sub_key not in self._hooked_keysets:
+                # A state change needs no join first: the webhook sender must learn of the keyset too.
+                await self.redis.sadd(self._keysets_known, sub_key)
+                self._hooked_keysets.add(sub_key)
+            self._presence_written(sub_key)
         return changed
 
 

@@ -13,6 +13,7 @@
 - ``access.py``: Access Manager revocations and v2 grants
 - ``faults.py``: the admin API's fault rules
 - ``totals.py``: metric totals
+- ``webhooks.py``: the presence webhooks' queue (streams, consumer group, leases)
 - ``keys.py`` builds every key name; ``fields.py`` names the data the scripts write.
 
 Beside the store: ``longpoll.py`` owns subscribe polls (waiting, wake-ups, shared reads, the
@@ -32,9 +33,10 @@ from presence_server.store.history import History
 from presence_server.store.presence import PresenceWrites
 from presence_server.store.reads import PresenceReads
 from presence_server.store.totals import Totals
+from presence_server.store.webhooks import WebhookQueue
 
 
 class PresenceStore(
-    PresenceWrites, PresenceReads, Logs, Expiry, Groups, History, Admin, AccessGrants, FaultRules, Totals
+    PresenceWrites, PresenceReads, Logs, Expiry, Groups, History, Admin, AccessGrants, FaultRules, Totals, WebhookQueue
 ):
     """Presence, state, channel groups and event logs of every keyset, kept in one Redis."""

@@ -2,18 +2,20 @@
 -- Shared calling convention of those scripts:
 --   KEYS[1] timetoken counter, KEYS[2] due index, KEYS[3] the uuid's remembered timeout (heartbeat
 --   only; another key of the keyset elsewhere), KEYS[4] interval index, KEYS[5] channel-name index,
---   KEYS[6] keyset counters (hash), then four keys per channel: occupants (zset), state (hash),
---   presence log (stream), interval deltas (hash).
+--   KEYS[6] keyset counters (hash), KEYS[7] webhook stream, KEYS[8] channels announced active to
+--   webhooks (set), then four keys per channel: occupants (zset), state (hash), presence log
+--   (stream), interval deltas (hash).
 --   ARGV[1] now (ms), ARGV[2] now as a timetoken (decimal string), ARGV[3] now (unix seconds),
 --   ARGV[4] log length bound, ARGV[5] backstop expiry (s), ARGV[6] subscribe key, ARGV[7] wake-up
---   pub/sub channel, ARGV[8] announce max, ARGV[9] interval (ms); script-specific arguments follow,
+--   pub/sub channel, ARGV[8] announce max, ARGV[9] interval (ms), ARGV[10] most entries the webhook
+--   stream holds (0: webhooks off); script-specific arguments follow,
 --   read with arg(i) (the i-th of the script's own), so a new shared argument renumbers no script.
 -- Scripts never read the clock: time always comes from the caller.
 -- Field names of log entries, counters and wake-ups (EVENT.*, COUNTER.*, WAKE.*) come from the
 -- header generated from presence_server/store/fields.py, where each is described.
 
 local TT_KEY, DUE_KEY, UUID_TIMEOUT_KEY, IVL_KEY, NAMES_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local COUNTERS_KEY = KEYS[6]
+local COUNTERS_KEY, HOOKS_KEY, HOOKS_ACTIVE_KEY = KEYS[6], KEYS[7], KEYS[8]
 local NOW_MS = tonumber(ARGV[1])
 local NOW_TT = ARGV[2]
 local NOW_S = ARGV[3]
@@ -23,14 +25,15 @@ local SUB_KEY = ARGV[6]
 local WAKE_CHANNEL = ARGV[7]  -- the keyset's shard channel (SPUBLISH: in the keyset's slot)
 local ANNOUNCE_MAX = tonumber(ARGV[8])
 local INTERVAL_MS = tonumber(ARGV[9])
-local SHARED_ARGS = 9
+local HOOKS_MAX = tonumber(ARGV[10])
+local SHARED_ARGS = 10
 
 -- The i-th argument of the script's own, after the shared ones.
 local function arg(i)
   return ARGV[SHARED_ARGS + i]
 end
 local PNPRES = '-pnpres'
-local FIRST_CHANNEL_KEY = 7
+local FIRST_CHANNEL_KEY = 9
 local KEYS_PER_CHANNEL = 4
 
 local function channel_count()
@@ -105,35 +108,77 @@ end
 -- Whether this script put a channel in interval mode (the sweeper must then look at the keyset).
 local interval_added = false
 
--- One presence event. Above ANNOUNCE_MAX occupants, and until the interval event that follows,
--- joins, leaves and timeouts are not announced one by one: they are kept as net deltas for the
--- channel's next interval event (emitted by sweep.lua), so a listener that applies the events it
--- got always ends with who is here. A join cancels a pending leave or timeout of the same uuid
--- and the reverse, so nobody is listed as both.
-local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, data)
-  local count = occupancy(occ_key)
-  if action ~= 'state-change' and (count > ANNOUNCE_MAX or redis.call('ZSCORE', IVL_KEY, channel)) then
-    local cancelled
-    if action == 'join' then
-      cancelled = redis.call('HDEL', delta_key, 'leave:' .. uuid, 'timeout:' .. uuid)
-    else
-      cancelled = redis.call('HDEL', delta_key, 'join:' .. uuid)
-    end
-    if cancelled == 0 then
-      redis.call('HSET', delta_key, action .. ':' .. uuid, 1)
-      redis.call('EXPIRE', delta_key, BACKSTOP)
-    end
-    if redis.call('ZADD', IVL_KEY, 'NX', NOW_MS + INTERVAL_MS, channel) == 1 then
-      interval_added = true
-    end
+-- Presence webhooks (presence_server/webhooks.py): with them on, each presence event also goes to
+-- the keyset's webhook stream, with its channel, in the same script as the change it reports. A full
+-- stream (no process has delivered for a long while) keeps nothing more, and counts what it lost.
+local function hook(channel, fields)
+  if redis.call('XLEN', HOOKS_KEY) >= HOOKS_MAX then
+    redis.call('HINCRBY', COUNTERS_KEY, COUNTER.hooks_lost, 1)
     return
   end
-  local fields = {EVENT.action, action, EVENT.uuid, uuid, EVENT.occupancy, count, EVENT.timestamp, NOW_S}
-  if data then
-    table.insert(fields, EVENT.data)
-    table.insert(fields, data)
+  redis.call('XADD', HOOKS_KEY, '*', HOOK.channel, channel, HOOK.at, NOW_MS, unpack(fields))
+  redis.call('EXPIRE', HOOKS_KEY, BACKSTOP)
+end
+
+-- A channel's `active` webhook when its occupancy leaves 0, `inactive` when it comes back to 0. The
+-- set of active channels makes them alternate, whatever order joins and lapsed users come in.
+local function hook_occupancy(channel, count)
+  if count > 0 then
+    if redis.call('SADD', HOOKS_ACTIVE_KEY, channel) == 1 then
+      redis.call('EXPIRE', HOOKS_ACTIVE_KEY, BACKSTOP)
+      hook(channel, {EVENT.action, 'active', EVENT.timestamp, NOW_S})
+    end
+  elseif redis.call('SREM', HOOKS_ACTIVE_KEY, channel) == 1 then
+    hook(channel, {EVENT.action, 'inactive', EVENT.timestamp, NOW_S})
   end
-  append(log_key, channel .. PNPRES, channel, fields)
+end
+
+-- Above ANNOUNCE_MAX occupants, and until the interval event that follows, joins, leaves and
+-- timeouts are not announced one by one: they are kept as net deltas for the channel's next
+-- interval event (emitted by sweep.lua), so a listener that applies the events it got always ends
+-- with who is here. A join cancels a pending leave or timeout of the same uuid and the reverse, so
+-- nobody is listed as both.
+local function keep_delta(channel, delta_key, action, uuid)
+  local cancelled
+  if action == 'join' then
+    cancelled = redis.call('HDEL', delta_key, 'leave:' .. uuid, 'timeout:' .. uuid)
+  else
+    cancelled = redis.call('HDEL', delta_key, 'join:' .. uuid)
+  end
+  if cancelled == 0 then
+    redis.call('HSET', delta_key, action .. ':' .. uuid, 1)
+    redis.call('EXPIRE', delta_key, BACKSTOP)
+  end
+  if redis.call('ZADD', IVL_KEY, 'NX', NOW_MS + INTERVAL_MS, channel) == 1 then
+    interval_added = true
+  end
+end
+
+-- One presence event: in the log (or the interval deltas), and to the webhooks. Webhooks get a
+-- channel's `active` before the join that made it and `inactive` after the leave or timeout.
+local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, data)
+  local count = occupancy(occ_key)
+  local hooked = HOOKS_MAX > 0
+  local moves = action ~= 'state-change'
+  if hooked and moves and count > 0 then
+    hook_occupancy(channel, count)
+  end
+  if moves and (count > ANNOUNCE_MAX or redis.call('ZSCORE', IVL_KEY, channel)) then
+    keep_delta(channel, delta_key, action, uuid)
+  else
+    local fields = {EVENT.action, action, EVENT.uuid, uuid, EVENT.occupancy, count, EVENT.timestamp, NOW_S}
+    if data then
+      table.insert(fields, EVENT.data)
+      table.insert(fields, data)
+    end
+    append(log_key, channel .. PNPRES, channel, fields)
+    if hooked then
+      hook(channel, fields)
+    end
+  end
+  if hooked and moves and count == 0 then
+    hook_occupancy(channel, 0)
+  end
 end
 
 -- The due index holds, for each occupied channel, a time no later than its earliest deadline, so

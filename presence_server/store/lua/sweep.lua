@@ -39,6 +39,9 @@ local function emit_interval(i, channel)
     end
   end
   append(log_key, channel .. PNPRES, channel, fields)
+  if HOOKS_MAX > 0 then
+    hook(channel, fields)
+  end
   if count > ANNOUNCE_MAX then
     redis.call('ZADD', IVL_KEY, NOW_MS + INTERVAL_MS, channel)
   else

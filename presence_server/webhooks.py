@@ -1,0 +1,388 @@
+"""Presence webhooks: every presence event of every keyset POSTed as JSON to PRESENCE_WEBHOOK_URL.
+
+The presence scripts write each event to its keyset's webhook stream in the same script as the change
+it reports (common.lua's ``hook``), so an accepted change always has its event queued. Every process
+runs a ``WebhookSender``; for each keyset one of them at a time holds the lease (hook_lease.lua) and
+reads the stream through the consumer group ``webhooks`` (store/webhooks.py):
+
+- **Once**: only the holder reads, and an entry is deleted when the receiver has answered 2xx. A
+  holder that stops (crash, lost Redis) loses the lease when it runs out; the next one claims what it
+  had read but not delivered (``XAUTOCLAIM``) and sends it again: delivery is at least once, and
+  exactly once while the receiver answers 2xx in time and no process dies mid-POST.
+- **In order per channel**: the events of one channel go one at a time, each only after the one before
+  it was delivered or dropped; channels go side by side.
+- **Retries**: an attempt that times out (``attempt_timeout``), fails to connect or gets anything but
+  2xx is tried again after 1, 2, 4, 8, then every 10 s, until ``retry_for`` seconds after its first
+  failure; the next failure drops it, with a log line and ``presence_webhooks_dropped_total``.
+
+Time comes from the server's clock (tests move it) and ``run_once`` makes one pass, so tests inject
+time rather than sleep. docs/protocol.md 14 is the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from presence_server.logs import REDIS_DOWN, RedisOutage
+from presence_server.store import PresenceStore
+from presence_server.store.fields import (
+    EVENT_ACTION,
+    EVENT_DATA,
+    EVENT_JOINED,
+    EVENT_LEFT,
+    EVENT_OCCUPANCY,
+    EVENT_REFRESH,
+    EVENT_TIMED_OUT,
+    EVENT_TIMESTAMP,
+    EVENT_UUID,
+    HOOK_AT,
+    HOOK_CHANNEL,
+)
+from presence_server.store.webhooks import LEASE_LOST, LEASE_TAKEN, Entry
+
+log = logging.getLogger("presence_server.webhooks")
+
+BACKLOG = 100_000  # events one keyset's stream holds at most; beyond, new ones are counted as dropped
+SIGNATURE_HEADER = "X-Presence-Signature"  # "sha256=<hex HMAC-SHA256 of the body with the secret>"
+EVENT_ID_HEADER = "X-Presence-Event-Id"  # the event's stream id: unique within its keyset (sub_key)
+USER_AGENT = "pubnub-presence-server webhooks"
+ATTEMPT_TIMEOUT = 5.0
+LEASE_SECONDS = 10.0  # a holder renews its lease on every pass, several times a second
+IDLE_RELEASE = 5.0  # a keyset with nothing to send for this long is given back (then looked at by scans)
+MAX_QUEUED = 1_000  # events one keyset has read and not yet delivered, at most
+SCAN_EVERY = 1.0  # how often every known keyset's stream is looked at (events written by other processes)
+HELD_POLL = 0.2  # how often the streams of held keysets are read when nothing nudges
+MIN_PASS_GAP = 0.02  # nudges (every presence write) are coalesced into at most this many passes a second
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: 1, 2, 4, 8, then 10."""
+    return float(min(2 ** (attempts - 1), 10))
+
+
+def body_of(sub_key: str, fields: dict[str, str]) -> dict[str, Any]:
+    """The POST body of one webhook event, in PubNub's legacy presence-webhook shape."""
+    action = fields[EVENT_ACTION]
+    out: dict[str, Any] = {"action": action, "sub_key": sub_key, "channel": fields[HOOK_CHANNEL]}
+    if action in ("active", "inactive"):
+        out["status"] = action
+        out["timestamp"] = int(fields[EVENT_TIMESTAMP])
+        return out
+    if EVENT_UUID in fields:
+        out["uuid"] = fields[EVENT_UUID]
+    out["timestamp"] = int(fields[EVENT_TIMESTAMP])
+    out["occupancy"] = int(fields[EVENT_OCCUPANCY])
+    if EVENT_DATA in fields:
+        out["data"] = orjson.Fragment(fields[EVENT_DATA])  # JSON object text, as the script stored it
+    for key, name in ((EVENT_JOINED, "join"), (EVENT_LEFT, "leave"), (EVENT_TIMED_OUT, "timeout")):
+        if key in fields:
+            out[name] = orjson.Fragment(fields[key])
+    if EVENT_REFRESH in fields:
+        out["here_now_refresh"] = True
+    return out
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The signature header's value: ``sha256=`` and the HMAC-SHA256 of the body, in hex."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass(slots=True)
+class _Event:
+    entry_id: str
+    channel: str
+    body: bytes
+    at: float  # when it happened (server clock, seconds)
+    attempts: int = 0
+    failing_since: float | None = None
+    next_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Keyset:
+    """What this process holds of one keyset whose lease it has."""
+
+    channels: dict[str, deque[_Event]] = field(default_factory=dict)
+    busy: set[str] = field(default_factory=set)  # channels with an attempt under way
+    size: int = 0
+    idle_since: float = 0.0
+    unacked: list[str] = field(default_factory=list)  # delivered, but Redis was not told yet
+
+    def add(self, event: _Event) -> None:
+        self.channels.setdefault(event.channel, deque()).append(event)
+        self.size += 1
+
+    def pop(self, channel: str) -> None:
+        queue = self.channels[channel]
+        queue.popleft()
+        self.size -= 1
+        if not queue:
+            del self.channels[channel]
+
+
+class WebhookStats:
+    """The webhook metrics, in the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.delivered = Counter(
+            "presence_webhooks_delivered", "Webhook events the receiver took (2xx)", registry=registry
+        )
+        self.retried = Counter(
+            "presence_webhooks_retried", "Webhook attempts that failed and will be tried again", registry=registry
+        )
+        self.dropped = Counter(
+            "presence_webhooks_dropped",
+            "Webhook events given up: retries ran out, or the keyset's stream was full",
+            ["reason"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "presence_webhooks_pending",
+            "Webhook events waiting in the streams of the keysets this process delivers (as of its last look)",
+            registry=registry,
+        )
+        self.lag = Histogram(
+            "presence_webhooks_delivery_lag_seconds",
+            "From a presence event to the receiver's 2xx for it",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        store: PresenceStore,
+        clock: Callable[[], float],
+        url: str,
+        *,
+        secret: str = "",
+        retry_for: float = 60.0,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
+        lease: float = LEASE_SECONDS,
+        registry: CollectorRegistry | None = None,
+        outage: RedisOutage | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.url = url
+        self._secret = secret
+        self.retry_for = retry_for
+        self.attempt_timeout = attempt_timeout
+        self.lease = lease
+        self.stats = WebhookStats(registry)
+        self.outage = outage if outage is not None else RedisOutage()
+        self.consumer = secrets.token_hex(8)  # this process, in the consumer group and the leases
+        self._held: dict[str, _Keyset] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    def nudge(self, sub_key: str) -> None:
+        """A presence write of this process may have queued events of ``sub_key``: look soon."""
+        self._dirty.add(sub_key)
+        self._wake.set()
+
+    async def run_once(self) -> None:
+        """One pass at the clock's current time (every known keyset looked at), then every attempt
+        due: each channel's events one after the other, until a channel is empty or waits for a retry."""
+        started = await self._pass(scan=True)
+        while started:
+            await asyncio.wait(started)
+            started = self._start(self.clock())
+
+    async def run(self) -> None:
+        """Passes until cancelled: at once when nudged, else every HELD_POLL (SCAN_EVERY holding nothing)."""
+        loop = asyncio.get_running_loop()
+        scanned = float("-inf")
+        while True:
+            delay = SCAN_EVERY
+            try:
+                scan = loop.time() - scanned >= SCAN_EVERY
+                if scan:
+                    scanned = loop.time()
+                await self._pass(scan=scan)
+                self.outage.answered()
+                delay = self._next_wait()
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                self.outage.failed("a webhook pass", exc, request=False)
+            except Exception as exc:
+                log.warning("webhook pass failed, retrying: %s", exc, exc_info=exc)
+            await asyncio.sleep(MIN_PASS_GAP)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, delay - MIN_PASS_GAP))
+
+    def _next_wait(self) -> float:
+        if not self._held:
+            return SCAN_EVERY
+        now = self.clock()
+        wait = HELD_POLL
+        for ks in self._held.values():
+            for channel, queue in ks.channels.items():
+                if channel not in ks.busy:
+                    wait = min(wait, queue[0].next_at - now)
+        return max(wait, 0.0)
+
+    async def aclose(self) -> None:
+        """Stop: attempts under way are abandoned (their events stay pending, for whichever process
+        holds the keyset next), and the leases are given back so that one takes over at once."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        now = self.clock()
+        for sub_key, ks in list(self._held.items()):
+            with contextlib.suppress(Exception):
+                if ks.unacked:
+                    await self.store.hook_done(sub_key, ks.unacked)
+                await self.store.hook_lease(sub_key, self.consumer, now=now, seconds=self.lease, keep=False)
+        self._held.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    async def _pass(self, *, scan: bool) -> list[asyncio.Task[None]]:
+        now = self.clock()
+        names = self._dirty | set(self._held)
+        self._dirty = set()
+        if scan:
+            names |= await self._scan()
+        await asyncio.gather(*(self._refill(sub_key, now) for sub_key in sorted(names)))
+        return self._start(now)
+
+    async def _scan(self) -> set[str]:
+        """Keysets with events waiting; the pending gauge and the events full streams lost."""
+        known = await self.store.hook_keysets()
+        backlogs = dict(zip(known, await self.store.hook_backlogs(known), strict=True))
+        self.stats.pending.set(sum(backlogs[sub_key] for sub_key in self._held if sub_key in backlogs))
+        for sub_key in self._held:
+            lost = await self.store.hook_lost(sub_key)
+            if lost:
+                self.stats.dropped.labels("backlog").inc(lost)
+                log.warning(
+                    "webhooks: %d events of keyset %r dropped, its stream was full (%d)", lost, sub_key, BACKLOG
+                )
+        return {sub_key for sub_key, waiting in backlogs.items() if waiting}
+
+    async def _refill(self, sub_key: str, now: float) -> None:
+        status = await self.store.hook_lease(sub_key, self.consumer, now=now, seconds=self.lease)
+        if status == LEASE_LOST:
+            self._held.pop(sub_key, None)  # another process took over; what it claims it sends
+            return
+        ks = self._held.get(sub_key)
+        if ks is None or status == LEASE_TAKEN:
+            ks = self._held[sub_key] = _Keyset(idle_since=now)
+            self._queue(sub_key, ks, await self.store.hook_claim(sub_key, self.consumer))
+        if ks.unacked:
+            await self.store.hook_done(sub_key, ks.unacked)
+            ks.unacked = []
+        if ks.size < MAX_QUEUED:
+            self._queue(sub_key, ks, await self.store.hook_read(sub_key, self.consumer, MAX_QUEUED - ks.size))
+        if ks.size:
+            ks.idle_since = now
+        elif now - ks.idle_since >= IDLE_RELEASE and not ks.busy:
+            del self._held[sub_key]
+            await self.store.hook_lease(sub_key, self.consumer, now=now, seconds=self.lease, keep=False)
+
+    def _queue(self, sub_key: str, ks: _Keyset, entries: Iterable[Entry]) -> None:
+        for entry_id, fields in entries:
+            try:
+                body = orjson.dumps(body_of(sub_key, fields))
+                event = _Event(entry_id, fields[HOOK_CHANNEL], body, int(fields[HOOK_AT]) / 1000)
+            except (KeyError, ValueError, orjson.JSONEncodeError):
+                log.warning("webhooks: unreadable event %s of keyset %r skipped", entry_id, sub_key)
+                ks.unacked.append(entry_id)
+                continue
+            ks.add(event)
+
+    def _start(self, now: float) -> list[asyncio.Task[None]]:
+        started = []
+        for sub_key, ks in self._held.items():
+            for channel, queue in ks.channels.items():
+                if channel in ks.busy or queue[0].next_at > now:
+                    continue
+                ks.busy.add(channel)
+                task = asyncio.create_task(self._attempt(sub_key, ks, channel, queue[0]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                started.append(task)
+        return started
+
+    # -- one attempt ----------------------------------------------------------------------------
+
+    async def _attempt(self, sub_key: str, ks: _Keyset, channel: str, event: _Event) -> None:
+        try:
+            delivered = await self._post(event)
+            now = self.clock()
+            if delivered:
+                self.stats.delivered.inc()
+                self.stats.lag.observe(max(0.0, now - event.at))
+                await self._finish(sub_key, ks, channel, event)
+                return
+            event.attempts += 1
+            if event.failing_since is None:
+                event.failing_since = now
+            if now - event.failing_since < self.retry_for:
+                self.stats.retried.inc()
+                event.next_at = now + backoff(event.attempts)
+                return
+            self.stats.dropped.labels("retries").inc()
+            log.warning(
+                "webhook dropped after %d attempts over %.0f s: keyset %r, channel %r, event %s",
+                event.attempts,
+                now - event.failing_since,
+                sub_key,
+                channel,
+                event.entry_id,
+            )
+            await self._finish(sub_key, ks, channel, event)
+        finally:
+            ks.busy.discard(channel)
+            self._wake.set()  # the channel's next event may go now
+
+    async def _finish(self, sub_key: str, ks: _Keyset, channel: str, event: _Event) -> None:
+        ks.pop(channel)
+        try:
+            await self.store.hook_done(sub_key, [event.entry_id])
+        except Exception:
+            ks.unacked.append(event.entry_id)  # told at the next pass
+
+    async def _post(self, event: _Event) -> bool:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": USER_AGENT}, connector=aiohttp.TCPConnector(limit=100)
+            )
+        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event.entry_id}
+        if self._secret:
+            headers[SIGNATURE_HEADER] = signature(self._secret, event.body)
+        try:
+            async with self._session.post(
+                self.url,
+                data=event.body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.attempt_timeout),
+                allow_redirects=False,
+            ) as response:
+                return 200 <= response.status < 300
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
