@@ -207,7 +207,7 @@ def query_names(request: web.Request, key: str, what: str, max_length: int, serv
     return list(dict.fromkeys(names))
 
 
-# How many names one request may carry (docs/protocol.md 13). Channels: ours, as many as
+# How many names one request may carry (docs/protocol.md 14). Channels: ours, as many as
 # subscribe always took (a `-pnpres` name counts as one). Groups: PubNub's 10 per client; a group's
 # `-pnpres` names count with it, since SDKs send `cg` and `cg-pnpres` for one group with presence.
 # Each group holds up to 2,000 channels, and the store splits what a request names into script

@@ -16,7 +16,7 @@ reads the stream through the consumer group ``webhooks`` (store/webhooks.py):
   failure; the next failure drops it, with a log line and ``presence_webhooks_dropped_total``.
 
 Time comes from the server's clock (tests move it) and ``run_once`` makes one pass, so tests inject
-time rather than sleep. docs/protocol.md 14 is the contract.
+time rather than sleep. docs/protocol.md 13 is the contract.
 """
 
 from __future__ import annotations
