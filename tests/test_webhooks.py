@@ -482,6 +482,21 @@ async def test_events_written_before_any_process_sent_webhooks_still_go(
     assert len(receiver.got) == 2
 
 
+async def test_a_stream_the_sender_made_for_a_keyset_without_events_expires(
+    hooked: Hooked, receiver: Receiver, redis_client: aioredis.Redis
+) -> None:
+    client = await hooked(receiver.url)
+    await heartbeat(client, "ch1", "u1", heartbeat=60)
+    await deliver(client)
+    hooks = store_of(client).keys("demo").hooks
+    await redis_client.delete(hooks)  # as if it had expired
+    sender_of(client).nudge("demo")
+    await heartbeat(client, "ch1", "u1", heartbeat=60)  # nothing new: the sender's read makes the group again
+    await deliver(client)
+    assert await redis_client.exists(hooks) == 1
+    assert 0 < await redis_client.ttl(hooks) <= store_of(client).backstop_seconds
+
+
 # -- settings --------------------------------------------------------------------------------------
 
 
