@@ -111,9 +111,19 @@ function dataName(attribute) {
   return attribute.slice(5).replace(/-([a-z])/g, (_, letter) => letter.toUpperCase());
 }
 
+// JSON with a space after each comma and colon, so that a long state wraps between its members.
 function json(value) {
-  const text = JSON.stringify(value);
+  const text = spaced(value);
   return text.length > 300 ? `${text.slice(0, 300)}...` : text;
+}
+
+function spaced(value) {
+  if (Array.isArray(value)) return `[${value.map(spaced).join(", ")}]`;
+  if (value !== null && typeof value === "object") {
+    const members = Object.entries(value).map(([name, member]) => `${JSON.stringify(name)}: ${spaced(member)}`);
+    return `{${members.join(", ")}}`;
+  }
+  return JSON.stringify(value);
 }
 
 function empty(text) {
