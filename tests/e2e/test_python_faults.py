@@ -34,7 +34,7 @@ import pytest
 from pubnub.callbacks import SubscribeCallback
 from pubnub.enums import PNHeartbeatNotificationOptions, PNOperationType, PNReconnectionPolicy, PNStatusCategory
 
-from presence_server.context import LONGPOLLS
+from presence_server.context import LONGPOLLS, METRICS
 from tests.e2e.live import LiveServer
 from tests.e2e.pysdk import SUB_KEY, WAIT, Clients, describe, ok, wind_down
 from tests.helpers.wait import wait_until
@@ -55,15 +55,17 @@ async def server(live_server_factory: ServerFactory) -> AsyncIterator[LiveServer
 
 
 class Watcher(SubscribeCallback):  # type: ignore[misc]
-    """Every status and message one client announces, in order, and the cursor each of its polls sent."""
+    """Every status and message one client announces, in order, the cursor each of its polls sent and
+    how many answers it handled."""
 
     def __init__(self, client: Any) -> None:
         self.statuses: asyncio.Queue[Any] = asyncio.Queue()
         self.announced: list[Any] = []  # every status, whether or not ``next_status`` passed over it
         self.messages: asyncio.Queue[Any] = asyncio.Queue()
         self.polled: list[int] = []
+        self.answers = 0
         manager = client._subscription_manager
-        start_loop = manager._start_subscribe_loop
+        start_loop, handle = manager._start_subscribe_loop, manager._handle_endpoint_call
 
         async def polling() -> None:
             # The loop sends the manager's cursor as ``tt`` (0: a handshake); it is looked up on the
@@ -71,7 +73,12 @@ class Watcher(SubscribeCallback):  # type: ignore[misc]
             self.polled.append(int(manager._timetoken))
             await start_loop()
 
+        def answered(raw: dict[str, Any], status: Any) -> None:
+            self.answers += 1
+            handle(raw, status)
+
         manager._start_subscribe_loop = polling
+        manager._handle_endpoint_call = answered
         client.add_listener(self)
 
     def status(self, pubnub: Any, status: Any) -> None:
@@ -245,6 +252,15 @@ async def test_one_dropped_poll_is_resent_by_aiohttp_unseen(server: LiveServer, 
     assert [(await watcher.next_message()).message for _ in range(2)] == [0, 1]
     assert await server.fault_rules() == []
     assert watcher.statuses.empty()
+    # The server ended one poll more than the SDK saw answered: the one it dropped. (It counts a poll
+    # as it ends, before the answer goes out; the poll sent after the last answer is held for 2 s.)
+    assert ended_polls(server) == watcher.answers + 1, (ended_polls(server), watcher.answers)
+
+
+def ended_polls(server: LiveServer) -> int:
+    """How many subscribe requests the server has ended, answered or not (its request metrics)."""
+    counts = server.app[METRICS].requests.counts
+    return sum(count for (route, _, _), count in counts.items() if route.startswith("/v2/subscribe/"))
 
 
 async def test_dropped_poll_reconnects_and_catches_up(server: LiveServer, sdk: Subscribers) -> None:
@@ -258,6 +274,8 @@ async def test_dropped_poll_reconnects_and_catches_up(server: LiveServer, sdk: S
     first = await publish(bob, "feed", 0)
     assert (await watcher.next_message()).message == 0
     lost = await watcher.next_status()
+    loop = asyncio.get_running_loop()
+    lost_at = loop.time()
     assert category(lost) == (PNStatusCategory.PNUnknownCategory, None, True), describe(lost)
     assert lost.operation == PNOperationType.PNSubscribeOperation
     assert type(lost.error_data.exception).__name__ == "ServerDisconnectedError"
@@ -271,6 +289,7 @@ async def test_dropped_poll_reconnects_and_catches_up(server: LiveServer, sdk: S
         await publish(bob, "feed", number)
     back = await watcher.next_status()
     assert back.category == PNStatusCategory.PNReconnectedCategory, describe(back)
+    assert loop.time() - lost_at >= 0.9  # EXPONENTIAL's first probe, 2 ** 1 - 1 s after the loss
     assert [(await watcher.next_message()).message for _ in sent] == sent
     # She polled again with the cursor of her last answer, not a new handshake.
     assert watcher.polled[polls_before] == cursor, (watcher.polled, polls_before)
