@@ -22,7 +22,7 @@ from aiohttp import web
 from presence_server.app import RUNNER_OPTIONS, SWEEPER, create_app
 from presence_server.clock import Clock
 from presence_server.config import Settings
-from presence_server.context import FAULTS, STORE
+from presence_server.context import FAULTS, STORE, WEBHOOKS
 from presence_server.faults import parse_rule
 from presence_server.http import AppRunner
 
@@ -51,6 +51,11 @@ class PresenceServer:
     def snapshot(self, sub_key: str) -> dict[str, Any]:
         """Everyone present in a keyset, with deadlines and state."""
         return self._call(self._app[STORE].snapshot(sub_key, now=self.clock()))
+
+    def deliver_webhooks(self) -> None:
+        """With ``webhook_url`` in the settings: send every presence webhook due now, and return once the
+        receiver has answered them (the server also sends them by itself, within a second)."""
+        self._call(self._app[WEBHOOKS].run_once())
 
     def fault(self, route: str, sub_key: str, **rule: Any) -> str:
         """Add a fault rule (docs/protocol.md 9.1), e.g. ``fault("heartbeat", "demo", status=503, times=1)``:

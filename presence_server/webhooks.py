@@ -193,6 +193,8 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        # One pass at a time: two concurrent reads of one stream could queue its entries out of order.
+        self._passing = asyncio.Lock()
 
     def nudge(self, sub_key: str) -> None:
         """A presence write of this process may have queued events of ``sub_key``: look soon."""
@@ -201,11 +203,12 @@ class WebhookSender:
 
     async def run_once(self) -> None:
         """One pass at the clock's current time (every known keyset looked at), then every attempt
-        due: each channel's events one after the other, until a channel is empty or waits for a retry."""
-        started = await self._pass(scan=True)
-        while started:
-            await asyncio.wait(started)
-            started = self._start(self.clock())
+        due: each channel's events one after the other, until a channel is empty or waits for a retry.
+        Attempts the delivery loop has under way are waited for too."""
+        await self._pass(scan=True)
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+            self._start(self.clock())
 
     async def run(self) -> None:
         """Passes until cancelled: at once when nudged, else every HELD_POLL (SCAN_EVERY holding nothing)."""
@@ -262,13 +265,14 @@ class WebhookSender:
     # -- one pass -------------------------------------------------------------------------------
 
     async def _pass(self, *, scan: bool) -> list[asyncio.Task[None]]:
-        now = self.clock()
-        names = self._dirty | set(self._held)
-        self._dirty = set()
-        if scan:
-            names |= await self._scan()
-        await asyncio.gather(*(self._refill(sub_key, now) for sub_key in sorted(names)))
-        return self._start(now)
+        async with self._passing:
+            now = self.clock()
+            names = self._dirty | set(self._held)
+            self._dirty = set()
+            if scan:
+                names |= await self._scan()
+            await asyncio.gather(*(self._refill(sub_key, now) for sub_key in sorted(names)))
+            return self._start(now)
 
     async def _scan(self) -> set[str]:
         """Keysets with events waiting; the pending gauge and the events full streams lost."""
