@@ -591,3 +591,19 @@ async def test_the_keyset_stays_as_it_was_after_reads(
     await feed(client, "1", messages="1")
     assert (await fetch(client, "/inspector?sub_key=demo"))[0] == 200
     assert await stored(redis_client, prefix) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="faults.route_of takes every pattern ending in /leave for the leave route, the admin API's too; "
+    "the fix (no rules for /admin/ patterns) is in presence_server/faults.py, asked of its owner",
+)
+async def test_fault_rules_never_touch_the_admin_api(server: AdminServer) -> None:
+    client = server.client
+    await heartbeat(client, "ch1", "u1", heartbeat=60)
+    status, body, _ = await request(
+        client, "/admin/faults", "POST", b'{"route": "leave", "sub_key": "demo", "status": 503}'
+    )
+    assert status == 200, body
+    assert (await call(client, "POST", f"{KS}/leave?uuid=u1&channel=ch1"))[0] == 200
+    assert "ch1" not in (await snapshot(client))["channels"]
