@@ -261,3 +261,21 @@ async def test_with_an_admin_token_the_page_asks_for_it(node: str, settings: Set
         await page.wait(event("join", "alice", "lobby"), 1)
         # The browser reported the refused calls of before the token, and nothing else.
         assert all("401" in error for error in page.page_errors), page.page_errors
+
+
+async def test_the_keyset_field_and_the_reset_button(node: str, settings: Settings) -> None:
+    async with live(settings) as (server, rest), browser(node) as page:
+        await rest.heartbeat("lobby", "alice", 60)
+        await rest.get("/v2/presence/sub-key/other/channel/hall/heartbeat", uuid="zoe")
+        assert await page.do("goto", url=f"http://{server.origin}/inspector") == 200
+        await page.wait("#channels p.empty", 5)  # no keyset chosen yet: nothing read
+        await page.do("fill", selector="#sub-key", value="other")
+        await page.do("click", selector="#keyset-form button")
+        await page.wait(occupant("hall", "zoe"), 2)
+        assert await page.do("texts", selector="tr.occupant td.uuid") == ["zoe"]
+        # Reset (the page asks first; the driver accepts): the keyset empties, the others stay.
+        await page.do("click", selector="#reset")
+        await page.wait(occupant("hall", "zoe"), 2, state="detached")
+        assert (await server.app[STORE].snapshot("other", now=START))["channels"] == {}
+        assert list((await server.app[STORE].snapshot("demo", now=START))["channels"]) == ["lobby"]
+        assert page.page_errors == []

@@ -359,7 +359,9 @@ async function feedLoop(generation, signal) {
     } catch (error) {
       if (signal.aborted || generation !== page.generation) return;
       feedState("retrying", `feed: ${error.message}; retrying`);
-      if (error.status === 401 || error.status === 403) return; // a new token restarts it
+      // Refused (a token missing or wrong, not a loopback client, a bad keyset name): asking again
+      // would change nothing; a new token or keyset starts the feed again.
+      if ([400, 401, 403, 404].includes(error.status)) return;
       await sleep(backoff);
       backoff = Math.min(backoff * 2, 10000);
     }
