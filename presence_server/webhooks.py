@@ -209,17 +209,24 @@ class WebhookSender:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
             self._start(self.clock())
+        for sub_key in list(self._held):
+            await self._acknowledge(sub_key)
 
     async def run(self) -> None:
-        """Passes until cancelled: at once when nudged, else every HELD_POLL (SCAN_EVERY holding nothing)."""
+        """Passes until cancelled: at once when nudged (at most one per MIN_PASS_GAP), else every
+        HELD_POLL, or SCAN_EVERY while holding nothing."""
         loop = asyncio.get_running_loop()
-        scanned = float("-inf")
+        scanned = last = float("-inf")
         while True:
+            if (since := loop.time() - last) < MIN_PASS_GAP:
+                await asyncio.sleep(MIN_PASS_GAP - since)
+            self._wake.clear()  # before the pass: a nudge during it makes the next one
+            last = loop.time()
             delay = SCAN_EVERY
             try:
-                scan = loop.time() - scanned >= SCAN_EVERY
+                scan = last - scanned >= SCAN_EVERY
                 if scan:
-                    scanned = loop.time()
+                    scanned = last
                 await self._pass(scan=scan)
                 self.outage.answered()
                 delay = self._next_wait()
@@ -229,10 +236,8 @@ class WebhookSender:
                 self.outage.failed("a webhook pass", exc, request=False)
             except Exception as exc:
                 log.warning("webhook pass failed, retrying: %s", exc, exc_info=exc)
-            await asyncio.sleep(MIN_PASS_GAP)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, delay - MIN_PASS_GAP))
+                await asyncio.wait_for(self._wake.wait(), delay)
 
     def _next_wait(self) -> float:
         if not self._held:
@@ -253,10 +258,9 @@ class WebhookSender:
         if self._tasks:
             await asyncio.wait(self._tasks)
         now = self.clock()
-        for sub_key, ks in list(self._held.items()):
+        for sub_key in list(self._held):
             with contextlib.suppress(Exception):
-                if ks.unacked:
-                    await self.store.hook_done(sub_key, ks.unacked)
+                await self._acknowledge(sub_key)
                 await self.store.hook_lease(sub_key, self.consumer, now=now, seconds=self.lease, keep=False)
         self._held.clear()
         if self._session is not None:
@@ -289,6 +293,7 @@ class WebhookSender:
         return {sub_key for sub_key, waiting in backlogs.items() if waiting}
 
     async def _refill(self, sub_key: str, now: float) -> None:
+        await self._acknowledge(sub_key)
         status = await self.store.hook_lease(sub_key, self.consumer, now=now, seconds=self.lease)
         if status == LEASE_LOST:
             self._held.pop(sub_key, None)  # another process took over; what it claims it sends
@@ -297,9 +302,6 @@ class WebhookSender:
         if ks is None or status == LEASE_TAKEN:
             ks = self._held[sub_key] = _Keyset(idle_since=now)
             self._queue(sub_key, ks, await self.store.hook_claim(sub_key, self.consumer))
-        if ks.unacked:
-            await self.store.hook_done(sub_key, ks.unacked)
-            ks.unacked = []
         if ks.size < MAX_QUEUED:
             self._queue(sub_key, ks, await self.store.hook_read(sub_key, self.consumer, MAX_QUEUED - ks.size))
         if ks.size:
@@ -307,6 +309,17 @@ class WebhookSender:
         elif now - ks.idle_since >= IDLE_RELEASE and not ks.busy:
             del self._held[sub_key]
             await self.store.hook_lease(sub_key, self.consumer, now=now, seconds=self.lease, keep=False)
+
+    async def _acknowledge(self, sub_key: str) -> None:
+        """Tell Redis of the keyset's events delivered (or dropped) since the last call."""
+        ks = self._held.get(sub_key)
+        if ks is not None and ks.unacked:
+            done, ks.unacked = ks.unacked, []
+            try:
+                await self.store.hook_done(sub_key, done)
+            except BaseException:
+                ks.unacked = done + ks.unacked  # told next time
+                raise
 
     def _queue(self, sub_key: str, ks: _Keyset, entries: Iterable[Entry]) -> None:
         for entry_id, fields in entries:
@@ -326,50 +339,51 @@ class WebhookSender:
                 if channel in ks.busy or queue[0].next_at > now:
                     continue
                 ks.busy.add(channel)
-                task = asyncio.create_task(self._attempt(sub_key, ks, channel, queue[0]))
+                task = asyncio.create_task(self._drain(sub_key, ks, channel))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 started.append(task)
         return started
 
-    # -- one attempt ----------------------------------------------------------------------------
+    # -- one channel's events -------------------------------------------------------------------
 
-    async def _attempt(self, sub_key: str, ks: _Keyset, channel: str, event: _Event) -> None:
+    async def _drain(self, sub_key: str, ks: _Keyset, channel: str) -> None:
+        """The channel's events one after the other, until none is left or one waits for a retry."""
         try:
-            delivered = await self._post(event)
-            now = self.clock()
-            if delivered:
-                self.stats.delivered.inc()
-                self.stats.lag.observe(max(0.0, now - event.at))
-                await self._finish(sub_key, ks, channel, event)
-                return
-            event.attempts += 1
-            if event.failing_since is None:
-                event.failing_since = now
-            if now - event.failing_since < self.retry_for:
-                self.stats.retried.inc()
-                event.next_at = now + backoff(event.attempts)
-                return
-            self.stats.dropped.labels("retries").inc()
-            log.warning(
-                "webhook dropped after %d attempts over %.0f s: keyset %r, channel %r, event %s",
-                event.attempts,
-                now - event.failing_since,
-                sub_key,
-                channel,
-                event.entry_id,
-            )
-            await self._finish(sub_key, ks, channel, event)
+            while self._held.get(sub_key) is ks and channel in ks.channels:
+                event = ks.channels[channel][0]  # only this task takes from the channel's queue
+                if event.next_at > self.clock() or not await self._attempt(sub_key, channel, event):
+                    return
+                ks.pop(channel)
+                ks.unacked.append(event.entry_id)  # Redis is told with the next pass, in one call
         finally:
-            ks.busy.discard(channel)
-            self._wake.set()  # the channel's next event may go now
+            ks.busy.discard(channel)  # a retry it waits for is started by the pass after its time
 
-    async def _finish(self, sub_key: str, ks: _Keyset, channel: str, event: _Event) -> None:
-        ks.pop(channel)
-        try:
-            await self.store.hook_done(sub_key, [event.entry_id])
-        except Exception:
-            ks.unacked.append(event.entry_id)  # told at the next pass
+    async def _attempt(self, sub_key: str, channel: str, event: _Event) -> bool:
+        """One POST of the event; whether it is finished with (delivered, or dropped)."""
+        delivered = await self._post(event)
+        now = self.clock()
+        if delivered:
+            self.stats.delivered.inc()
+            self.stats.lag.observe(max(0.0, now - event.at))
+            return True
+        event.attempts += 1
+        if event.failing_since is None:
+            event.failing_since = now
+        if now - event.failing_since < self.retry_for:
+            self.stats.retried.inc()
+            event.next_at = now + backoff(event.attempts)
+            return False
+        self.stats.dropped.labels("retries").inc()
+        log.warning(
+            "webhook dropped after %d attempts over %.0f s: keyset %r, channel %r, event %s",
+            event.attempts,
+            now - event.failing_since,
+            sub_key,
+            channel,
+            event.entry_id,
+        )
+        return True
 
     async def _post(self, event: _Event) -> bool:
         if self._session is None:
