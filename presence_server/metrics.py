@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -124,6 +125,7 @@ class Metrics:
 
 
 UNMATCHED = "unmatched"  # the route label of answers to paths and methods no route serves
+CLIENT_GONE = 499  # the status label of requests whose client left before the answer (nginx's code)
 
 
 def instrumented(handler: Handler, route: str) -> Handler:
@@ -143,6 +145,11 @@ def instrumented(handler: Handler, route: str) -> Handler:
             # less for every request.
             try:
                 response = await handler(request)
+            except asyncio.CancelledError:
+                # The client went away first (an SDK drops its held poll at each unsubscribe and
+                # reconnect; a fault rule's drop too): no answer was sent, and no server error happened.
+                status = CLIENT_GONE
+                raise
             except web.HTTPException as exc:
                 if exc.status < 400:  # redirects pass through as they are
                     status = exc.status

@@ -138,6 +138,18 @@ async def test_request_counter_and_latency_histogram_move_with_requests(client: 
     assert not [key for key in after.samples if any("ch-a" in value or "demo" in value for _, value in key[1])]
 
 
+async def test_a_poll_its_client_abandons_is_counted_as_499_not_as_a_server_error(held: Client) -> None:
+    # The SDKs drop their held poll at every unsubscribe and reconnect: that is no failure of ours.
+    cursor = await handshake(held, "ch1")
+    abandoned = asyncio.ensure_future(poll(held, "ch1", cursor))
+    await wait_until(lambda: waiting(held) == 1, what="the poll held")
+    abandoned.cancel()
+    await wait_until(lambda: waiting(held) == 0, what="the abandoned poll let go")
+    found = await scrape(held)
+    assert found.count("presence_http_requests_total", route=SUBSCRIBE_ROUTE, method="GET", status="499") == 1
+    assert found.count("presence_http_requests_total", route=SUBSCRIBE_ROUTE, method="GET", status="500") == 0
+
+
 def test_latency_buckets_count_a_request_at_their_bound_and_below() -> None:
     registry = CollectorRegistry()
     stats = RequestStats()
