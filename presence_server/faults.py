@@ -232,7 +232,10 @@ async def _empty_poll(request: web.Request) -> web.Response:
 
 
 def route_of(canonical: str) -> str | None:
-    """The fault route name of a path pattern of routes/__init__.py (None: no rules apply)."""
+    """The fault route name of a path pattern of routes/__init__.py (None: no rules apply, as for the
+    admin API, whose ``.../leave`` must never be taken for a client's leave)."""
+    if canonical.startswith("/admin/") or canonical.startswith("/inspector"):
+        return None
     checks: list[tuple[Callable[[str], bool], str]] = [
         (lambda p: p.startswith("/v2/subscribe/"), "subscribe"),
         (lambda p: p.endswith("/heartbeat"), "heartbeat"),

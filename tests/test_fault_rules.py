@@ -14,11 +14,14 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from presence_server.app import create_app
 from presence_server.clock import Clock
 from presence_server.config import Settings
 from presence_server.context import FAULTS
+from presence_server.faults import route_of
+from presence_server.routes import Router, setup_admin_routes, setup_routes
 from tests.helpers.app import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock
 from tests.helpers.wait import wait_until
 
@@ -189,3 +192,16 @@ async def test_of_two_matching_rules_the_first_added_applies(app: Client) -> Non
 async def test_a_status_without_a_reason_phrase_says_error(app: Client) -> None:
     await add(app, route="heartbeat", sub_key="demo", status=499, times=1)
     assert await heartbeat(app) == (499, {"status": 499, "error": True, "message": "Error", "service": "Presence"})
+
+
+def test_every_route_of_the_table_maps_to_its_fault_route_and_the_admin_api_to_none() -> None:
+    app = web.Application()
+    setup_routes(Router(app, lambda handler, route, needs: handler))
+    setup_admin_routes(Router(app, lambda handler, route, needs: handler))
+    named = {resource.canonical: route_of(resource.canonical) for resource in app.router.resources()}
+    assert {path: name for path, name in named.items() if path.startswith("/admin/") and name} == {}
+    assert named["/v2/presence/sub-key/{sub_key}/channel/{channels}/leave"] == "leave"
+    assert named["/v2/presence/sub-key/{sub_key}/channel/{channels}/heartbeat"] == "heartbeat"
+    assert named["/time/0"] is None and named["/metrics"] is None
+    expected = {"subscribe", "heartbeat", "leave", "here_now", "where_now", "state", "publish", "signal"}
+    assert set(named.values()) - {None} == expected | {"groups", "history"}

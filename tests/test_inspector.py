@@ -593,11 +593,6 @@ async def test_the_keyset_stays_as_it_was_after_reads(
     assert await stored(redis_client, prefix) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="faults.route_of takes every pattern ending in /leave for the leave route, the admin API's too; "
-    "the fix (no rules for /admin/ patterns) is in presence_server/faults.py, asked of its owner",
-)
 async def test_fault_rules_never_touch_the_admin_api(server: AdminServer) -> None:
     client = server.client
     await heartbeat(client, "ch1", "u1", heartbeat=60)
