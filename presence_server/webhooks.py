@@ -195,6 +195,7 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         # One pass at a time: two concurrent reads of one stream could queue its entries out of order.
         self._passing = asyncio.Lock()
+        self._held_read = float("-inf")  # when (loop time) every held keyset's stream was last read
 
     def nudge(self, sub_key: str) -> None:
         """A presence write of this process may have queued events of ``sub_key``: look soon."""
@@ -269,12 +270,21 @@ class WebhookSender:
     # -- one pass -------------------------------------------------------------------------------
 
     async def _pass(self, *, scan: bool) -> list[asyncio.Task[None]]:
+        """Read what is new for the keysets that may have some, then start what is due. Held keysets are
+        read every HELD_POLL (and when nudged); a nudged keyset not held is leased only if its stream has
+        events (a heartbeat that changed nothing nudges too); every keyset with events, at each scan."""
         async with self._passing:
-            now = self.clock()
-            names = self._dirty | set(self._held)
-            self._dirty = set()
+            now, ticks = self.clock(), asyncio.get_running_loop().time()
+            nudged, self._dirty = self._dirty, set()
+            names = nudged & set(self._held)
+            if scan or ticks - self._held_read >= HELD_POLL:
+                names |= set(self._held)
+                self._held_read = ticks
             if scan:
                 names |= await self._scan()
+            others = sorted(nudged - names)
+            if others:
+                names |= {k for k, n in zip(others, await self.store.hook_backlogs(others), strict=True) if n}
             await asyncio.gather(*(self._refill(sub_key, now) for sub_key in sorted(names)))
             return self._start(now)
 

@@ -28,7 +28,14 @@ from presence_server.config import Settings, SettingsError
 from presence_server.context import STORE, WEBHOOKS
 from presence_server.store import PresenceStore
 from presence_server.store.webhooks import GROUP
-from presence_server.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, WebhookSender, backoff, body_of
+from presence_server.webhooks import (
+    EVENT_ID_HEADER,
+    IDLE_RELEASE,
+    SIGNATURE_HEADER,
+    WebhookSender,
+    backoff,
+    body_of,
+)
 from tests.helpers.app import TEST_SERVER_OPTIONS, AiohttpClient, AiohttpServer, Client, FakeClock, sweeper_of
 from tests.helpers.http import Scrape, get, get_url, heartbeat, parse_metrics
 from tests.helpers.process import server_env, server_process, wait_answering
@@ -195,6 +202,25 @@ async def test_a_repeated_heartbeat_sends_nothing(hooked: Hooked, receiver: Rece
     await heartbeat(client, "ch1", "u1", heartbeat=60)
     await deliver(client)
     assert len(receiver.got) == sent == 2
+
+
+async def test_a_keyset_with_nothing_to_send_is_given_back_and_not_leased_again_by_refreshes(
+    hooked: Hooked, receiver: Receiver, clock: FakeClock, redis_client: aioredis.Redis
+) -> None:
+    client = await hooked(receiver.url)
+    lease = store_of(client).keys("demo").hooks_lease
+    await heartbeat(client, "ch1", "u1", heartbeat=600)
+    await deliver(client)
+    assert await redis_client.exists(lease) == 1
+    clock.advance(IDLE_RELEASE)
+    await deliver(client)
+    assert await redis_client.exists(lease) == 0  # idle: given back
+    await heartbeat(client, "ch1", "u1", heartbeat=600)  # a refresh: it nudges, but wrote no event
+    await deliver(client)
+    assert await redis_client.exists(lease) == 0
+    await leave(client, "ch1", "u1")
+    await deliver(client)
+    assert receiver.actions()[-2:] == [("leave", "ch1", "u1"), ("inactive", "ch1", None)]
 
 
 async def test_channels_of_one_call_each_get_their_events(hooked: Hooked, receiver: Receiver) -> None:
