@@ -80,12 +80,17 @@ async def test_one_script_pipeline_per_master(cluster: RedisCluster, prefix: str
         per_master.setdefault(master_of(cluster, prefix, sub_key), sub_key)
     assert len(per_master) == 3
     await asyncio.gather(*(store.heartbeat(k, "warm", ["ch"], now=START) for k in per_master.values()))
-    before = store._batch.batches
     joins = await asyncio.gather(
         *(store.heartbeat(k, f"u{i}", ["ch"], now=START) for k in per_master.values() for i in range(5))
     )
     assert joins == [1] * 15
-    assert store._batch.batches - before == 3
+    # Then the same heartbeats again, refreshes: one refresh.lua call per keyset, one batch per master.
+    before, calls = store._batch.batches, store._batch.calls
+    refreshes = await asyncio.gather(
+        *(store.heartbeat(k, f"u{i}", ["ch"], now=START + 1) for k in per_master.values() for i in range(5))
+    )
+    assert refreshes == [0] * 15
+    assert (store._batch.batches - before, store._batch.calls - calls) == (3, 3)
     assert store._batch.fast_batches > 0  # the hiredis path serves cluster nodes too
     await store.aclose()
 

@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from presence_server.store import PresenceStore, open_redis
+from presence_server.store.fields import deadline_of
 from presence_server.store.keys import keysets_due
 from presence_server.sweeper import Sweeper
 from tests.helpers.app import START, FakeClock
@@ -87,7 +88,7 @@ async def test_the_due_index_stays_a_lower_bound_and_a_sweep_makes_it_exact(stor
 
     async def earliest(channel: str) -> float:
         found = await store.redis.zrange(ks.occupants(channel), 0, 0, withscores=True)
-        return float(cast("list[tuple[str, float]]", found)[0][1])
+        return deadline_of(cast("list[tuple[str, float]]", found)[0][1])
 
     for step in range(300):
         timeout = rng.choice([None, 5, 10, 20, 300])

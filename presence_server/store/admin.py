@@ -9,7 +9,7 @@ from typing import Any, cast
 import orjson
 
 from presence_server.store.core import StoreCore, ms
-from presence_server.store.fields import WAKE_KEYSET, WAKE_RESET
+from presence_server.store.fields import WAKE_KEYSET, WAKE_RESET, deadline_of, member, uuid_of
 from presence_server.store.keys import clock_offset
 from presence_server.store.subscription import is_presence_name
 
@@ -59,8 +59,11 @@ class Admin(StoreCore):
                 out[channel] = {
                     "occupancy": len(occupants),
                     "occupants": {
-                        uuid: {"deadline": deadline / 1000, "state": orjson.loads(states.get(uuid) or "{}")}
-                        for uuid, deadline in occupants
+                        uuid_of(name): {
+                            "deadline": deadline_of(score) / 1000,
+                            "state": orjson.loads(states.get(name) or "{}"),
+                        }
+                        for name, score in occupants
                     },
                 }
         groups = {g: sorted(m) for g, m in zip(group_names, replies[2 * len(channels) : -1], strict=True)}
@@ -100,8 +103,8 @@ class Admin(StoreCore):
             return []
         async with self.redis.pipeline(transaction=True) as pipe:
             for channel in channels:
-                pipe.zadd(ks.occupants(channel), {uuid: at}, xx=True, lt=True)
-                pipe.zscore(ks.occupants(channel), uuid)
+                pipe.zadd(ks.occupants(channel), {member(uuid): at}, xx=True, lt=True)
+                pipe.zscore(ks.occupants(channel), member(uuid))
             replies = await pipe.execute()
         present = [channel for channel, score in zip(channels, replies[1::2], strict=True) if score is not None]
         if present:

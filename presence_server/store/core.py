@@ -15,6 +15,7 @@ from presence_server.store import topology
 from presence_server.store.batch import ScriptBatcher
 from presence_server.store.fields import lua_header
 from presence_server.store.keys import KeysetKeys, clock_offset, keysets_due, keysets_known
+from presence_server.store.refreshes import Refreshes
 from presence_server.store.subscription import is_presence_name
 
 # Called with (subscribe key, uuid) when a user left channels of the keyset in this process, and
@@ -61,13 +62,16 @@ def chunks(items: Sequence[T], size: int = SCRIPT_CHANNELS) -> Iterator[Sequence
         yield items[start : start + size]
 
 
+def _lua(name: str) -> str:
+    return (resources.files("presence_server.store") / "lua" / f"{name}.lua").read_text()
+
+
 def _load_script(redis: aioredis.Redis, name: str, *, with_common: bool, with_header: bool = False) -> AsyncScript:
-    """A script of lua/; ``with_common`` prepends the field names and common.lua, ``with_header`` the
-    field names alone."""
-    lua = resources.files("presence_server.store") / "lua"
-    body = (lua / f"{name}.lua").read_text()
+    """A script of lua/; ``with_common`` prepends the field names, deadlines.lua and common.lua,
+    ``with_header`` the field names alone."""
+    body = _lua(name)
     if with_common:
-        body = lua_header() + (lua / "common.lua").read_text() + "\n" + body
+        body = lua_header() + _lua("deadlines") + _lua("common") + "\n" + body
     elif with_header:
         body = lua_header() + body
     return redis.register_script(body)
@@ -123,6 +127,16 @@ class StoreCore:
         # One .lua file per atomic operation; the mutating ones share common.lua (its calling
         # convention: ``mutation_call``).
         self._heartbeat = _load_script(redis, "heartbeat", with_common=True)
+        # Plain refreshes, tried first (store/presence.py), several in one call: only the names and
+        # functions refresh.lua needs.
+        self._refresh = redis.register_script(lua_header(("OCC",)) + _lua("deadlines") + _lua("refresh"))
+        self._refreshes = Refreshes(
+            self._batch,
+            self._refresh,
+            backstop=backstop_seconds,
+            default_timeout=repr(float(default_timeout)),
+            max_channels=SCRIPT_CHANNELS,
+        )
         self._leave = _load_script(redis, "leave", with_common=True)
         self._set_state = _load_script(redis, "set_state", with_common=True)
         self._sweep = _load_script(redis, "sweep", with_common=True)

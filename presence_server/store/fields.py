@@ -8,8 +8,11 @@ one entry per presence event, a message log (``KeysetKeys.messages``) one per me
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
+import math
+import re
 from typing import Any, Final, cast
 
 import orjson
@@ -60,7 +63,62 @@ WAKE_REVOKED: Final = "r"  # an Access Manager token revoked in the keyset (its 
 WAKE_CLOCK: Final = "clock"  # alone in its message: the admin clock's new offset (seconds)
 WAKE_FAULTS: Final = "faults"  # alone in its message, on the clock's channel: the fault rules changed
 
-_LUA_TABLES = {
+# -- occupants (``KeysetKeys.occupants``, and the fields of ``KeysetKeys.state``) --------------------
+# A uuid's member there is the uuid itself, except that a canonical lowercase uuid (36 characters, the
+# uuid4 most apps use) is written in 23: MEMBER_MARK and the base64 of its 16 bytes, without padding.
+# Redis keeps a member of at most 30 bytes in a 32-byte allocation, one of 36 in a 48-byte one, so
+# this takes 16 bytes off every present user. A uuid that itself starts with MEMBER_MARK gets a second
+# one in front, so no two uuids share a member. Events, deltas and webhooks carry the uuid itself.
+MEMBER_MARK: Final = "~"
+MEMBER_DIGITS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"  # base64's, in order
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+# An occupant's score is its deadline in ms less code / DEADLINE_CODES, the code of the presence
+# timeout the uuid asked for (0 <= code < DEADLINE_CODES): the fraction remembers that timeout at no
+# memory cost, and comparisons with a time in whole ms are unchanged (score > now exactly when the
+# deadline is). Code 0 is the default timeout, 1 to TIMEOUT_IN_KEY - 1 that many seconds;
+# TIMEOUT_IN_KEY any other timeout (a fraction of a second, longer), which then also goes to the uuid's
+# own key (``KeysetKeys.uuid_timeout``). A double holds the fraction exactly while the deadline is below
+# DEADLINE_CODED_BELOW (2^42 ms, in the year 2109): beyond it every timeout but the default takes the key.
+DEADLINE_CODES: Final = 2048
+TIMEOUT_IN_KEY: Final = DEADLINE_CODES - 1
+DEADLINE_CODED_BELOW: Final = 2**42
+
+
+def member(uuid: str) -> str:
+    """The uuid's member in a channel's occupants and state (see MEMBER_MARK)."""
+    if len(uuid) == 36 and _CANONICAL_UUID.fullmatch(uuid):
+        return MEMBER_MARK + base64.b64encode(bytes.fromhex(uuid.replace("-", "")))[:22].decode()
+    if uuid.startswith(MEMBER_MARK):
+        return MEMBER_MARK + uuid
+    return uuid
+
+
+def uuid_of(member: str) -> str:
+    """The uuid a member of the occupants or state stands for (the reverse of ``member``)."""
+    if not member.startswith(MEMBER_MARK):
+        return member
+    if member.startswith(MEMBER_MARK, 1):
+        return member[1:]
+    digits = base64.b64decode(member[1:] + "==").hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def timeout_code(timeout: float, default: float, deadline_ms: int) -> int:
+    """The code a deadline of ``deadline_ms`` carries for a timeout the uuid sent (see DEADLINE_CODES)."""
+    if timeout == default:
+        return 0
+    if float(timeout).is_integer() and 1 <= timeout < TIMEOUT_IN_KEY and deadline_ms < DEADLINE_CODED_BELOW:
+        return int(timeout)
+    return TIMEOUT_IN_KEY
+
+
+def deadline_of(score: float) -> int:
+    """An occupant's deadline (ms) from its score."""
+    return math.ceil(score)
+
+
+_LUA_TABLES: dict[str, dict[str, str | int]] = {
     "EVENT": {
         "action": EVENT_ACTION,
         "uuid": EVENT_UUID,
@@ -76,17 +134,30 @@ _LUA_TABLES = {
     "COUNTER": {"occupants": COUNTER_OCCUPANTS, "hooks_lost": COUNTER_HOOKS_LOST},
     "WAKE": {"keyset": WAKE_KEYSET, "names": WAKE_NAMES, "left": WAKE_LEFT},
     "MESSAGE": {"kind": MESSAGE_KIND, "live_only": MESSAGE_LIVE_ONLY, "rank": MESSAGE_RANK},
+    "OCC": {
+        "mark": MEMBER_MARK,
+        "digits": MEMBER_DIGITS,
+        "codes": DEADLINE_CODES,
+        "in_key": TIMEOUT_IN_KEY,
+        "exact_below": DEADLINE_CODED_BELOW,
+    },
 }
 
 
 @functools.cache
-def lua_header() -> str:
-    """Lua tables of the names above (``EVENT.action`` is ``'a'``), prepended to every script."""
+def lua_header(tables: tuple[str, ...] = tuple(_LUA_TABLES)) -> str:
+    """Lua tables of the names above (``EVENT.action`` is ``'a'``), prepended to every script; a script
+    that needs only some of them (refresh.lua) names them."""
     lines = ["-- Generated from presence_server/store/fields.py: the names of the data scripts write."]
-    for table, names in _LUA_TABLES.items():
-        body = ", ".join(f"{name} = '{value}'" for name, value in names.items())
+    for table in tables:
+        names = _LUA_TABLES[table]
+        body = ", ".join(f"{name} = {_lua_value(value)}" for name, value in names.items())
         lines.append(f"local {table} = {{{body}}}")
     return "\n".join(lines) + "\n"
+
+
+def _lua_value(value: str | int) -> str:
+    return str(value) if isinstance(value, int) else f"'{value}'"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,11 +1,16 @@
-"""Presence writes: heartbeats, leaves and state changes, each one script (heartbeat/leave/set_state.lua)."""
+"""Presence writes: heartbeats, leaves and state changes, each one script (heartbeat/leave/set_state.lua),
+and refresh.lua first for a heartbeat that may be a plain refresh."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from presence_server.store.core import StoreCore, chunks
+from presence_server.store import fields
+from presence_server.store.core import StoreCore, chunks, ms
+from presence_server.store.fields import TIMEOUT_IN_KEY, timeout_code
+
+_IN_KEY = str(TIMEOUT_IN_KEY)
 
 
 class PresenceWrites(StoreCore):
@@ -31,19 +36,31 @@ class PresenceWrites(StoreCore):
         if not targets:
             return 0
         states = states or {}
-        joins, earlier = 0, ""
+        member = fields.member(uuid)
+        code = (
+            "" if timeout is None else str(timeout_code(timeout, self.default_timeout, ms(now) + int(timeout * 1000)))
+        )
+        joins, earlier, written = 0, "", False
         for part in chunks(targets):
-            keys, args = self._mutation_call(
-                ks, now, (ch for ch, _ in part), [uuid, _num(timeout), _num(self.default_timeout)], uuid
-            )
-            for channel, group in part:
-                args += [channel, states.get(channel, states.get(group or "", ""))]
-            part_joins, part_earlier = await self._batch.call(self._heartbeat, keys, args)
-            joins += int(part_joins)
+            names = [channel for channel, _ in part]
+            part_states = [states.get(channel, states.get(group or "", "")) for channel, group in part]
+            part_earlier: str | None = None
+            if code != _IN_KEY and not any(part_states):
+                # Most heartbeats only move deadlines on: refresh.lua does that, or says it cannot.
+                part_earlier = await self._refreshes.refresh(ks, ms(now), member, code, names)
+            if part_earlier is None:
+                extra = [uuid, member, _num(timeout), code, _num(self.default_timeout)]
+                keys, args = self._mutation_call(ks, now, names, extra, uuid)
+                for channel, state in zip(names, part_states, strict=True):
+                    args += [channel, state]
+                part_joins, part_earlier = await self._batch.call(self._heartbeat, keys, args)
+                joins += int(part_joins)
+                written = True
             if part_earlier and (not earlier or float(part_earlier) < float(earlier)):
                 earlier = part_earlier
         self.counts["join"] += joins
-        self._presence_written(sub_key)
+        if written:
+            self._presence_written(sub_key)
         if earlier:
             # The global index lives in another cluster slot, so this cannot be part of the script.
             # Shielded: a client that goes away must not leave a join the sweeper never looks at;
@@ -70,7 +87,7 @@ class PresenceWrites(StoreCore):
             return 0
         left = 0
         for part in chunks(targets):
-            keys, args = self._mutation_call(ks, now, (ch for ch, _ in part), [uuid])
+            keys, args = self._mutation_call(ks, now, (ch for ch, _ in part), [uuid, fields.member(uuid)])
             args += [channel for channel, _ in part]
             left += int(await self._batch.call(self._leave, keys, args))
         self.counts["leave"] += left
@@ -89,7 +106,7 @@ class PresenceWrites(StoreCore):
             return 0
         changed = 0
         for part in chunks(targets):
-            keys, args = self._mutation_call(ks, now, (ch for ch, _ in part), [uuid, state])
+            keys, args = self._mutation_call(ks, now, (ch for ch, _ in part), [uuid, fields.member(uuid), state])
             args += [channel for channel, _ in part]
             changed += int(await self._batch.call(self._set_state, keys, args))
         self.counts["state-change"] += changed

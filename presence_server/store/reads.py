@@ -10,6 +10,7 @@ from typing import Any, cast
 import orjson
 
 from presence_server.store.core import StoreCore, chunks, ms
+from presence_server.store.fields import member, uuid_of
 from presence_server.store.keys import KeysetKeys
 
 
@@ -30,7 +31,7 @@ class PresenceReads(StoreCore):
         targets = [channel for channel, _ in await self._expand(ks, channels, groups, presence_names=True)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for channel in targets:
-                pipe.hget(ks.state(channel), uuid)
+                pipe.hget(ks.state(channel), member(uuid))
             raw = await pipe.execute()
         return {channel: orjson.loads(text) if text else {} for channel, text in zip(targets, raw, strict=True)}
 
@@ -80,7 +81,7 @@ class PresenceReads(StoreCore):
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for channel in channels:
-                pipe.zscore(ks.occupants(channel), uuid)
+                pipe.zscore(ks.occupants(channel), member(uuid))
             deadlines = await pipe.execute()
         now_ms = ms(now)
         return [ch for ch, deadline in zip(channels, deadlines, strict=True) if deadline and deadline > now_ms]
@@ -107,5 +108,5 @@ class PresenceReads(StoreCore):
         out = []
         for channel, (occupancy, uuids, states) in zip(channels, replies, strict=True):
             parsed = [orjson.loads(s) if s else None for s in states] if with_state else []
-            out.append(HereNowChannel(channel, int(occupancy), list(uuids), parsed))
+            out.append(HereNowChannel(channel, int(occupancy), [uuid_of(m) for m in uuids], parsed))
         return out

@@ -1,10 +1,11 @@
--- common.lua: prepended to every mutating script at registration.
+-- common.lua: prepended to every mutating script at registration (after the generated header and
+-- deadlines.lua).
 -- Shared calling convention of those scripts:
---   KEYS[1] timetoken counter, KEYS[2] due index, KEYS[3] the uuid's remembered timeout (heartbeat
---   only; another key of the keyset elsewhere), KEYS[4] interval index, KEYS[5] channel-name index,
---   KEYS[6] keyset counters (hash), KEYS[7] webhook stream, KEYS[8] channels announced active to
---   webhooks (set), then four keys per channel: occupants (zset), state (hash), presence log
---   (stream), interval deltas (hash).
+--   KEYS[1] timetoken counter, KEYS[2] due index, KEYS[3] the uuid's own timeout key (heartbeat
+--   only, for a timeout no deadline code tells; another key of the keyset elsewhere), KEYS[4]
+--   interval index, KEYS[5] channel-name index, KEYS[6] keyset counters (hash), KEYS[7] webhook
+--   stream, KEYS[8] channels announced active to webhooks (set), then four keys per channel:
+--   occupants (zset), state (hash), presence log (stream), interval deltas (hash).
 --   ARGV[1] now (ms), ARGV[2] now as a timetoken (decimal string), ARGV[3] now (unix seconds),
 --   ARGV[4] log length bound, ARGV[5] backstop expiry (s), ARGV[6] subscribe key, ARGV[7] wake-up
 --   pub/sub channel, ARGV[8] announce max, ARGV[9] interval (ms), ARGV[10] most entries the webhook
@@ -181,36 +182,54 @@ local function log_presence(channel, occ_key, log_key, delta_key, action, uuid, 
   end
 end
 
--- The due index holds, for each occupied channel, a time no later than its earliest deadline, so
--- the sweeper visits only channels with someone (possibly) due. Heartbeats only lower it; this
--- puts the exact earliest deadline in place. A channel nobody occupies leaves the index and loses
--- its state hash too: state of a user who never joined is kept only while the channel has
--- occupants (or until the backstop).
+-- The due index holds, for each occupied channel, a time (whole ms) no later than its earliest
+-- deadline, so the sweeper visits only channels with someone (possibly) due. Heartbeats only lower
+-- it; this puts the exact earliest deadline in place. A channel nobody occupies leaves the index
+-- and loses its state hash too: state of a user who never joined is kept only while the channel
+-- has occupants (or until the backstop).
 local function refresh_due(channel, occ_key, state_key)
   local first = redis.call('ZRANGE', occ_key, 0, 0, 'WITHSCORES')
   if first[2] then
-    redis.call('ZADD', DUE_KEY, first[2], channel)
+    redis.call('ZADD', DUE_KEY, (deadline_code(tonumber(first[2]))), channel)
     return
   end
   redis.call('ZREM', DUE_KEY, channel)
   redis.call('DEL', state_key)
 end
 
--- When the sweeper must next look at this keyset: its earliest deadline or interval, '' for never.
-local function keyset_next()
-  local due = redis.call('ZRANGE', DUE_KEY, 0, 0, 'WITHSCORES')[2]
-  local ivl = redis.call('ZRANGE', IVL_KEY, 0, 0, 'WITHSCORES')[2]
-  if due and ivl then
-    return tonumber(ivl) < tonumber(due) and ivl or due
+-- The uuid a member of the occupants or state stands for (fields.py: member, uuid_of).
+local member_digits
+local function uuid_of(member)
+  if string.sub(member, 1, 1) ~= OCC.mark then
+    return member
   end
-  return due or ivl or ''
+  if string.sub(member, 2, 2) == OCC.mark then
+    return string.sub(member, 2)
+  end
+  if not member_digits then
+    member_digits = {}
+    for i = 1, 64 do
+      member_digits[string.byte(OCC.digits, i)] = i - 1
+    end
+  end
+  -- Two base64 digits are three hex digits: 11 pairs give the 32 of the uuid and a padding 0.
+  local hex = {}
+  for i = 2, 22, 2 do
+    local high, low = string.byte(member, i, i + 1)
+    hex[#hex + 1] = string.format('%03x', 64 * member_digits[high] + member_digits[low])
+  end
+  hex = table.concat(hex)
+  local sub = string.sub
+  return sub(hex, 1, 8) .. '-' .. sub(hex, 9, 12) .. '-' .. sub(hex, 13, 16) .. '-' .. sub(hex, 17, 20)
+    .. '-' .. sub(hex, 21, 32)
 end
 
--- Removes one occupant and reports it; the caller has checked it is there.
-local function remove_occupant(i, channel, uuid, action)
+-- Removes one occupant (its member, and the uuid it stands for) and reports it; the caller has
+-- checked it is there.
+local function remove_occupant(i, channel, member, uuid, action)
   local occ_key, state_key, log_key, delta_key = channel_keys(i)
-  redis.call('ZREM', occ_key, uuid)
+  redis.call('ZREM', occ_key, member)
   redis.call('HINCRBY', COUNTERS_KEY, COUNTER.occupants, -1)
-  redis.call('HDEL', state_key, uuid)
+  redis.call('HDEL', state_key, member)
   log_presence(channel, occ_key, log_key, delta_key, action, uuid, nil)
 end

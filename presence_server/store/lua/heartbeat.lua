@@ -1,51 +1,98 @@
 -- heartbeat.lua: refresh (or start) one uuid's presence on several channels, with optional state.
--- Own arguments (arg(i), after common.lua's): 1 uuid, 2 presence timeout in seconds ('' = the
--- uuid's last one, else the default), 3 default timeout (s), then per channel: name, state ('' =
--- keep, '{}' = clear, else the new state object as JSON text).
+-- A plain refresh (present everywhere, same timeout, no state) is refresh.lua's; this script serves
+-- every other heartbeat, and any refresh too.
+-- Own arguments (arg(i), after common.lua's): 1 uuid, 2 its member in the occupants and state
+-- (fields.py: member), 3 presence timeout in seconds ('' = the uuid's last one, else the default),
+-- 4 that timeout's code (fields.py: timeout_code; '' with no timeout), 5 default timeout (s), then
+-- per channel: name, state ('' = keep, '{}' = clear, else the new state object as JSON text).
 -- Returns {joins, when the sweeper must next look at the keyset ('' unless that moved earlier)}.
-local uuid = arg(1)
--- The uuid's timeout: the one sent, else the last one it sent, else the default. Only a timeout
--- other than the default is remembered, in a key of its own that outlives it by its own length.
-local timeout_arg = arg(2)
-local timeout = tonumber(timeout_arg)
-local default = tonumber(arg(3))
-local FIRST_CHANNEL_ARG = 4
-if timeout then
-  if timeout == default then
-    redis.call('DEL', UUID_TIMEOUT_KEY)
-  else
+local uuid, member = arg(1), arg(2)
+local timeout_arg, code_arg = arg(3), arg(4)
+local default = tonumber(arg(5))
+local FIRST_CHANNEL_ARG = 6
+local count = channel_count()
+
+local scores = {}
+for i = 1, count do
+  scores[i] = redis.call('ZSCORE', (channel_keys(i)), member)
+end
+
+-- A timeout no code tells (fields.py: TIMEOUT_IN_KEY) is in the uuid's own key, which outlives it
+-- by its own length; without the key, the default.
+local kept
+local function kept_timeout()
+  if kept == nil then
+    kept = redis.call('GET', UUID_TIMEOUT_KEY)
+  end
+  if kept then
+    return tonumber(kept), OCC.in_key
+  end
+  return default, 0
+end
+
+-- The timeout: the one sent, else the one the uuid's latest refresh on these channels used (its
+-- deadline's code), else the one in its key (a present user's is on every channel it refreshed).
+local timeout, code
+if timeout_arg ~= '' then
+  timeout, code = tonumber(timeout_arg), tonumber(code_arg)
+  if code == OCC.in_key then
     redis.call('SET', UUID_TIMEOUT_KEY, timeout_arg, 'EX', math.ceil(2 * timeout) + 60)
+  else
+    redis.call('DEL', UUID_TIMEOUT_KEY)
   end
 else
-  timeout = tonumber(redis.call('GET', UUID_TIMEOUT_KEY) or default)
+  local latest
+  for i = 1, count do
+    if scores[i] then
+      local deadline, held = deadline_code(tonumber(scores[i]))
+      local length = held
+      if held == OCC.in_key then
+        length, held = kept_timeout()
+      elseif held == 0 then
+        length = default
+      end
+      local since = deadline - math.floor(length * 1000)
+      if not latest or since > latest then
+        latest, timeout, code = since, length, held
+      end
+    end
+  end
+  if not timeout then
+    timeout, code = kept_timeout()
+  end
 end
 local deadline = NOW_MS + math.floor(timeout * 1000)
+if code ~= 0 and code ~= OCC.in_key and deadline >= OCC.exact_below then
+  -- Too far on for the code to be exact (fields.py: DEADLINE_CODED_BELOW): the key keeps it.
+  code = OCC.in_key
+  redis.call('SET', UUID_TIMEOUT_KEY, tostring(timeout), 'EX', math.ceil(2 * timeout) + 60)
+end
+local score = deadline_score(deadline, code)
 local joins = 0
 local earlier = false
 
-for i = 1, channel_count() do
+for i = 1, count do
   local occ_key, state_key, log_key, delta_key = channel_keys(i)
   local channel = arg(FIRST_CHANNEL_ARG + 2 * (i - 1))
   local new_state = arg(FIRST_CHANNEL_ARG + 2 * (i - 1) + 1)
-  local score = redis.call('ZSCORE', occ_key, uuid)
-  local present = score and tonumber(score) > NOW_MS
-  if score and not present then
+  local present = scores[i] and tonumber(scores[i]) > NOW_MS
+  if scores[i] and not present then
     -- Lapsed but not yet swept: report the timeout the sweeper would have, then the join.
-    remove_occupant(i, channel, uuid, 'timeout')
+    remove_occupant(i, channel, member, uuid, 'timeout')
   end
-  redis.call('ZADD', occ_key, deadline, uuid)
+  redis.call('ZADD', occ_key, score, member)
   redis.call('EXPIRE', occ_key, BACKSTOP)
   -- The old state matters for a join (its event carries it) and for a new state (is it a change?).
   local old_state = false
   if not present or new_state ~= '' then
-    old_state = redis.call('HGET', state_key, uuid)
+    old_state = redis.call('HGET', state_key, member)
   end
   local state = old_state
   if new_state == '{}' then
-    redis.call('HDEL', state_key, uuid)
+    redis.call('HDEL', state_key, member)
     state = false
   elseif new_state ~= '' then
-    redis.call('HSET', state_key, uuid, new_state)
+    redis.call('HSET', state_key, member, new_state)
     redis.call('EXPIRE', state_key, BACKSTOP)
     state = new_state
   end
@@ -69,4 +116,4 @@ publish_wakes()
 if interval_added then
   earlier = true
 end
-return {joins, earlier and keyset_next() or ''}
+return {joins, earlier and keyset_next(DUE_KEY, IVL_KEY) or ''}

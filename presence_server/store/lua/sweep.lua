@@ -55,8 +55,8 @@ for i = 1, channel_count() do
     local occ_key, state_key = channel_keys(i)
     if budget > 0 then
       local expired = redis.call('ZRANGEBYSCORE', occ_key, '-inf', NOW_MS, 'LIMIT', 0, budget)
-      for _, uuid in ipairs(expired) do
-        remove_occupant(i, channel, uuid, 'timeout')
+      for _, member in ipairs(expired) do
+        remove_occupant(i, channel, member, uuid_of(member), 'timeout')
       end
       budget = budget - #expired
       timeouts = timeouts + #expired
@@ -67,4 +67,4 @@ for i = 1, channel_count() do
   end
 end
 publish_wakes()
-return {timeouts, keyset_next()}
+return {timeouts, keyset_next(DUE_KEY, IVL_KEY)}
