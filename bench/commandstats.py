@@ -7,7 +7,9 @@ means, docs/scaling.md what follows from them). It starts a redis-server of its 
 process (``python -m presence_server``) on loopback, drives them from this process (aiohttp, and raw
 keep-alive connections for the long-polls) and stops both on the way out. Redis's own background
 work (its cron, the server's sweeper) is measured first, with nothing else running, and taken off
-every phase in proportion to its length. Nothing here runs in CI.
+every phase in proportion to its length. Last, Redis bytes per present user (``used_memory`` before and
+after --memory-users uuid4 users join one channel), with the default timeout and with heartbeat=120.
+Nothing here runs in CI.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from bench.live import Child, Children, Conn, free_port, given_options, knob, re
 from presence_server.store import PresenceStore, open_redis
 from presence_server.store.batch import FLUSH_AT
 from presence_server.store.fields import lua_header
+from presence_server.store.refreshes import REFRESH_BATCH
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "presence_server" / "store" / "lua"
@@ -367,8 +371,8 @@ def floors(bench: Bench) -> None:
 async def store_phases(bench: Bench, url: str) -> None:
     """The refreshes of the crowded phase again, and --publishes publishes, from the store's own code in
     this process with 256 calls in flight: its batcher then sends full batches (FLUSH_AT calls in one
-    write), as a server does when it is the busy one. Redis's cost at its ceiling is nearer this than the
-    figures through one server."""
+    write, the refreshes of one loop iteration up to REFRESH_BATCH to a refresh.lua call), as a server does
+    when it is the busy one. Redis's cost at its ceiling is nearer this than the figures through one server."""
     o = bench.opts
     store = PresenceStore(open_redis(url), prefix=PREFIX, history_retention=RETENTION)
     try:
@@ -380,7 +384,8 @@ async def store_phases(bench: Bench, url: str) -> None:
                     for n in range(start, min(start + 256, 2 * o.users))
                 )
             )
-        bench.measured(f"refresh, batches of {FLUSH_AT} (the store)", o.users, before)
+        # Refreshes of one loop iteration go as refresh.lua calls of up to REFRESH_BATCH heartbeats.
+        bench.measured(f"refresh, 256 in flight (the store, {REFRESH_BATCH} per call)", o.users, before)
         body = orjson.dumps({"text": "x" * 80}).decode()
         before = bench.meter.read()
         for start in range(0, o.publishes, 256):
@@ -403,6 +408,40 @@ async def run_all(bench: Bench, url: str) -> None:
         await store_phases(bench, url)
         await poll_phase(bench, session)
         await held_phases(bench, session)
+
+
+async def fill(url: str, uuids: Sequence[str], length: float, now: float) -> None:
+    """Make every uuid present on one channel (the store in this process, 256 calls in flight), then sweep
+    as a running sweeper would within a minute (it flushes what interval mode keeps pending)."""
+    store = PresenceStore(open_redis(url), prefix=PREFIX)
+    try:
+        for start in range(0, len(uuids), 256):
+            await asyncio.gather(
+                *(store.heartbeat(SUB_KEY, u, ["lobby"], now=now, timeout=length) for u in uuids[start : start + 256])
+            )
+        await store.sweep(now=now + 60)
+    finally:
+        await store.aclose()
+        await store.redis.aclose()
+
+
+def memory(bench: Bench, url: str) -> None:
+    """Redis bytes per present user: ``used_memory`` before and after --memory-users uuid4 users join one
+    channel with the default timeout (300 s), then, on an emptied Redis, with heartbeat=120. Last: it
+    empties the bench's Redis."""
+    o, client = bench.opts, bench.meter.client
+    say(f"\n#### Redis bytes per present user ({o.memory_users:,} uuid4 users on one channel, used_memory delta)")
+    figures = {}
+    for timeout in (float(TIMEOUT), 120.0):
+        client.flushall()
+        uuids = [str(uuid.uuid4()) for _ in range(o.memory_users)]
+        now = time.time()
+        before = int(client.info("memory")["used_memory"])
+        asyncio.run(fill(url, uuids, timeout, now))
+        used = int(client.info("memory")["used_memory"]) - before
+        figures[timeout] = used / o.memory_users
+        say(f"  heartbeat={timeout:g} s: {figures[timeout]:.1f} B per user, {client.dbsize()} keys")
+    say(f"  heartbeat=120 / default: {figures[120.0] / figures[float(TIMEOUT)]:.2f}")
 
 
 def derive(phases: Sequence[Phase]) -> None:
@@ -430,6 +469,7 @@ class Options:
     alone: int = knob(2000, "refreshes sent one at a time")
     floor: int = knob(10_000, "calls of each floor case (redis-py, pipelined --concurrency at a time)")
     idle: float = knob(3.0, "seconds of Redis's background work measured first")
+    memory_users: int = knob(100_000, "users of each memory case (0: no memory figures)")
     redis_server: str = knob("redis-server", "the redis-server binary")
 
 
@@ -437,7 +477,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser, given = given_options("python -m bench.commandstats", Options, argv)
     opts = Options(**given)
     counts = [opts.users, opts.crowded, opts.publishes, opts.polls, opts.subscribers, opts.fan_publishes, opts.alone]
-    if min(counts) < 1 or opts.concurrency < 1 or opts.floor < opts.concurrency or opts.idle <= 0:
+    if (
+        min(counts) < 1
+        or opts.concurrency < 1
+        or opts.floor < opts.concurrency
+        or opts.idle <= 0
+        or opts.memory_users < 0
+    ):
         parser.error("counts must be positive")
     return opts
 
@@ -475,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_all(bench, url))
         floors(bench)
         derive(bench.phases)
+        if opts.memory_users > 0:
+            memory(bench, url)
     say(f"\n({time.monotonic() - started:.0f} s, load average now {os.getloadavg()[0]:.2f})")
     return 0
 
