@@ -117,7 +117,7 @@ async def populate(store: PresenceStore, channel: str, users: int, now: float, l
         )
 
 
-async def test_a_refresh_is_one_round_trip_of_four_commands_and_a_join_two_round_trips(
+async def test_a_refresh_is_one_round_trip_of_four_commands_in_a_script_and_a_join_two_round_trips(
     app: Client, private_redis: redis.Redis
 ) -> None:
     """A join is a refresh.lua call that finds the uuid absent, then heartbeat.lua; a refresh is refresh.lua
