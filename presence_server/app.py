@@ -89,7 +89,7 @@ def create_app(
         fault_route = route_of(route) if settings.admin else None
         if fault_route is not None:
             handler = fault_checked(handler, fault_route, lambda: app.get(FAULTS))
-        return instrumented(handler, route)
+        return instrumented(handler, route, app)
 
     router = Router(app, wrap)
     setup_routes(router)

@@ -50,8 +50,13 @@ def raw_path_value(request: web.Request, name: str) -> str:
     aiohttp decodes path parameters, so ``a%2Cb`` (one channel named ``a,b``) and ``a,b`` (two
     channels) would look alike; channel lists must be split on literal commas first (docs/protocol.md 1.2).
     """
+    path = request.rel_url.raw_path  # raw_target_path, inlined: every path name reads it
+    if "%" not in path:
+        # Nothing in the path is percent-encoded, so aiohttp's decoded values are the texts as sent:
+        # most requests end here, without splitting the path.
+        return request.match_info[name]
     canonical = request.match_info.route.resource.canonical  # type: ignore[union-attr]
-    return _segments(raw_target_path(request))[_position(canonical, name)]
+    return _segments(path)[_position(canonical, name)]
 
 
 def raw_target_path(request: web.Request) -> str:
@@ -70,7 +75,7 @@ def path_value(request: web.Request, name: str) -> str | None:
     request's route has no such placeholder. For checks that only compare names (the keyset list)."""
     try:
         return _unquoted(raw_path_value(request, name))
-    except (AttributeError, ValueError):  # no route resource, or no such placeholder in it
+    except (AttributeError, KeyError, ValueError):  # no route resource, or no such placeholder in it
         return None
 
 
@@ -90,8 +95,13 @@ def _position(canonical: str, name: str) -> int:
     return canonical.split("/").index("{" + name + "}")
 
 
-@cached_when_short(maxsize=1024)
 def _decode(raw: str, what: str, service: str) -> str:
+    # Most names, uuids and values carry no percent sign: they are what was sent.
+    return raw if "%" not in raw else _decode_encoded(raw, what, service)
+
+
+@cached_when_short(maxsize=1024)
+def _decode_encoded(raw: str, what: str, service: str) -> str:
     # Cached: clients repeat their names, uuids and tokens. A refused text raises, and exceptions
     # are not cached.
     try:
@@ -121,6 +131,8 @@ def split_names(
     With ``whole_list_encoded`` the list was percent-encoded as one string, so an encoded comma
     separates names too (and a name cannot contain one).
     """
+    if "," not in raw and "%" not in raw:  # one plain name, as most calls send: nothing to split
+        return [check_name(raw, what, max_length, service)] if raw else []
     return list(_split_names(raw, what, max_length, service, whole_list_encoded))
 
 
@@ -166,7 +178,9 @@ def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str 
     ``uuid`` and ``channel-group`` unencoded (docs/protocol.md 1.2), so a literal ``+`` is part of the name.
     """
     raw = _raw_query(request).get(key)
-    return None if raw is None else _decode(raw, key, service)
+    if raw is None or "%" not in raw:
+        return raw
+    return _decode_encoded(raw, key, service)
 
 
 def raw_query(request: web.Request) -> dict[str, str]:
@@ -175,7 +189,7 @@ def raw_query(request: web.Request) -> dict[str, str]:
 
 
 # The last query parsed: every check and handler of one request asks it for several values in a row,
-# so most lookups end here, before the LRU cache of _parse_query.
+# so all but the first lookup of a request end here.
 _last_query: list[tuple[str, dict[str, str]]] = [("", {})]
 
 
@@ -188,19 +202,24 @@ def _raw_query(request: web.Request) -> dict[str, str]:
     return parsed
 
 
-@cached_when_short(maxsize=256)
 def _parse_query(raw_query: str) -> dict[str, str]:
-    """The query's names (decoded) and first raw values; a handler asks for several, parsed once."""
+    """The query's names (decoded) and first raw values; a handler asks for several, parsed once.
+
+    Not cached beyond the last query: queries carry the uuid and the cursor, so a cache of them
+    misses once there are more clients than it holds, and a miss cost more than this parse."""
     parsed: dict[str, str] = {}
+    encoded = "%" in raw_query
     for pair in raw_query.split("&"):
         name, _, value = pair.partition("=")
-        parsed.setdefault(unquote(name), value)
+        parsed.setdefault(unquote(name) if encoded else name, value)
     return parsed
 
 
 def query_names(request: web.Request, key: str, what: str, max_length: int, service: str = PRESENCE) -> list[str]:
     """A comma list from the query, split after decoding (JS sends the commas as ``%2C``)."""
-    value = query_value(request, key, service) or ""
+    value = query_value(request, key, service)
+    if not value:  # most calls name no groups
+        return []
     names = [part for part in value.split(",") if part]
     for name in names:
         check_name(name, what, max_length, service)

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from yarl import URL
 
 from presence_server import params
 from presence_server.http import PRESENCE
@@ -39,6 +42,33 @@ def test_distinct_long_texts_are_not_kept(parse: Callable[[str], Any]) -> None:
     assert kept < 2 * 1024 * 1024, f"{kept / 1024 / 1024:.1f} MiB kept after 300 texts of 100 KiB"
 
 
-def test_short_texts_are_parsed_once() -> None:
-    text = "uuid=u1&heartbeat=60&cached-test=1"
-    assert params._parse_query(text) is params._parse_query(text)
+def test_a_query_is_parsed_once_per_request() -> None:
+    # Every lookup of one request reads one parse; the next request's query is parsed anew.
+    first = make_mocked_request("GET", "/x?uuid=u1&heartbeat=60&cached-test=1")
+    second = make_mocked_request("GET", "/x?uuid=u2&heartbeat=60&cached-test=1")
+    assert params.raw_query(first) is params.raw_query(first)
+    assert params.raw_query(second) == {"uuid": "u2", "heartbeat": "60", "cached-test": "1"}
+    assert params.raw_query(first) == {"uuid": "u1", "heartbeat": "60", "cached-test": "1"}
+
+
+@pytest.mark.parametrize(
+    ("path", "sub_key", "channels"),
+    [
+        ("/v2/presence/sub-key/sk/channel/ch1/heartbeat", "sk", "ch1"),
+        ("/v2/presence/sub-key/sk/channel/a,b/heartbeat", "sk", "a,b"),
+        ("/v2/presence/sub-key/s%2Fk/channel/a%2Cb,c/heartbeat", "s%2Fk", "a%2Cb,c"),
+        ("/v2/presence/sub-key/sk/channel/%25/heartbeat", "sk", "%25"),
+    ],
+)
+async def test_path_values_are_the_texts_as_sent(aiohttp_client: Any, path: str, sub_key: str, channels: str) -> None:
+    # Without a percent sign aiohttp's decoded values are read (the texts are equal); with one, the
+    # segments of the raw path. Sent exactly as written: the client must not requote the path.
+    async def echo(request: web.Request) -> web.Response:
+        names = [params.raw_path_value(request, "sub_key"), params.raw_path_value(request, "channels")]
+        return web.json_response([*names, params.path_value(request, "uuid")])
+
+    app = web.Application()
+    app.router.add_get("/v2/presence/sub-key/{sub_key:[^/]+}/channel/{channels:[^/]+}/heartbeat", echo)
+    client = await aiohttp_client(app)
+    response = await client.get(URL(path + "?uuid=u1", encoded=True))
+    assert await response.json() == [sub_key, channels, None]

@@ -31,29 +31,39 @@ class _Call:
 
     def __init__(self, request: web.Request, *, need_targets: bool = True) -> None:
         limit = request.app[SETTINGS].max_name_length
-        self.sub_key = path_name(request, "sub_key", "subscribe key", limit)
-        self.channels: list[str] = []
-        self.groups: list[str] = []
         if need_targets:
-            self.channels = path_names(request, "channels", "channel", limit)
-            self.groups = query_names(request, "channel-group", "channel group", limit)
-            if not self.channels and not self.groups:
-                raise bad_request("Missing channels and channel groups: name at least one")
-            check_counts(self.channels, self.groups)
+            self.sub_key, self.channels, self.groups = _targets(request, limit)
+        else:
+            self.sub_key, self.channels, self.groups = path_name(request, "sub_key", "subscribe key", limit), [], []
+
+
+def _targets(request: web.Request, limit: int) -> tuple[str, list[str], list[str]]:
+    """The keyset, channels and channel groups a call names (at least one channel or group)."""
+    sub_key = path_name(request, "sub_key", "subscribe key", limit)
+    channels = path_names(request, "channels", "channel", limit)
+    groups = query_names(request, "channel-group", "channel group", limit)
+    if not channels and not groups:
+        raise bad_request("Missing channels and channel groups: name at least one")
+    check_counts(channels, groups)
+    return sub_key, channels, groups
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    settings, clock = request.app[SETTINGS], request.app[CLOCK]
-    call = _Call(request)
-    uuid = query_uuid(request, settings.max_name_length)
+    # The call clients make most: the app's parts are looked up once, and no _Call is built.
+    app = request.app
+    settings = app[SETTINGS]
+    limit = settings.max_name_length
+    sub_key, channels, groups = _targets(request, limit)
+    uuid = query_uuid(request, limit)
     timeout = query_seconds(request, "heartbeat")
-    states = heartbeat_states(query_json_object(request, "state"), call.channels, call.groups)
-    await request.app[STORE].heartbeat(
-        call.sub_key,
+    state = query_json_object(request, "state")
+    states = {} if state is None else heartbeat_states(state, channels, groups)
+    await app[STORE].heartbeat(
+        sub_key,
         uuid,
-        call.channels,
-        call.groups,
-        now=clock(),
+        channels,
+        groups,
+        now=app[CLOCK](),
         timeout=None if timeout is None else settings.clamp_timeout(timeout),
         states=states,
     )
