@@ -10,6 +10,7 @@ import pytest
 import redis.exceptions
 
 from presence_server.store import PresenceStore, fields
+from presence_server.store.keys import keysets_due
 
 # Written by Python only (the admin API, a reset), never by a script.
 PYTHON_ONLY = {"WAKE_CLOCK", "WAKE_RESET", "WAKE_FAULTS"}
@@ -171,3 +172,15 @@ async def test_refreshes_sent_together_each_get_their_own_outcome(store: Presenc
         ("timeout", "u4"),
         ("join", "u4"),
     ]
+
+
+async def test_a_refresh_puts_back_a_due_entry_that_went_missing(store: PresenceStore) -> None:
+    await store.heartbeat(SUB, "u1", ["a", "b"], now=T, timeout=60)
+    ks = store.keys(SUB)
+    await store.redis.zrem(ks.due, "b")
+    await store.redis.zrem(keysets_due(store.prefix), SUB)
+    assert await store.heartbeat(SUB, "u1", ["a", "b"], now=at(1000)) == 0  # a refresh
+    assert await store.redis.zscore(ks.due, "a") == int(T * 1000) + 60_000  # not raised
+    assert await store.redis.zscore(ks.due, "b") == int(T * 1000) + 61_000
+    assert await store.redis.zscore(keysets_due(store.prefix), SUB) == int(T * 1000) + 60_000
+    assert await store.sweep(now=at(61_000)) == 2

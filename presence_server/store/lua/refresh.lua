@@ -35,8 +35,27 @@ local function held_code(now, member, sent, n)
   return code
 end
 
--- Each occupants key gets its backstop expiry, and each channel's due entry is read, once per call.
-local expiring, due = {}, {}
+-- Each channel's due entry, all read in one ZMSCORE, and each occupants key's backstop expiry, set
+-- once per call.
+local channels, due = {}, {}
+do
+  local at = 3
+  while at <= #ARGV do
+    local n = tonumber(ARGV[at + 3])
+    for i = at + 4, at + 3 + n do
+      if due[ARGV[i]] == nil then
+        due[ARGV[i]] = false
+        channels[#channels + 1] = ARGV[i]
+      end
+    end
+    at = at + 4 + n
+  end
+  local found = redis.call('ZMSCORE', KEYS[1], unpack(channels))
+  for i = 1, #channels do
+    due[channels[i]] = found[i] and tonumber(found[i]) or false
+  end
+end
+local expiring = {}
 local function move_on(occ_key, channel, member, score, deadline)
   redis.call('ZADD', occ_key, score, member)
   if not expiring[occ_key] then
@@ -45,9 +64,6 @@ local function move_on(occ_key, channel, member, score, deadline)
   end
   -- Only ever lowered, as in heartbeat.lua: a refresh finds its channel's entry at or below its
   -- old deadline, unless something removed it.
-  if due[channel] == nil then
-    due[channel] = tonumber(redis.call('ZSCORE', KEYS[1], channel)) or false
-  end
   if not due[channel] or deadline < due[channel] then
     redis.call('ZADD', KEYS[1], 'LT', deadline, channel)
     due[channel], earlier = deadline, true
