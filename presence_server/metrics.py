@@ -40,12 +40,14 @@ class RequestStats(Collector):
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
         entry = self.latency.get(route)
         if entry is None:
             entry = self.latency[route] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-        entry[0][bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        entry[1][0] += seconds
+        buckets, total = entry
+        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        total[0] += seconds
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

@@ -120,7 +120,8 @@ def check_name(name: str, what: str, max_length: int, service: str = PRESENCE) -
 
 def path_name(request: web.Request, name: str, what: str, max_length: int, service: str = PRESENCE) -> str:
     """One percent-encoded name from the path (a uuid, a group, a subscribe key)."""
-    return check_name(_decode(raw_path_value(request, name), what, service), what, max_length, service)
+    raw = raw_path_value(request, name)
+    return check_name(raw if "%" not in raw else _decode_encoded(raw, what, service), what, max_length, service)
 
 
 def split_names(
@@ -177,7 +178,12 @@ def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str 
     and ``+`` into a space. No SDK sends ``+`` for a space (both write ``%20``), but Python sends
     ``uuid`` and ``channel-group`` unencoded (docs/protocol.md 1.2), so a literal ``+`` is part of the name.
     """
-    raw = _raw_query(request).get(key)
+    raw_query = request.rel_url.raw_query_string  # _raw_query, inlined: a handler asks several times
+    last_raw, parsed = _last_query[0]
+    if raw_query != last_raw:
+        parsed = _parse_query(raw_query)
+        _last_query[0] = (raw_query, parsed)
+    raw = parsed.get(key)
     if raw is None or "%" not in raw:
         return raw
     return _decode_encoded(raw, key, service)
