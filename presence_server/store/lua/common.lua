@@ -191,6 +191,9 @@ local function refresh_due(channel, occ_key, state_key)
   local first = redis.call('ZRANGE', occ_key, 0, 0, 'WITHSCORES')
   if first[2] then
     redis.call('ZADD', DUE_KEY, (deadline_code(tonumber(first[2]))), channel)
+    -- Refreshes renew the occupants' backstop expiry, not the state's: renewed here, about once per
+    -- timeout, so the state of users present for longer than the backstop is not lost with it.
+    redis.call('EXPIRE', state_key, BACKSTOP)
     return
   end
   redis.call('ZREM', DUE_KEY, channel)
