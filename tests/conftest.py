@@ -18,8 +18,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from presence_server.app import create_app
+from presence_server.clock import Clock
 from presence_server.config import Settings
 from presence_server.store import PresenceStore, open_redis
+from tests.helpers.admin import AdminServer, NewServer, remote_address
 from tests.helpers.app import (
     AiohttpClient,
     AiohttpServer,
@@ -155,5 +157,28 @@ async def new_client(make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_c
 
     async def new(**overrides: Any) -> Client:
         return await serve(aiohttp_server, aiohttp_client, make_app(**overrides))
+
+    return new
+
+
+@pytest.fixture
+def new_server(
+    redis_client: aioredis.Redis,
+    settings: Settings,
+    clock: FakeClock,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+) -> NewServer:
+    """Apps on the test's Redis and key prefix with the admin API on, each with its own admin Clock
+    over the one FakeClock: like server processes on one machine (``remote``: every request seems to
+    come from that address). ``redis_client`` comes first, so that it outlives the apps."""
+
+    async def new(remote: str | None = None, **overrides: Any) -> AdminServer:
+        current = dataclasses.replace(settings, **{"admin": True, "longpoll_hold": 0.2, **overrides})
+        admin_clock = Clock(base=clock)
+        app = create_app(current, redis=redis_client, clock=admin_clock, sweeper=False)
+        if remote is not None:
+            app.middlewares.insert(0, remote_address(remote))
+        return AdminServer(await serve(aiohttp_server, aiohttp_client, app), admin_clock)
 
     return new

@@ -15,14 +15,13 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from presence_server.app import create_app
 from presence_server.clock import Clock
 from presence_server.config import Settings
 from presence_server.context import STORE
 from presence_server.store import PresenceStore, open_redis
+from tests.helpers.admin import AdminServer, NewServer
 from tests.helpers.app import (
     START,
     TEST_SERVER_OPTIONS,
@@ -50,42 +49,6 @@ from tests.helpers.wait import wait_until
 
 P = "/v2/presence/sub-key/demo"
 ADVANCE = "/admin/clock/advance"
-
-
-@dataclasses.dataclass
-class AdminServer:
-    client: Client
-    clock: Clock
-
-    @property
-    def store(self) -> PresenceStore:
-        assert self.client.app is not None
-        return self.client.app[STORE]
-
-
-NewServer = Callable[..., Awaitable[AdminServer]]
-
-
-@pytest.fixture
-def new_server(
-    redis_client: aioredis.Redis,
-    settings: Settings,
-    clock: FakeClock,
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
-) -> NewServer:
-    """Apps on the test's Redis and key prefix with the admin API on, each with its own admin Clock
-    over the one FakeClock: like server processes on one machine. ``redis_client`` comes first, so
-    that it outlives the apps."""
-
-    async def new(**overrides: Any) -> AdminServer:
-        current = dataclasses.replace(settings, **{"admin": True, "longpoll_hold": 0.2, **overrides})
-        admin_clock = Clock(base=clock)
-        app = create_app(current, redis=redis_client, clock=admin_clock, sweeper=False)
-        client = await aiohttp_client(await aiohttp_server(app, **TEST_SERVER_OPTIONS))
-        return AdminServer(client, admin_clock)
-
-    return new
 
 
 @pytest.fixture
@@ -391,34 +354,12 @@ async def test_admin_routes_do_not_exist_when_admin_is_off(new_server: NewServer
     assert (await ok_body(server.client, f"{P}/channel/ch1"))["uuids"] == ["u1"]
 
 
-def remote_address(address: str) -> Middleware:
-    """A middleware that makes every request look as if it came from ``address`` (the TCP peer is
-    loopback in tests; aiohttp's ``Request.clone(remote=...)`` changes what ``request.remote`` says)."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await handler(request.clone(remote=address))
-
-    return middleware
-
-
 @pytest.fixture
-def remote_server(
-    redis_client: aioredis.Redis,
-    settings: Settings,
-    clock: FakeClock,
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
-) -> Callable[..., Awaitable[AdminServer]]:
+def remote_server(new_server: NewServer) -> NewServer:
     """An admin app whose requests all seem to come from another address."""
 
     async def new(address: str, **overrides: Any) -> AdminServer:
-        current = dataclasses.replace(settings, **{"admin": True, **overrides})
-        admin_clock = Clock(base=clock)
-        app = create_app(current, redis=redis_client, clock=admin_clock, sweeper=False)
-        app.middlewares.insert(0, remote_address(address))
-        client = await aiohttp_client(await aiohttp_server(app, **TEST_SERVER_OPTIONS))
-        return AdminServer(client, admin_clock)
+        return await new_server(remote=address, **overrides)
 
     return new
 

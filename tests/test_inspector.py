@@ -9,27 +9,17 @@ waits for presence time.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
-from presence_server.app import create_app
-from presence_server.clock import Clock
-from presence_server.config import Settings
-from presence_server.context import STORE
 from presence_server.inspector.page import FILES
-from presence_server.store import PresenceStore
+from tests.helpers.admin import AdminServer, NewServer
 from tests.helpers.app import (
     START,
-    TEST_SERVER_OPTIONS,
-    AiohttpClient,
-    AiohttpServer,
     Client,
     FakeClock,
     sweeper_of,
@@ -53,57 +43,6 @@ from tests.helpers.wait import wait_until
 
 KS = "/admin/keysets/demo"
 TOKEN = "inspector-token-0123456789"
-
-
-@dataclasses.dataclass
-class AdminServer:
-    client: Client
-    clock: Clock
-
-    @property
-    def store(self) -> PresenceStore:
-        assert self.client.app is not None
-        return self.client.app[STORE]
-
-    @property
-    def base(self) -> str:
-        return str(self.client.make_url("")).rstrip("/")
-
-
-NewServer = Callable[..., Awaitable[AdminServer]]
-
-
-def remote_address(address: str) -> Middleware:
-    """Every request seems to come from ``address`` (the TCP peer is loopback in tests)."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await handler(request.clone(remote=address))
-
-    return middleware
-
-
-@pytest.fixture
-def new_server(
-    redis_client: aioredis.Redis,
-    settings: Settings,
-    clock: FakeClock,
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
-) -> NewServer:
-    """Apps on the test's Redis and prefix with the admin API on (``remote``: every request seems to
-    come from that address). ``redis_client`` comes first, so that it outlives them."""
-
-    async def new(remote: str | None = None, **overrides: Any) -> AdminServer:
-        current = dataclasses.replace(settings, **{"admin": True, "longpoll_hold": 0.2, **overrides})
-        admin_clock = Clock(base=clock)
-        app = create_app(current, redis=redis_client, clock=admin_clock, sweeper=False)
-        if remote is not None:
-            app.middlewares.insert(0, remote_address(remote))
-        client = await aiohttp_client(await aiohttp_server(app, **TEST_SERVER_OPTIONS))
-        return AdminServer(client, admin_clock)
-
-    return new
 
 
 @pytest.fixture
