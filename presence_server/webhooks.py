@@ -40,16 +40,10 @@ from presence_server.logs import REDIS_DOWN, RedisOutage
 from presence_server.store import PresenceStore
 from presence_server.store.fields import (
     EVENT_ACTION,
-    EVENT_DATA,
-    EVENT_JOINED,
-    EVENT_LEFT,
-    EVENT_OCCUPANCY,
-    EVENT_REFRESH,
-    EVENT_TIMED_OUT,
     EVENT_TIMESTAMP,
-    EVENT_UUID,
     HOOK_AT,
     HOOK_CHANNEL,
+    presence_payload,
 )
 from presence_server.store.webhooks import LEASE_LOST, LEASE_TAKEN, Entry
 
@@ -75,25 +69,13 @@ def backoff(attempts: int) -> float:
 
 
 def body_of(sub_key: str, fields: dict[str, str]) -> dict[str, Any]:
-    """The POST body of one webhook event, in PubNub's legacy presence-webhook shape."""
+    """The POST body of one webhook event, in PubNub's legacy presence-webhook shape: the ``-pnpres``
+    payload with ``sub_key`` and ``channel``; active/inactive notices carry ``status`` instead."""
+    head = {"sub_key": sub_key, "channel": fields[HOOK_CHANNEL]}
     action = fields[EVENT_ACTION]
-    out: dict[str, Any] = {"action": action, "sub_key": sub_key, "channel": fields[HOOK_CHANNEL]}
     if action in ("active", "inactive"):
-        out["status"] = action
-        out["timestamp"] = int(fields[EVENT_TIMESTAMP])
-        return out
-    if EVENT_UUID in fields:
-        out["uuid"] = fields[EVENT_UUID]
-    out["timestamp"] = int(fields[EVENT_TIMESTAMP])
-    out["occupancy"] = int(fields[EVENT_OCCUPANCY])
-    if EVENT_DATA in fields:
-        out["data"] = orjson.Fragment(fields[EVENT_DATA])  # JSON object text, as the script stored it
-    for key, name in ((EVENT_JOINED, "join"), (EVENT_LEFT, "leave"), (EVENT_TIMED_OUT, "timeout")):
-        if key in fields:
-            out[name] = orjson.Fragment(fields[key])
-    if EVENT_REFRESH in fields:
-        out["here_now_refresh"] = True
-    return out
+        return {"action": action, **head, "status": action, "timestamp": int(fields[EVENT_TIMESTAMP])}
+    return {"action": action, **head, **presence_payload(fields)}
 
 
 def signature(secret: str, body: bytes) -> str:

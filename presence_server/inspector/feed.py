@@ -15,21 +15,13 @@ import orjson
 
 from presence_server.store import Delivery, Subscription
 from presence_server.store.fields import (
-    EVENT_ACTION,
-    EVENT_DATA,
-    EVENT_JOINED,
-    EVENT_LEFT,
-    EVENT_OCCUPANCY,
-    EVENT_REFRESH,
-    EVENT_TIMED_OUT,
-    EVENT_TIMESTAMP,
-    EVENT_UUID,
     MESSAGE_BODY,
     MESSAGE_CUSTOM_TYPE,
     MESSAGE_KIND,
     MESSAGE_LIVE_ONLY,
     MESSAGE_META,
     MESSAGE_PUBLISHER,
+    presence_payload,
 )
 from presence_server.store.subscription import PRESENCE_SUFFIX, Target
 
@@ -54,9 +46,6 @@ def keyset_feed(*, messages: bool) -> KeysetFeed:
     return KeysetFeed(messages=messages)
 
 
-_INTERVAL_LISTS = ((EVENT_JOINED, "join"), (EVENT_LEFT, "leave"), (EVENT_TIMED_OUT, "timeout"))
-
-
 def feed_item(delivery: Delivery) -> dict[str, Any]:
     """One entry of the feed: a presence event, or (asked for) a message or signal."""
     if delivery.source.presence:
@@ -65,23 +54,9 @@ def feed_item(delivery: Delivery) -> dict[str, Any]:
 
 
 def presence_item(timetoken: str, channel: str, fields: dict[str, str]) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "type": "presence",
-        "timetoken": timetoken,
-        "channel": channel,
-        "action": fields[EVENT_ACTION],
-        "timestamp": int(fields[EVENT_TIMESTAMP]),
-        "occupancy": int(fields[EVENT_OCCUPANCY]),
-    }
-    if EVENT_UUID in fields:
-        item["uuid"] = fields[EVENT_UUID]
-    if EVENT_DATA in fields:
-        item["state"] = orjson.Fragment(fields[EVENT_DATA])
-    for field, name in _INTERVAL_LISTS:
-        if field in fields:
-            item[name] = orjson.Fragment(fields[field])
-    if fields.get(EVENT_REFRESH) == "1":
-        item["here_now_refresh"] = True
+    item: dict[str, Any] = {"type": "presence", "timetoken": timetoken, "channel": channel, **presence_payload(fields)}
+    if "data" in item:
+        item["state"] = item.pop("data")  # the page's name for it
     return item
 
 

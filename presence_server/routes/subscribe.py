@@ -23,20 +23,12 @@ from presence_server.params import (
 from presence_server.routes.presence import heartbeat_states
 from presence_server.store import Delivery, SubscribeCall
 from presence_server.store.fields import (
-    EVENT_ACTION,
-    EVENT_DATA,
-    EVENT_JOINED,
-    EVENT_LEFT,
-    EVENT_OCCUPANCY,
-    EVENT_REFRESH,
-    EVENT_TIMED_OUT,
-    EVENT_TIMESTAMP,
-    EVENT_UUID,
     MESSAGE_BODY,
     MESSAGE_CUSTOM_TYPE,
     MESSAGE_KIND,
     MESSAGE_META,
     MESSAGE_PUBLISHER,
+    presence_payload,
 )
 from presence_server.store.subscription import is_wildcard, split_presence, subscription_of
 
@@ -98,7 +90,7 @@ def envelope(delivery: Delivery, sub_key: str) -> dict[str, Any]:
         "c": source.delivered_as,
     }
     if source.presence:
-        env["d"] = _presence_payload(fields)
+        env["d"] = presence_payload(fields)
     else:
         env["d"] = orjson.Fragment(fields[MESSAGE_BODY])
         if MESSAGE_PUBLISHER in fields:
@@ -112,25 +104,3 @@ def envelope(delivery: Delivery, sub_key: str) -> dict[str, Any]:
     if source.via is not None:
         env["b"] = source.via
     return env
-
-
-def _presence_payload(fields: dict[str, str]) -> dict[str, Any]:
-    # Integer occupancy and timestamp, string action: Python's subscribe loop dies otherwise (docs/protocol.md 2.2.5).
-    payload: dict[str, Any] = {
-        "action": fields[EVENT_ACTION],
-        "timestamp": int(fields[EVENT_TIMESTAMP]),
-        "occupancy": int(fields[EVENT_OCCUPANCY]),
-    }
-    if EVENT_UUID in fields:
-        payload["uuid"] = fields[EVENT_UUID]
-    if EVENT_DATA in fields:
-        payload["data"] = orjson.Fragment(fields[EVENT_DATA])
-    if fields.get(EVENT_REFRESH) == "1":
-        payload["here_now_refresh"] = True
-    for field, name in _INTERVAL_LISTS:
-        if field in fields:
-            payload[name] = orjson.Fragment(fields[field])
-    return payload
-
-
-_INTERVAL_LISTS = ((EVENT_JOINED, "join"), (EVENT_LEFT, "leave"), (EVENT_TIMED_OUT, "timeout"))

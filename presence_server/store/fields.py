@@ -160,6 +160,30 @@ def _lua_value(value: str | int) -> str:
     return str(value) if isinstance(value, int) else f"'{value}'"
 
 
+_INTERVAL_LISTS = ((EVENT_JOINED, "join"), (EVENT_LEFT, "leave"), (EVENT_TIMED_OUT, "timeout"))
+
+
+def presence_payload(fields: dict[str, str]) -> dict[str, Any]:
+    """A presence log entry in PubNub's names: the ``d`` of its ``-pnpres`` delivery (docs/protocol.md
+    2.2.5), which the webhooks and the inspector's feed carry too. Integer occupancy and timestamp, string
+    action: Python's subscribe loop dies otherwise. State and uuid lists are the stored JSON text as is."""
+    payload: dict[str, Any] = {
+        "action": fields[EVENT_ACTION],
+        "timestamp": int(fields[EVENT_TIMESTAMP]),
+        "occupancy": int(fields[EVENT_OCCUPANCY]),
+    }
+    if EVENT_UUID in fields:
+        payload["uuid"] = fields[EVENT_UUID]
+    if EVENT_DATA in fields:
+        payload["data"] = orjson.Fragment(fields[EVENT_DATA])
+    if fields.get(EVENT_REFRESH) == "1":
+        payload["here_now_refresh"] = True
+    for field, name in _INTERVAL_LISTS:
+        if field in fields:
+            payload[name] = orjson.Fragment(fields[field])
+    return payload
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class LogEntry:
     """One entry of a channel's presence log, as read back by ``PresenceStore.read_log``."""
