@@ -251,7 +251,7 @@ class WebhookSender:
 
     # -- one pass -------------------------------------------------------------------------------
 
-    async def _pass(self, *, scan: bool) -> list[asyncio.Task[None]]:
+    async def _pass(self, *, scan: bool) -> None:
         """Read what is new for the keysets that may have some, then start what is due. Held keysets are
         read every HELD_POLL (and when nudged); a nudged keyset not held is leased only if its stream has
         events (a heartbeat that changed nothing nudges too); every keyset with events, at each scan."""
@@ -268,7 +268,7 @@ class WebhookSender:
             if others:
                 names |= {k for k, n in zip(others, await self.store.hook_backlogs(others), strict=True) if n}
             await asyncio.gather(*(self._refill(sub_key, now) for sub_key in sorted(names)))
-            return self._start(now)
+            self._start(now)
 
     async def _scan(self) -> set[str]:
         """Keysets with events waiting; the pending gauge and the events full streams lost."""
@@ -324,8 +324,8 @@ class WebhookSender:
                 continue
             ks.add(event)
 
-    def _start(self, now: float) -> list[asyncio.Task[None]]:
-        started = []
+    def _start(self, now: float) -> None:
+        """A task for each channel whose next event is due and that has none under way."""
         for sub_key, ks in self._held.items():
             for channel, queue in ks.channels.items():
                 if channel in ks.busy or queue[0].next_at > now:
@@ -334,8 +334,6 @@ class WebhookSender:
                 task = asyncio.create_task(self._drain(sub_key, ks, channel))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-                started.append(task)
-        return started
 
     # -- one channel's events -------------------------------------------------------------------
 
