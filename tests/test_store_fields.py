@@ -79,6 +79,14 @@ def test_timeout_codes(length: float, code: int) -> None:
     assert fields.timeout_code(length, 300.0, fields.DEADLINE_CODED_BELOW) == (0 if code == 0 else 2047)
 
 
+@pytest.mark.parametrize("code", [0, 1, 7, 60, 300, 1024, 2046])
+@pytest.mark.parametrize("deadline", [1, 1_800_000_000_123, fields.DEADLINE_CODED_BELOW - 1])
+def test_a_deadline_text_is_exactly_the_score(deadline: int, code: int) -> None:
+    text = fields.deadline_text(deadline, code)
+    assert float(text) == deadline - code / fields.DEADLINE_CODES
+    assert fields.deadline_of(float(text)) == deadline
+
+
 SUB = "fields"
 T = 1_800_000_000.0
 
@@ -172,6 +180,46 @@ async def test_refreshes_sent_together_each_get_their_own_outcome(store: Presenc
         ("timeout", "u4"),
         ("join", "u4"),
     ]
+
+
+async def test_a_heartbeat_of_several_channels_sent_with_others_moves_on_all_of_them_or_none(
+    store: PresenceStore,
+) -> None:
+    await store.heartbeat(SUB, "u1", ["a", "b", "c"], now=T, timeout=60)
+    await store.heartbeat(SUB, "u2", ["b"], now=T, timeout=60)
+    await store.heartbeat(SUB, "u3", ["b"], now=T, timeout=10)
+    await store.heartbeat(SUB, "u3", ["c"], now=T, timeout=60)
+    outcomes = await asyncio.gather(
+        store.heartbeat(SUB, "u1", ["c", "a", "b"], now=at(20_000)),  # a refresh on three channels
+        store.heartbeat(SUB, "u2", ["b"], now=at(20_000), timeout=60),
+        store.heartbeat(SUB, "u3", ["c", "b"], now=at(20_000), timeout=60),  # lapsed on b: a join there
+        store.heartbeat(SUB, "u2", ["b"], now=at(20_001), timeout=60),  # the same uuid twice in a call
+    )
+    assert list(outcomes) == [0, 0, 1, 0]
+    assert await present(store, "a", at(79_999)) == ["u1"]
+    assert await present(store, "b", at(79_999)) == ["u1", "u2", "u3"]
+    assert await present(store, "c", at(79_999)) == ["u1", "u3"]  # u3 moved on c with its join on b
+    assert await present(store, "b", at(80_000)) == ["u2"]  # u2's later heartbeat counts
+    assert await present(store, "b", at(80_001)) == []
+    assert await present(store, "c", at(80_000)) == []
+    assert [(e.action, e.uuid) for e in await store.read_log(SUB, "b")][-2:] == [("timeout", "u3"), ("join", "u3")]
+
+
+async def test_refreshes_asked_for_while_the_keysets_call_is_out_wait_and_go_together(store: PresenceStore) -> None:
+    for n in range(5):
+        await store.heartbeat(SUB, f"u{n}", ["a"], now=T, timeout=60)
+    calls = store._batch.calls
+    first = asyncio.ensure_future(store.heartbeat(SUB, "u0", ["a"], now=at(1000)))
+    await asyncio.sleep(0)  # the first call goes out
+    later = []
+    for n in range(1, 5):  # each in a loop iteration of its own, while the first is out
+        later.append(asyncio.ensure_future(store.heartbeat(SUB, f"u{n}", ["a"], now=at(1000 + n))))
+        await asyncio.sleep(0)
+    assert await asyncio.gather(first, *later) == [0] * 5
+    # Each of the four alone would be a call of its own (five in all). On a real Redis the first reply
+    # may come back before the last are asked for, which then go in a third call.
+    assert store._batch.calls - calls in (2, 3)
+    assert await present(store, "a", at(61_000)) == ["u1", "u2", "u3", "u4"]
 
 
 async def test_a_refresh_puts_back_a_due_entry_that_went_missing(store: PresenceStore) -> None:

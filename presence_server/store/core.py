@@ -57,6 +57,11 @@ def ms(now: float) -> int:
 SCRIPT_CHANNELS = 500
 
 
+def unique_channels(channels: Sequence[str], presence_names: bool = False) -> list[tuple[str, str | None]]:
+    """The channels once each (``-pnpres`` names dropped unless ``presence_names``), of no group."""
+    return [(ch, None) for ch in dict.fromkeys(channels) if presence_names or not is_presence_name(ch)]
+
+
 def chunks(items: Sequence[T], size: int = SCRIPT_CHANNELS) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -198,8 +203,7 @@ class StoreCore:
         ``-pnpres`` names are dropped unless ``presence_names``: they never hold presence.
         """
         if not groups:
-            unique = dict.fromkeys(channels)
-            return [(ch, None) for ch in unique if presence_names or not is_presence_name(ch)]
+            return unique_channels(channels, presence_names)
         async with self.redis.pipeline(transaction=False) as pipe:
             for group in groups:
                 pipe.smembers(ks.group(group))

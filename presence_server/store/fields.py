@@ -113,6 +113,18 @@ def timeout_code(timeout: float, default: float, deadline_ms: int) -> int:
     return TIMEOUT_IN_KEY
 
 
+# The decimals of 1 - code / DEADLINE_CODES (1/2048 is 48828125e-11), for deadline_text.
+_FRACTIONS: Final = [""] + [
+    f".{(DEADLINE_CODES - code) * 48828125:011d}".rstrip("0") for code in range(1, DEADLINE_CODES)
+]
+
+
+def deadline_text(deadline_ms: int, code: int) -> str:
+    """An occupant's score for a deadline (ms, below DEADLINE_CODED_BELOW unless code 0) and a timeout
+    code, as exact decimal text: deadline - code / DEADLINE_CODES."""
+    return f"{deadline_ms - 1}{_FRACTIONS[code]}" if code else str(deadline_ms)
+
+
 def deadline_of(score: float) -> int:
     """An occupant's deadline (ms) from its score."""
     return math.ceil(score)

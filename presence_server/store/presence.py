@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 from presence_server.store import fields
-from presence_server.store.core import StoreCore, chunks, ms
+from presence_server.store.core import StoreCore, chunks, ms, unique_channels
 from presence_server.store.fields import TIMEOUT_IN_KEY, timeout_code
 
 _IN_KEY = str(TIMEOUT_IN_KEY)
@@ -32,26 +32,32 @@ class PresenceWrites(StoreCore):
         own entry wins over its group's. Returns how many channels the uuid joined.
         """
         ks = self.keys(sub_key)
-        targets = await self._expand(ks, channels, groups)
+        # Most heartbeats name no group: their channels need no read (and no coroutine of _expand's).
+        targets = await self._expand(ks, channels, groups) if groups else unique_channels(channels)
         if not targets:
             return 0
-        states = states or {}
         member = fields.member(uuid)
-        code = (
-            "" if timeout is None else str(timeout_code(timeout, self.default_timeout, ms(now) + int(timeout * 1000)))
-        )
+        now_ms = ms(now)
+        if timeout is None:
+            code = score = ""
+            deadline = 0
+        else:
+            deadline = now_ms + int(timeout * 1000)
+            number = timeout_code(timeout, self.default_timeout, deadline)
+            code = str(number)
+            score = "" if number == TIMEOUT_IN_KEY else fields.deadline_text(deadline, number)
         joins, earlier, written = 0, "", False
         for part in chunks(targets):
             names = [channel for channel, _ in part]
-            part_states = [states.get(channel, states.get(group or "", "")) for channel, group in part]
+            part_states = [states.get(ch, states.get(group or "", "")) for ch, group in part] if states else None
             part_earlier: str | None = None
-            if code != _IN_KEY and not any(part_states):
+            if code != _IN_KEY and not (part_states and any(part_states)):
                 # Most heartbeats only move deadlines on: refresh.lua does that, or says it cannot.
-                part_earlier = await self._refreshes.refresh(ks, ms(now), member, code, names)
+                part_earlier = await self._refreshes.refresh(ks, now_ms, member, code, score, deadline, names)
             if part_earlier is None:
                 extra = [uuid, member, _num(timeout), code, _num(self.default_timeout)]
                 keys, args = self._mutation_call(ks, now, names, extra, uuid)
-                for channel, state in zip(names, part_states, strict=True):
+                for channel, state in zip(names, part_states or [""] * len(names), strict=True):
                     args += [channel, state]
                 part_joins, part_earlier = await self._batch.call(self._heartbeat, keys, args)
                 joins += int(part_joins)

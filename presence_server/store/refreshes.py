@@ -6,8 +6,12 @@ once per heartbeat, and reads each channel's due entry and sets each occupants k
 batch. Each heartbeat is atomic on its own there; the ones it cannot serve (joins, lapses, a timeout
 or state that changes) come back as None, and the caller runs heartbeat.lua for them.
 
-The batch is sent at the next loop iteration (or once it is full) through the script batcher, which
-pipelines it with the other script calls made meanwhile.
+A keyset has at most one call in flight (unless a batch fills up first): the refreshes asked for while
+it is out wait for its reply and go together in the next call. A busy server process thus sends
+batches as deep as the refreshes that arrive in one round trip, not only in one loop iteration (which
+holds few of them when every request takes several iterations), and an idle one sends each at once,
+at the next loop iteration. A batch goes through the script batcher, which pipelines it with the
+other script calls made meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from redis.commands.core import AsyncScript
 
@@ -26,12 +30,20 @@ from presence_server.store.keys import KeysetKeys
 REFRESH_BATCH = 64
 
 
+# A channel's position among the call's (from 1), as refresh.lua reads it: two characters, 48 plus
+# each base-64 digit, so that Redis parses no number for it.
+_PLACES: Final = [chr(48 + (p >> 6)) + chr(48 + (p & 63)) for p in range(4096)]
+
+
 @dataclasses.dataclass
 class _Batch:
-    keys: list[str]
-    args: list[Any]
+    keys: list[str]  # the indexes, then each channel's occupants key
+    beats: list[Any] = dataclasses.field(default_factory=list)  # each heartbeat's arguments
+    positions: dict[str, int] = dataclasses.field(default_factory=dict)  # channel: its position (1 for the first)
+    lowest: list[int] = dataclasses.field(default_factory=list)  # by position - 1: the lowest deadline sent, or 0
+    latest: int = 0  # the latest now (ms)
     futures: list[asyncio.Future[str | None]] = dataclasses.field(default_factory=list)
-    channels: int = 0
+    channels: int = 0  # of all the heartbeats
 
 
 class Refreshes:
@@ -43,36 +55,74 @@ class Refreshes:
         self._script = script
         self._backstop = backstop
         self._default = default_timeout
-        self._pending: dict[str, _Batch] = {}  # by subscribe key
+        self._pending: dict[str, _Batch] = {}  # by subscribe key: waiting to be sent
+        self._in_flight: dict[str, int] = {}  # by subscribe key: calls sent, not answered yet
+        self._scheduled = False  # a send of the idle keysets' batches at the next loop iteration
 
     def refresh(
-        self, ks: KeysetKeys, now_ms: int, member: str, code: str, channels: Sequence[str]
+        self,
+        ks: KeysetKeys,
+        now_ms: int,
+        member: str,
+        code: str,
+        score: str,
+        deadline: int,
+        channels: Sequence[str],
     ) -> asyncio.Future[str | None]:
-        """Queue one heartbeat; the future resolves with when the sweeper must next look at the keyset
-        ('' unless that moved earlier), or None when heartbeat.lua must serve it."""
+        """Queue one heartbeat (``code`` and ``score`` as refresh.lua takes them, ``deadline`` the one
+        the score gives, 0 with no timeout sent); the future resolves with when the sweeper must next
+        look at the keyset ('' unless that moved earlier), or None when heartbeat.lua must serve it."""
         loop = asyncio.get_running_loop()
-        if not self._pending:
-            loop.call_soon(self._send_all)
-        batch = self._pending.get(ks.sub_key)
+        sub_key = ks.sub_key
+        batch = self._pending.get(sub_key)
         if batch is None:
-            batch = self._pending[ks.sub_key] = _Batch([ks.due, ks.intervals], [self._backstop, self._default])
+            batch = self._pending[sub_key] = _Batch([ks.due, ks.intervals])
+            if not self._scheduled and sub_key not in self._in_flight:
+                self._scheduled = True
+                loop.call_soon(self._send_idle)
         future: asyncio.Future[str | None] = loop.create_future()
-        batch.keys += map(ks.occupants, channels)
-        batch.args += [now_ms, member, code, len(channels), *channels]
+        positions, lowest = batch.positions, batch.lowest
+        places = []
+        for channel in channels:
+            position = positions.get(channel)
+            if position is None:
+                position = positions[channel] = len(positions) + 1
+                batch.keys.append(ks.occupants(channel))
+                lowest.append(deadline)
+            elif deadline and (not lowest[position - 1] or deadline < lowest[position - 1]):
+                lowest[position - 1] = deadline
+            places.append(_PLACES[position])
+        batch.beats += (now_ms, member, code, score, places[0] if len(places) == 1 else "".join(places))
+        if now_ms > batch.latest:
+            batch.latest = now_ms
         batch.futures.append(future)
         batch.channels += len(channels)
         if len(batch.futures) >= REFRESH_BATCH or batch.channels >= self._max_channels:
-            self._send(self._pending.pop(ks.sub_key))
+            self._send(sub_key, self._pending.pop(sub_key))
         return future
 
-    def _send_all(self) -> None:
-        pending, self._pending = self._pending, {}
-        for batch in pending.values():
-            self._send(batch)
+    def _send_idle(self) -> None:
+        """The batches of the keysets with no call in flight; the others wait for their reply."""
+        self._scheduled = False
+        for sub_key in [key for key in self._pending if key not in self._in_flight]:
+            self._send(sub_key, self._pending.pop(sub_key))
 
-    def _send(self, batch: _Batch) -> None:
-        reply = self._batcher.call(self._script, batch.keys, batch.args)
-        reply.add_done_callback(lambda done: _settle(batch.futures, done))
+    def _send(self, sub_key: str, batch: _Batch) -> None:
+        self._in_flight[sub_key] = self._in_flight.get(sub_key, 0) + 1
+        bounds = [deadline or "" for deadline in batch.lowest]
+        args = [self._backstop, self._default, len(bounds), batch.latest, *batch.positions, *bounds, *batch.beats]
+        reply = self._batcher.call(self._script, batch.keys, args)
+        reply.add_done_callback(lambda done: self._answered(sub_key, batch.futures, done))
+
+    def _answered(self, sub_key: str, futures: list[asyncio.Future[str | None]], reply: asyncio.Future[Any]) -> None:
+        left = self._in_flight.pop(sub_key) - 1
+        if left:
+            self._in_flight[sub_key] = left
+        elif sub_key in self._pending and not self._scheduled:
+            # Sent at the next loop iteration, with whatever else this one asks for.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_idle)
+        _settle(futures, reply)
 
 
 def _settle(futures: list[asyncio.Future[str | None]], reply: asyncio.Future[Any]) -> None:

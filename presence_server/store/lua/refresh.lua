@@ -4,86 +4,151 @@
 -- would, without common.lua's prelude and keys, and for many heartbeats in one call. Any other
 -- heartbeat is left untouched and reported: the caller then runs heartbeat.lua for it, which
 -- re-reads everything. Each heartbeat is atomic on its own, as in heartbeat.lua.
--- KEYS[1] due index, KEYS[2] interval index, then each heartbeat's occupants keys, in order.
--- ARGV[1] backstop expiry (s), ARGV[2] default timeout (s), then per heartbeat: now (ms), its
--- member (fields.py: member), the code of the timeout sent (fields.py: timeout_code; '' for none:
--- the one held), how many channels n, then the n channel names.
+-- KEYS[1] due index, KEYS[2] interval index, then the occupants key of each channel of the call.
+-- ARGV[1] backstop expiry (s), ARGV[2] default timeout (s), ARGV[3] how many channels c, ARGV[4]
+-- the latest now (ms) of the call's heartbeats, then the c channels' names (in the order of their
+-- keys), then c lower bounds of the deadlines the heartbeats that sent a timeout give each channel
+-- ('' for none), then per heartbeat five: now (ms), its member (fields.py: member), the code of the
+-- timeout sent (fields.py: timeout_code; '' for none: the one held), the score that gives its
+-- deadline (fields.py: deadline_text; '' when no timeout is sent), and its channels' positions among
+-- the call's (refreshes.py: places).
 -- Returns per heartbeat 1 (done) or 0 (left for heartbeat.lua), then when the sweeper must next
 -- look at the keyset ('' unless that moved earlier).
-local backstop, default_ms = ARGV[1], math.floor(tonumber(ARGV[2]) * 1000)
-local done, earlier = {}, false
-local key, arg = 3, 3
+--
+-- Redis's cost is per channel, not per heartbeat: each channel's members are read in one ZMSCORE
+-- and moved on in one ZADD. Every number parsed costs (tonumber parses twice; Lua cannot write an
+-- exact score cheaply), so the caller sends the scores and the deadlines' bounds written out, the
+-- positions as characters, and a uuid counts as lapsed once its deadline is not past the call's
+-- latest now: heartbeat.lua then sorts out the rare one that sent its heartbeat a moment earlier. A
+-- uuid twice in one call reads the same score both times, which is what the first left it (a
+-- refresh keeps the code and only a lapse stops one), and the later deadline wins.
+local backstop, default_ms, c = ARGV[1], math.floor(tonumber(ARGV[2]) * 1000), tonumber(ARGV[3])
+local latest_now = tonumber(ARGV[4])
+local names, lowest = {}, {}
+for i = 1, c do
+  names[i] = ARGV[4 + i]
+  local bound = ARGV[4 + c + i]
+  lowest[i] = bound ~= '' and tonumber(bound)
+end
 
--- The code of the timeout one heartbeat keeps, or nil when heartbeat.lua must serve it.
-local function held_code(now, member, sent, n)
-  local code = sent ~= '' and tonumber(sent) or nil
-  for i = key, key + n - 1 do
-    local score = redis.pcall('ZSCORE', KEYS[i], member)
-    if type(score) ~= 'string' then
-      return nil  -- a join (or a key of another type: heartbeat.lua reports the error)
+-- Each heartbeat's first argument; each channel's members; per channel of each heartbeat, in
+-- order, its position among the call's and the member's among that channel's.
+local byte = string.byte
+local beats, members, on, index, slots = {}, {}, {}, {}, 0
+for i = 1, c do
+  members[i] = {}
+end
+for at = 5 + 2 * c, #ARGV, 5 do
+  local member, places = ARGV[at + 1], ARGV[at + 4]
+  beats[#beats + 1] = at
+  for k = 1, #places, 2 do
+    local high, low = byte(places, k, k + 1)
+    local channel = (high - 48) * 64 + low - 48
+    local list = members[channel]
+    local j = #list + 1
+    list[j] = member
+    slots = slots + 1
+    on[slots], index[slots] = channel, j
+  end
+end
+
+-- Each channel's members' scores (false: the key is not a sorted set, which heartbeat.lua reports).
+local scores = {}
+for i = 1, c do
+  local found = redis.pcall('ZMSCORE', KEYS[2 + i], unpack(members[i]))
+  scores[i] = type(found) == 'table' and found
+end
+
+local codes, in_key, exact_below = OCC.codes, OCC.in_key, OCC.exact_below
+local ceil, floor = math.ceil, math.floor
+local numbers = {} -- the codes sent, parsed once each
+local done, moves, slot = {}, {}, 0
+for b, at in ipairs(beats) do
+  local sent, n = ARGV[at + 2], #ARGV[at + 4] / 2
+  -- The code of the timeout kept, or nil when heartbeat.lua must serve the heartbeat.
+  local code
+  if sent ~= '' then
+    code = numbers[sent]
+    if not code then
+      code = tonumber(sent)
+      numbers[sent] = code
     end
-    score = tonumber(score)
-    if score <= now then
-      return nil  -- lapsed: a timeout, then a join
+  end
+  for k = slot + 1, slot + n do
+    local found = scores[on[k]]
+    local score = found and found[index[k]]
+    if not score then
+      code = nil -- a join, or a key of another type
+      break
     end
-    local _, held = deadline_code(score)
-    if held == OCC.in_key or (code and held ~= code) then
-      return nil  -- the timeout is in the uuid's key, changes, or differs between the channels
+    score = score + 0
+    local deadline = ceil(score)
+    local held = deadline < exact_below and floor((deadline - score) * codes + 0.5) or in_key
+    if score <= latest_now or held == in_key or (code and held ~= code) then
+      code = nil -- lapsed (a timeout, then a join); the timeout is in the uuid's key, or changes
+      break
     end
     code = held
   end
-  return code
-end
-
--- Each channel's due entry, all read in one ZMSCORE, and each occupants key's backstop expiry, set
--- once per call.
-local channels, due = {}, {}
-do
-  local at = 3
-  while at <= #ARGV do
-    local n = tonumber(ARGV[at + 3])
-    for i = at + 4, at + 3 + n do
-      if due[ARGV[i]] == nil then
-        due[ARGV[i]] = false
-        channels[#channels + 1] = ARGV[i]
+  local text = ARGV[at + 3]
+  if code and sent == '' then
+    -- The timeout held: this deadline is worked out here.
+    local deadline = tonumber(ARGV[at]) + (code == 0 and default_ms or code * 1000)
+    if code ~= 0 and deadline >= exact_below then
+      code = nil
+    else
+      text = deadline_score(deadline, code)
+      for k = slot + 1, slot + n do
+        local channel = on[k]
+        if not lowest[channel] or deadline < lowest[channel] then
+          lowest[channel] = deadline
+        end
       end
     end
-    at = at + 4 + n
   end
-  local found = redis.call('ZMSCORE', KEYS[1], unpack(channels))
-  for i = 1, #channels do
-    due[channels[i]] = found[i] and tonumber(found[i]) or false
+  if code then
+    local member = ARGV[at + 1]
+    for k = slot + 1, slot + n do
+      local list = moves[on[k]]
+      if not list then
+        list = {}
+        moves[on[k]] = list
+      end
+      list[#list + 1] = text
+      list[#list + 1] = member
+    end
+    done[b] = 1
+  else
+    done[b] = 0
   end
-end
-local expiring = {}
-local function move_on(occ_key, channel, member, score, deadline)
-  redis.call('ZADD', occ_key, score, member)
-  if not expiring[occ_key] then
-    expiring[occ_key] = true
-    redis.call('EXPIRE', occ_key, backstop)
-  end
-  -- Only ever lowered, as in heartbeat.lua: a refresh finds its channel's entry at or below its
-  -- old deadline, unless something removed it.
-  if not due[channel] or deadline < due[channel] then
-    redis.call('ZADD', KEYS[1], 'LT', deadline, channel)
-    due[channel], earlier = deadline, true
-  end
+  slot = slot + n
 end
 
-while arg <= #ARGV do
-  local now, member, n = tonumber(ARGV[arg]), ARGV[arg + 1], tonumber(ARGV[arg + 3])
-  local code = held_code(now, member, ARGV[arg + 2], n)
-  local deadline = code and now + (code == 0 and default_ms or code * 1000)
-  if code and (code == 0 or deadline < OCC.exact_below) then
-    local score = deadline_score(deadline, code)
-    for i = 0, n - 1 do
-      move_on(KEYS[key + i], ARGV[arg + 4 + i], member, score, deadline)
-    end
-    done[#done + 1] = 1
-  else
-    done[#done + 1] = 0
+-- The moves, one ZADD and one backstop expiry per channel; each channel's due entry, all read in
+-- one ZMSCORE, lowered when needed: only ever lowered, as in heartbeat.lua (a refresh finds its
+-- channel's entry at or below its old deadline, unless something removed it). A bound below the
+-- deadlines written (one of a heartbeat left to heartbeat.lua) only makes a sweep look early.
+local moved = {}
+for i = 1, c do
+  if moves[i] then
+    redis.call('ZADD', KEYS[2 + i], unpack(moves[i]))
+    redis.call('EXPIRE', KEYS[2 + i], backstop)
+    moved[#moved + 1] = i
   end
-  key, arg = key + n, arg + 4 + n
+end
+local earlier = false
+if #moved > 0 then
+  local due_names = {}
+  for j, i in ipairs(moved) do
+    due_names[j] = names[i]
+  end
+  local due = redis.call('ZMSCORE', KEYS[1], unpack(due_names))
+  for j, i in ipairs(moved) do
+    if not due[j] or lowest[i] < tonumber(due[j]) then
+      redis.call('ZADD', KEYS[1], 'LT', lowest[i], names[i])
+      earlier = true
+    end
+  end
 end
 done[#done + 1] = earlier and keyset_next(KEYS[1], KEYS[2]) or ''
 return done
