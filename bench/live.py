@@ -254,13 +254,16 @@ class Run:
     server_cpu: list[float]  # per server process watched (an idle one included)
     redis_cpu: float = 0.0
     machine_cpu: float = 0.0
+    evalsha: int = 0  # script calls Redis served meanwhile
 
     def line(self, label: str) -> str:
         per_request = 1e6 * sum(self.server_cpu) / max(1, self.requests)
         return (
             f"  {label:<32} {sum(self.rps):7.0f} req/s ({listed(self.rps, '+', 0)}), {self.errors} errors, "
             f"p50 {listed(self.p50_ms)} ms, p99 {listed(self.p99_ms)} ms\n  {'':<32} CPU s: process "
-            f"{listed(self.server_cpu, '+')} ({per_request:.0f} µs/request), redis {self.redis_cpu:.1f}, "
+            f"{listed(self.server_cpu, '+')} ({per_request:.0f} µs/request), redis {self.redis_cpu:.2f} "
+            f"({1e6 * self.redis_cpu / max(1, self.requests):.1f} µs/request, "
+            f"{self.requests / max(1, self.evalsha):.1f} requests per EVALSHA), "
             f"wrk {self.wrk_cpu:.1f}; machine busy {self.machine_cpu / self.seconds:.2f} cores"
         )
 
@@ -317,9 +320,11 @@ def measure(
 ) -> Run:
     """wrk on ``jobs`` (``keyset``: wrk's ``sub_key`` and ``auth``) and the CPU of ``watched`` and Redis meanwhile."""
     before, redis_before, busy_before = [c.cpu() for c in watched], bench.redis_cpu(), machine_busy()
+    evalsha_before = bench.commands()["evalsha"]
     run = wrk(jobs, seconds, bench.opts, **keyset)
     run.server_cpu = [c.cpu() - b for c, b in zip(watched, before, strict=True)]
     run.redis_cpu, run.machine_cpu = bench.redis_cpu() - redis_before, machine_busy() - busy_before
+    run.evalsha = bench.commands()["evalsha"] - evalsha_before
     return run
 
 
@@ -512,6 +517,13 @@ async def fanout_run(bench: Bench, target: Child) -> tuple[list[Round], dict[str
     return rounds[1:], trouble
 
 
+BASELINE_FANOUT = "minimal aiohttp long-poll (one Event, no store)"
+
+
+def p99_of(rounds: list[Round]) -> float:
+    return pct(sorted(ms for r in rounds for ms in r.latencies), 0.99)
+
+
 def summarise_fanout(label: str, rounds: list[Round], trouble: dict[str, Any]) -> tuple[float, float, bool]:
     pooled = sorted(ms for r in rounds for ms in r.latencies)
     p50, p99 = pct(pooled, 0.5), pct(pooled, 0.99)
@@ -540,15 +552,22 @@ def fanout(bench: Bench) -> list[Figure]:
         f"1 warm-up round then {o.publishes} publishes, each {o.spacing:g} s after all are held again; "
         f"{o.fanout_runs} run(s) per server"
     )
-    base = bench.baseline()
-    try:
-        base_rounds, base_trouble = asyncio.run(fanout_run(bench, base))
-    finally:
-        bench.children.stop(base)
-    _, base_p99, _ = summarise_fanout("minimal aiohttp long-poll (one Event, no store)", base_rounds, base_trouble)
+    # The baseline takes its turn in every repeat, among the servers, so that each ratio compares runs
+    # a few seconds apart: the machine's load moves the figures more than any tree does.
+    base_runs: list[tuple[list[Round], dict[str, Any]]] = []
     runs: dict[Tree, list[tuple[list[Round], dict[str, Any]]]] = {tree: [] for tree in bench.trees}
+    ratios: dict[Tree, list[float]] = {tree: [] for tree in bench.trees}
     for repeat in range(o.fanout_runs):
-        for tree in bench.alternate(repeat):
+        order: list[Tree | None] = [None, *bench.alternate(repeat)]
+        for tree in order if repeat % 2 == 0 else order[::-1]:
+            if tree is None:
+                base = bench.baseline()
+                try:
+                    base_runs.append(asyncio.run(fanout_run(bench, base)))
+                finally:
+                    bench.children.stop(base)
+                summarise_fanout(f"{BASELINE_FANOUT}, run {repeat + 1}", *base_runs[-1])
+                continue
             bench.rcli.flushall()  # every run starts from nobody present
             server = bench.server(tree, f"fanout-{bench.trees.index(tree)}-{repeat}")
             try:
@@ -556,11 +575,21 @@ def fanout(bench: Bench) -> list[Figure]:
             finally:
                 bench.children.stop(server)
             summarise_fanout(f"{tree.label}, run {repeat + 1}", *runs[tree][-1])
+        base_p99 = p99_of(base_runs[-1][0])
+        for tree in bench.trees:
+            ratios[tree].append(p99_of(runs[tree][-1][0]) / base_p99)
+            say(f"  run {repeat + 1}: {tree.label} p99 x{ratios[tree][-1]:.2f} the baseline's of this run")
+    base_trouble = base_runs[0][1] | {k: sum(t[k] for _, t in base_runs) for k in ("errors", "lost", "duplicates")}
+    base_rounds = [r for rs, _ in base_runs for r in rs]
+    _, base_p99, _ = summarise_fanout(f"{BASELINE_FANOUT}, all runs", base_rounds, base_trouble | {"empty": 0})
     figure = Figure(f"fan-out to {o.subscribers} long-polls", f"p99 < {FANOUT_P99_MS:g} ms")
     for tree, each in runs.items():
         trouble = each[0][1] | {k: sum(t[k] for _, t in each) for k in ("errors", "lost", "duplicates", "empty")}
         p50, p99, clean = summarise_fanout(f"{tree.label}, all runs", [r for rs, _ in each for r in rs], trouble)
-        text = f"p99 {p99:.1f} ms (p50 {p50:.1f}; baseline p99 {base_p99:.1f}, x{p99 / base_p99:.1f})"
+        text = (
+            f"p99 {p99:.1f} ms (p50 {p50:.1f}; baseline p99 {base_p99:.1f}, x{p99 / base_p99:.2f}; median of the "
+            f"runs' ratios x{statistics.median(ratios[tree]):.2f})"
+        )
         figure.values[tree.label] = (text, p99 < FANOUT_P99_MS and clean)
     return [figure]
 
