@@ -521,16 +521,20 @@ async def test_more_calls_in_flight_than_connections_wait_for_one(store: Presenc
     assert all(cursor.isdigit() for cursor in cursors)
 
 
-async def test_a_sweep_visit_renews_the_state_backstop_of_users_who_stay(
+async def test_a_sweep_visit_renews_the_backstops_of_users_who_stay(
     store: PresenceStore, redis_client: aioredis.Redis
 ) -> None:
-    # Refreshes renew the occupants' backstop expiry only; a user present past the backstop with the same
-    # state all along keeps it because each sweep visit of the channel renews the state's too.
+    # Refreshes renew no backstop expiry; a user present past the backstop keeps their presence and
+    # their state because each sweep visit of the channel renews both.
     await store.heartbeat(SUB, "u1", ["a"], now=T, timeout=60, states={"a": '{"mood":"x"}'})
-    state_key = store.keys(SUB).state("a")
-    await redis_client.expire(state_key, 5)  # as if the backstop were about to end
+    keys = [store.keys(SUB).occupants("a"), store.keys(SUB).state("a")]
+    for key in keys:
+        await redis_client.expire(key, 5)  # as if the backstop were about to end
     await store.heartbeat(SUB, "u1", ["a"], now=at(30_000), timeout=60)  # a plain refresh
-    assert await redis_client.ttl(state_key) <= 5
+    for key in keys:
+        assert await redis_client.ttl(key) <= 5
     assert await store.sweep(now=at(61_000)) == 0  # the channel was due at 60 s: visited, nobody expired
-    assert await redis_client.ttl(state_key) > store.backstop_seconds - 60
+    for key in keys:
+        assert await redis_client.ttl(key) > store.backstop_seconds - 60
     assert await store.get_state(SUB, "u1", ["a"]) == {"a": {"mood": "x"}}
+    assert await store.where_now(SUB, "u1", now=at(89_999)) == ["a"]

@@ -138,7 +138,6 @@ class StoreCore:
         self._refreshes = Refreshes(
             self._batch,
             self._refresh,
-            backstop=backstop_seconds,
             default_timeout=repr(float(default_timeout)),
             max_channels=SCRIPT_CHANNELS,
         )

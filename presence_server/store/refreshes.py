@@ -47,13 +47,10 @@ class _Batch:
 
 
 class Refreshes:
-    def __init__(
-        self, batcher: ScriptBatcher, script: AsyncScript, *, backstop: int, default_timeout: str, max_channels: int
-    ) -> None:
+    def __init__(self, batcher: ScriptBatcher, script: AsyncScript, *, default_timeout: str, max_channels: int) -> None:
         self._batcher = batcher
         self._max_channels = max_channels
         self._script = script
-        self._backstop = backstop
         self._default = default_timeout
         self._pending: dict[str, _Batch] = {}  # by subscribe key: waiting to be sent
         self._in_flight: dict[str, int] = {}  # by subscribe key: calls sent, not answered yet
@@ -110,7 +107,7 @@ class Refreshes:
     def _send(self, sub_key: str, batch: _Batch) -> None:
         self._in_flight[sub_key] = self._in_flight.get(sub_key, 0) + 1
         bounds = [deadline or "" for deadline in batch.lowest]
-        args = [self._backstop, self._default, len(bounds), batch.latest, *batch.positions, *bounds, *batch.beats]
+        args = [self._default, len(bounds), batch.latest, *batch.positions, *bounds, *batch.beats]
         reply = self._batcher.call(self._script, batch.keys, args)
         reply.add_done_callback(lambda done: self._answered(sub_key, batch.futures, done))
 

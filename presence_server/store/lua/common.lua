@@ -191,8 +191,10 @@ local function refresh_due(channel, occ_key, state_key)
   local first = redis.call('ZRANGE', occ_key, 0, 0, 'WITHSCORES')
   if first[2] then
     redis.call('ZADD', DUE_KEY, (deadline_code(tonumber(first[2]))), channel)
-    -- Refreshes renew the occupants' backstop expiry, not the state's: renewed here, about once per
-    -- timeout, so the state of users present for longer than the backstop is not lost with it.
+    -- Refreshes renew neither backstop expiry: both are renewed here, at least once per longest
+    -- timeout while anyone is present (a channel with occupants always has a due entry), so that
+    -- neither the occupants nor their state are lost with the backstop, however long they stay.
+    redis.call('EXPIRE', occ_key, BACKSTOP)
     redis.call('EXPIRE', state_key, BACKSTOP)
     return
   end

@@ -5,10 +5,10 @@
 -- heartbeat is left untouched and reported: the caller then runs heartbeat.lua for it, which
 -- re-reads everything. Each heartbeat is atomic on its own, as in heartbeat.lua.
 -- KEYS[1] due index, KEYS[2] interval index, then the occupants key of each channel of the call.
--- ARGV[1] backstop expiry (s), ARGV[2] default timeout (s), ARGV[3] how many channels c, ARGV[4]
--- the latest now (ms) of the call's heartbeats, then the c channels' names (in the order of their
--- keys), then c lower bounds of the deadlines the heartbeats that sent a timeout give each channel
--- ('' for none), then per heartbeat five: now (ms), its member (fields.py: member), the code of the
+-- ARGV[1] default timeout (s), ARGV[2] how many channels c, ARGV[3] the latest now (ms) of the
+-- call's heartbeats, then the c channels' names (in the order of their keys), then c lower bounds
+-- of the deadlines the heartbeats that sent a timeout give each channel ('' for none), then per
+-- heartbeat five: now (ms), its member (fields.py: member), the code of the
 -- timeout sent (fields.py: timeout_code; '' for none: the one held), the score that gives its
 -- deadline (fields.py: deadline_text; '' when no timeout is sent), and its channels' positions among
 -- the call's (refreshes.py: places).
@@ -22,13 +22,13 @@
 -- latest now: heartbeat.lua then sorts out the rare one that sent its heartbeat a moment earlier. A
 -- uuid twice in one call reads the same score both times, which is what the first left it (a
 -- refresh keeps the code and only a lapse stops one), and the later deadline wins.
-local backstop, default_ms, c = ARGV[1], math.floor(tonumber(ARGV[2]) * 1000), tonumber(ARGV[3])
-local latest_now = tonumber(ARGV[4])
+local default_ms, c = math.floor(tonumber(ARGV[1]) * 1000), tonumber(ARGV[2])
+local latest_now = tonumber(ARGV[3])
 local names, lowest = {}, {}
 for i = 1, c do
-  names[i] = ARGV[4 + i]
-  local bound = ARGV[4 + c + i]
-  lowest[i] = bound ~= '' and tonumber(bound)
+  names[i] = ARGV[3 + i]
+  local bound = ARGV[3 + c + i]
+  lowest[i] = bound ~= '' and bound -- as text: Redis parses it, with no number written out here
 end
 
 -- Each heartbeat's first argument; each channel's members; per channel of each heartbeat, in
@@ -38,7 +38,7 @@ local beats, members, on, index, slots = {}, {}, {}, {}, 0
 for i = 1, c do
   members[i] = {}
 end
-for at = 5 + 2 * c, #ARGV, 5 do
+for at = 4 + 2 * c, #ARGV, 5 do
   local member, places = ARGV[at + 1], ARGV[at + 4]
   beats[#beats + 1] = at
   for k = 1, #places, 2 do
@@ -100,7 +100,7 @@ for b, at in ipairs(beats) do
       text = deadline_score(deadline, code)
       for k = slot + 1, slot + n do
         local channel = on[k]
-        if not lowest[channel] or deadline < lowest[channel] then
+        if not lowest[channel] or deadline < tonumber(lowest[channel]) then
           lowest[channel] = deadline
         end
       end
@@ -124,31 +124,19 @@ for b, at in ipairs(beats) do
   slot = slot + n
 end
 
--- The moves, one ZADD and one backstop expiry per channel; each channel's due entry, all read in
--- one ZMSCORE, lowered when needed: only ever lowered, as in heartbeat.lua (a refresh finds its
--- channel's entry at or below its old deadline, unless something removed it). A bound below the
--- deadlines written (one of a heartbeat left to heartbeat.lua) only makes a sweep look early.
-local moved = {}
+-- The moves, one ZADD per channel, and each moved channel's due entry added or lowered in one more
+-- (LT: only ever lowered, as in heartbeat.lua; a refresh finds its channel's entry at or below its
+-- old deadline, unless something removed it). A bound below the deadlines written (one of a
+-- heartbeat left to heartbeat.lua) only makes a sweep look early. The occupants' backstop expiry is
+-- renewed by the sweep's visits (common.lua: refresh_due), which the due entry brings.
+local due = {}
 for i = 1, c do
   if moves[i] then
     redis.call('ZADD', KEYS[2 + i], unpack(moves[i]))
-    redis.call('EXPIRE', KEYS[2 + i], backstop)
-    moved[#moved + 1] = i
+    due[#due + 1] = lowest[i]
+    due[#due + 1] = names[i]
   end
 end
-local earlier = false
-if #moved > 0 then
-  local due_names = {}
-  for j, i in ipairs(moved) do
-    due_names[j] = names[i]
-  end
-  local due = redis.call('ZMSCORE', KEYS[1], unpack(due_names))
-  for j, i in ipairs(moved) do
-    if not due[j] or lowest[i] < tonumber(due[j]) then
-      redis.call('ZADD', KEYS[1], 'LT', lowest[i], names[i])
-      earlier = true
-    end
-  end
-end
+local earlier = #due > 0 and redis.call('ZADD', KEYS[1], 'LT', 'CH', unpack(due)) > 0
 done[#done + 1] = earlier and keyset_next(KEYS[1], KEYS[2]) or ''
 return done
