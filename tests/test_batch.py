@@ -78,6 +78,7 @@ class LosingProxy:
         self.accepted = 0
         self.lost_below = 0
         self.server: asyncio.Server | None = None
+        self.handlers: set[asyncio.Task[None]] = set()
 
     def lose_open_connections(self) -> None:
         self.lost_below = self.accepted
@@ -87,8 +88,21 @@ class LosingProxy:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _serve(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self.handlers.add(handler)
+        try:
+            await self._pump(client_in, client_out)
+        finally:
+            self.handlers.discard(handler)
+
+    async def _pump(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
         number, self.accepted = self.accepted, self.accepted + 1
-        redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self.port)
+        except BaseException:
+            client_out.close()
+            raise
 
         async def upstream() -> None:
             while data := await client_in.read(65536):
@@ -113,9 +127,15 @@ class LosingProxy:
             redis_out.close()
 
     async def aclose(self) -> None:
+        """Stop listening and end every connection still open: a handler left pending when the
+        test's loop closes would leave its streams to the garbage collector, whose ResourceWarning
+        then fails whatever test happens to be running."""
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        for handler in list(self.handlers):
+            handler.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
 
 
 async def test_a_batch_on_a_kept_connection_that_was_lost_is_sent_again(real_redis_url: str) -> None:
@@ -132,3 +152,15 @@ async def test_a_batch_on_a_kept_connection_that_was_lost_is_sent_again(real_red
     finally:
         await client.aclose()
         await proxy.aclose()
+
+
+async def test_a_batch_that_ends_after_close_keeps_no_connection(redis_client: aioredis.Redis) -> None:
+    # A connection kept after aclose handed the others back would outlive the client's pool unclosed.
+    batcher = ScriptBatcher(redis_client)
+    script: AsyncScript = redis_client.register_script(ECHO)
+    assert await batcher.call(script, [], ["before"]) == "before"
+    assert sum(map(len, batcher._idle.values())) == 1
+    await batcher.aclose()
+    assert batcher._idle == {}
+    assert await batcher.call(script, [], ["after"]) == "after"
+    assert sum(map(len, batcher._idle.values())) == 0

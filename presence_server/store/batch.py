@@ -67,6 +67,7 @@ class ScriptBatcher:
         self._pending: list[_Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: dict[str, list[AbstractConnection]] = {}  # by node name ("" for a single Redis)
+        self._closed = False  # aclose began: no connection is kept any more
         self.batches = 0
         self.calls = 0
         self.fast_batches = 0  # of ``batches``, those sent through the hiredis fast path
@@ -194,7 +195,7 @@ class ScriptBatcher:
             await self._drop(connection, node)
             raise
         idle = self._idle.setdefault("" if node is None else node.name, [])
-        if len(idle) < KEEP_CONNECTIONS and connection.is_connected:
+        if len(idle) < KEEP_CONNECTIONS and connection.is_connected and not self._closed:
             idle.append(connection)
         else:
             await self._release(connection, node)
@@ -244,10 +245,17 @@ class ScriptBatcher:
         return pooled
 
     async def aclose(self) -> None:
-        """Let the batches under way finish, then hand the kept connections back to the pool
-        (before the client closes it)."""
+        """Let the batches under way finish (those still waiting after 2 s are cancelled, which
+        drops their connections), then hand the kept connections back to the pool (before the
+        client closes it). A batch that ends later keeps no connection, which would outlive the
+        pool unclosed."""
+        self._closed = True
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2.0)
+            _, late = await asyncio.wait(list(self._tasks), timeout=2.0)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2.0)
         idle, self._idle = self._idle, {}
         nodes: dict[str, ClusterNode] = {}
         if self._cluster is not None:
