@@ -1,10 +1,11 @@
-"""Plain refreshes of one keyset, asked for in one event-loop iteration, sent as one refresh.lua call.
+"""Plain refreshes of one keyset, sent together as one refresh.lua call.
 
 Most heartbeats change nothing but deadlines. refresh.lua serves many of them in one script call, so
 that Redis pays the cost of a call (argument copying, the Lua call itself) once per batch instead of
-once per heartbeat, and reads each channel's due entry and sets each occupants key's expiry once per
-batch. Each heartbeat is atomic on its own there; the ones it cannot serve (joins, lapses, a timeout
-or state that changes) come back as None, and the caller runs heartbeat.lua for them.
+once per heartbeat, and its commands once per channel of the batch (a read of the members, a write of
+their scores) and once per batch (the due entries). Each heartbeat is atomic on its own there; the
+ones it cannot serve (joins, lapses, a timeout or state that changes) come back as None, and the caller
+runs heartbeat.lua for them.
 
 A keyset has at most one call in flight (unless a batch fills up first): the refreshes asked for while
 it is out wait for its reply and go together in the next call. A busy server process thus sends
@@ -31,7 +32,8 @@ REFRESH_BATCH = 64
 
 
 # A channel's position among the call's (from 1), as refresh.lua reads it: two characters, 48 plus
-# each base-64 digit, so that Redis parses no number for it.
+# each base-64 digit, so that Redis parses no number for it. A call has fewer than 2 * max_channels
+# positions (it is sent once it holds max_channels), far below 4096.
 _PLACES: Final = [chr(48 + (p >> 6)) + chr(48 + (p & 63)) for p in range(4096)]
 
 
