@@ -28,11 +28,13 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+
+from bench.live import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SUB_KEY = "bench"
@@ -41,10 +43,18 @@ HELD = re.compile(rb"^presence_longpolls_held (\S+)$", re.MULTILINE)
 LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float, failure: Callable[[], str]) -> None:
+    """Until something accepts on ``port``; ``failure()`` is the exit message should ``proc`` end first
+    or ``seconds`` pass (a process under valgrind takes a while to start)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(failure()) from None
+            time.sleep(0.3)
 
 
 def uuid_of(n: int) -> str:
@@ -116,15 +126,7 @@ def processes(args: argparse.Namespace) -> Iterator[tuple[Server, str]]:
         with (work / "server.log").open("wb") as log:
             proc = subprocess.Popen([*valgrind, sys.executable, *cmd], cwd=tree, env=env, stdout=log, stderr=log)
         started.append(proc)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit((work / "server.log").read_text()[-3000:]) from None
-                time.sleep(0.5)
+        wait_listening(port, proc, 300, lambda: (work / "server.log").read_text()[-3000:])
         yield Server(proc, port, out), url
     finally:
         for child in reversed(started):

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,13 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTALS = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def uuid_of(n: int) -> str:
@@ -76,21 +68,17 @@ async def drive(args: argparse.Namespace, port: int, redis_pid: int) -> None:
 
 def measure(args: argparse.Namespace, tree: Path) -> int:
     """Redis's instructions per refresh with ``tree``'s store."""
+    # Imported here, not at the top: the driver runs this file with another tree's code on the path.
+    from bench.callgrind import wait_listening
+    from bench.live import free_port
+
     work = Path(tempfile.mkdtemp(prefix="bench-redis-callgrind-"))
     out, port = work / "callgrind.out", free_port()
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)]
     redis = subprocess.Popen([*valgrind, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or redis.poll() is not None:
-                    raise SystemExit("redis-server under valgrind did not start") from None
-                time.sleep(0.3)
+        wait_listening(port, redis, 120, lambda: "redis-server under valgrind did not start")
         knobs = [f"--{k}={getattr(args, k)}" for k in ("users", "channels", "batch", "rounds")]
         # Run as a script from an empty folder, so that presence_server comes from the tree alone.
         env = dict(os.environ, PYTHONPATH=str(tree))
