@@ -538,3 +538,19 @@ async def test_a_sweep_visit_renews_the_backstops_of_users_who_stay(
         assert await redis_client.ttl(key) > store.backstop_seconds - 60
     assert await store.get_state(SUB, "u1", ["a"]) == {"a": {"mood": "x"}}
     assert await store.where_now(SUB, "u1", now=at(89_999)) == ["a"]
+
+
+async def test_aclose_waits_for_a_write_that_outlived_its_cancelled_caller(
+    store: PresenceStore, redis_client: aioredis.Redis
+) -> None:
+    # The keyset's entry in the global due index is written after the join, shielded from the caller's
+    # cancellation; closing the store lets it finish instead of leaving it to run on a closed client.
+    async def late_write() -> None:
+        await asyncio.sleep(0.05)
+        await redis_client.set(f"{store.prefix}:late", "1")
+
+    caller = asyncio.ensure_future(store._detach(late_write()))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await store.aclose()
+    assert await redis_client.get(f"{store.prefix}:late") == "1"

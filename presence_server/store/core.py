@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -129,6 +130,9 @@ class StoreCore:
         self.counts: collections.Counter[str] = collections.Counter()
         self._departures: list[Departure] = []
         self._batch = ScriptBatcher(redis)
+        # Writes that outlive the call that made them (shielded from its cancellation): aclose waits
+        # for them, or one would use the client after it closed and leave its connection unclosed.
+        self._detached: set[asyncio.Task[Any]] = set()
         # One .lua file per atomic operation; the mutating ones share common.lua (its calling
         # convention: ``mutation_call``).
         self._heartbeat = _load_script(redis, "heartbeat", with_common=True)
@@ -153,8 +157,18 @@ class StoreCore:
         self._hook_lease = _load_script(redis, "hook_lease", with_common=False)
 
     async def aclose(self) -> None:
-        """Hand the connections the script batcher keeps back to the client's pool."""
+        """Let the detached writes finish, then hand the connections the script batcher keeps back to
+        the client's pool."""
+        if self._detached:
+            await asyncio.wait(list(self._detached), timeout=2.0)
         await self._batch.aclose()
+
+    async def _detach(self, work: Coroutine[Any, Any, None]) -> None:
+        """``work`` to the end even if the caller is cancelled, and awaited by aclose."""
+        task = asyncio.ensure_future(work)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        await asyncio.shield(task)
 
     def keys(self, sub_key: str) -> KeysetKeys:
         return _keyset_keys(self.prefix, sub_key)

@@ -26,6 +26,7 @@ import dataclasses
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
+from typing import Any
 
 from presence_server.clock import Clock
 from presence_server.store.core import timetoken_at
@@ -411,9 +412,10 @@ class LongPolls:
         self.wake_all()
 
     async def aclose(self) -> None:
-        """Stop the reads made for woken polls (at shutdown, before the Redis client closes): a read
-        still under way would otherwise open a connection on a client that is being closed."""
-        tasks = list(self._tasks)
+        """Stop the reads made for woken polls and the shared reads (at shutdown, before the Redis
+        client closes): a read still under way would otherwise open a connection on a client that is
+        being closed, and leave it unclosed."""
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *(entry.task for entry in self._reads.values())]
         for task in tasks:
             task.cancel()
         if tasks:

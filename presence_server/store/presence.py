@@ -3,7 +3,6 @@ and refresh.lua first for a heartbeat that may be a plain refresh."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 
 from presence_server.store import fields
@@ -71,7 +70,7 @@ class PresenceWrites(StoreCore):
             # The global index lives in another cluster slot, so this cannot be part of the script.
             # Shielded: a client that goes away must not leave a join the sweeper never looks at;
             # and the sweeper reconciles from time to time in case this write failed outright.
-            await asyncio.shield(self._note_keyset(sub_key, float(earlier)))
+            await self._detach(self._note_keyset(sub_key, float(earlier)))
         return int(joins)
 
     async def _note_keyset(self, sub_key: str, upcoming: float) -> None:
