@@ -232,6 +232,11 @@ class Bench:
         stats = self.rcli.info("commandstats")
         return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if "info" not in k})
 
+    def scripts(self) -> tuple[int, float]:
+        """EVALSHA calls so far, and the seconds Redis spent in them (INFO commandstats)."""
+        stats = self.rcli.info("commandstats").get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0)), int(stats.get("usec", 0)) / 1e6
+
     def alternate(self, repeat: int) -> list[Tree]:
         """The trees in turn, the order reversed every other repeat so that neither always goes first."""
         return self.trees if repeat % 2 == 0 else self.trees[::-1]
@@ -255,6 +260,7 @@ class Run:
     redis_cpu: float = 0.0
     machine_cpu: float = 0.0
     evalsha: int = 0  # script calls Redis served meanwhile
+    evalsha_s: float = 0.0  # the time Redis spent in them (INFO commandstats), s
 
     def line(self, label: str) -> str:
         per_request = 1e6 * sum(self.server_cpu) / max(1, self.requests)
@@ -263,6 +269,7 @@ class Run:
             f"p50 {listed(self.p50_ms)} ms, p99 {listed(self.p99_ms)} ms\n  {'':<32} CPU s: process "
             f"{listed(self.server_cpu, '+')} ({per_request:.0f} µs/request), redis {self.redis_cpu:.2f} "
             f"({1e6 * self.redis_cpu / max(1, self.requests):.1f} µs/request, "
+            f"{1e6 * self.evalsha_s / max(1, self.requests):.1f} in scripts, "
             f"{self.requests / max(1, self.evalsha):.1f} requests per EVALSHA), "
             f"wrk {self.wrk_cpu:.1f}; machine busy {self.machine_cpu / self.seconds:.2f} cores"
         )
@@ -320,11 +327,12 @@ def measure(
 ) -> Run:
     """wrk on ``jobs`` (``keyset``: wrk's ``sub_key`` and ``auth``) and the CPU of ``watched`` and Redis meanwhile."""
     before, redis_before, busy_before = [c.cpu() for c in watched], bench.redis_cpu(), machine_busy()
-    evalsha_before = bench.commands()["evalsha"]
+    evalsha_before, evalsha_s_before = bench.scripts()
     run = wrk(jobs, seconds, bench.opts, **keyset)
     run.server_cpu = [c.cpu() - b for c, b in zip(watched, before, strict=True)]
     run.redis_cpu, run.machine_cpu = bench.redis_cpu() - redis_before, machine_busy() - busy_before
-    run.evalsha = bench.commands()["evalsha"] - evalsha_before
+    evalsha, evalsha_s = bench.scripts()
+    run.evalsha, run.evalsha_s = evalsha - evalsha_before, evalsha_s - evalsha_s_before
     return run
 
 

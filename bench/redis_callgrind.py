@@ -1,14 +1,15 @@
 """Instructions Redis executes per plain refresh, counted by callgrind: stable where CPU times are not.
 
-``python -m bench.redis_callgrind [--tree PATH ...] [--users N] [--channels N] [--batch B] [--rounds R]``
+``python -m bench.redis_callgrind [--tree PATH ...] [--users N] [--channels N] [--batch B] [--rounds R] [--held]``
 
 A redis-server of its own runs under ``valgrind --tool=callgrind --instr-atstart=no`` (apt-get install
 -y valgrind). The store of each tree (this checkout unless ``--tree`` names others, e.g. a ``git worktree``
 of another revision) makes ``--users`` uuids present on ``--channels`` channels, uninstrumented; then
 Redis is instrumented and the store sends ``--rounds`` rounds of ``--batch`` heartbeats at once, each a
-refresh of a present uuid (one call of refresh.lua per round, as a busy server process sends them).
-The figure is Redis's instructions over those refreshes, per refresh: the script, its commands, and
-reading the requests and writing the replies. One Redis per tree, the trees in turn.
+refresh of a present uuid that sends its presence timeout (one renew.lua call per round, as a busy
+server process sends them; with ``--held`` they send none, and go to refresh.lua). The figure is
+Redis's instructions over those refreshes, per refresh: the script, its commands, and reading the
+requests and writing the replies. One Redis per tree, the trees in turn.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ async def drive(args: argparse.Namespace, port: int, redis_pid: int) -> None:
     store = PresenceStore(client, prefix="rc")
     now = time.time()
 
-    async def beat(n: int, at: float) -> int:
-        return await store.heartbeat("bench", uuid_of(n), [f"room-{n % args.channels}"], now=at, timeout=300.0)
+    async def beat(n: int, at: float, length: float | None = 300.0) -> int:
+        return await store.heartbeat("bench", uuid_of(n), [f"room-{n % args.channels}"], now=at, timeout=length)
 
     try:
         for start in range(0, args.users, 64):
@@ -56,7 +57,7 @@ async def drive(args: argparse.Namespace, port: int, redis_pid: int) -> None:
         for number in range(args.rounds):
             at = now + 0.01 * (number + 1)
             users = [(sent + i) * 7919 % args.users for i in range(args.batch)]
-            joins = await asyncio.gather(*(beat(n, at) for n in users))
+            joins = await asyncio.gather(*(beat(n, at, None if args.held else 300.0) for n in users))
             if any(joins):
                 raise RuntimeError("a refresh joined: the uuids were not all present")
             sent += args.batch
@@ -80,6 +81,7 @@ def measure(args: argparse.Namespace, tree: Path) -> int:
     try:
         wait_listening(port, redis, 120, lambda: "redis-server under valgrind did not start")
         knobs = [f"--{k}={getattr(args, k)}" for k in ("users", "channels", "batch", "rounds")]
+        knobs += ["--held"] if args.held else []
         # Run as a script from an empty folder, so that presence_server comes from the tree alone.
         env = dict(os.environ, PYTHONPATH=str(tree))
         driver = [sys.executable, str(Path(__file__).resolve()), "--drive", str(port), str(redis.pid), *knobs]
@@ -102,7 +104,8 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], help="a checkout whose store runs (repeatable)")
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--channels", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=32, help="heartbeats sent at once (one refresh.lua call)")
+    parser.add_argument("--batch", type=int, default=32, help="heartbeats sent at once (one script call)")
+    parser.add_argument("--held", action="store_true", help="refreshes that send no timeout (refresh.lua)")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--drive", nargs=2, type=int, metavar=("PORT", "PID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -113,7 +116,7 @@ def main() -> None:
         figure = measure(args, tree)
         print(
             f"{tree}: Redis instructions per refresh ({args.users} uuids on {args.channels} channels, "
-            f"{args.batch} per call): {figure:,}",
+            f"{args.batch} per call{', no timeout sent' if args.held else ''}): {figure:,}",
             flush=True,
         )
 

@@ -99,7 +99,8 @@ def counting(rcli: redis.Redis) -> Iterator[Counts]:
 async def warm(store: PresenceStore, now: float) -> None:
     """Every script loaded and every connection open, so that no NOSCRIPT or handshake is counted."""
     await store.heartbeat(SUB_KEY, "warm", ["warm"], now=now - 1000, timeout=TIMEOUT)
-    await store.heartbeat(SUB_KEY, "warm", ["warm"], now=now - 999, timeout=TIMEOUT)
+    await store.heartbeat(SUB_KEY, "warm", ["warm"], now=now - 999, timeout=TIMEOUT)  # renew.lua
+    await store.heartbeat(SUB_KEY, "warm", ["warm"], now=now - 998)  # refresh.lua
     await store.here_now(SUB_KEY, ["warm"], now=now, limit=1000, with_uuids=True)
     await store.here_now(SUB_KEY, ["warm"], now=now, limit=1000, with_uuids=False)
     await store.sweep(now=now)  # expires "warm": the sweep script runs
@@ -120,8 +121,9 @@ async def populate(store: PresenceStore, channel: str, users: int, now: float, l
 async def test_a_refresh_is_one_round_trip_of_three_commands_in_a_script_and_a_join_two_round_trips(
     app: Client, private_redis: redis.Redis
 ) -> None:
-    """A join is a refresh.lua call that finds the uuid absent, then heartbeat.lua; a refresh is refresh.lua
-    alone, whether the timeout is the default, another one sent again, or none (the one its deadline holds)."""
+    """A join is a renew.lua call that finds the uuid absent, then heartbeat.lua; a refresh is renew.lua
+    alone when it sends its timeout (the default or another one), refresh.lua alone when it sends none
+    (the one its deadline holds)."""
     store, now = store_of(app), time.time()
     await warm(store, now)
     await store.heartbeat(SUB_KEY, "first", ["ch"], now=now, timeout=TIMEOUT)  # the keyset's first join
@@ -135,11 +137,14 @@ async def test_a_refresh_is_one_round_trip_of_three_commands_in_a_script_and_a_j
         refreshes.append(refresh)
     assert join.round_trips == 2, join
     assert join.commands["evalsha"] == 2 and join.commands["xadd"] == 1, join  # the join event
-    for refresh in refreshes:
+    assert join.commands["zmscore"] == 1, join  # renew.lua, to find the uuid absent
+    for refresh, sent in zip(refreshes, (True, False, True, False), strict=True):
         assert refresh.round_trips == 1, refresh
-        # The uuid's deadline read and moved; the channel's due entry offered (ZADD LT: no lower). No
-        # expiry: the sweep's visits renew it.
-        assert refresh.commands == {"evalsha": 1, "zadd": 2, "zmscore": 1}, refresh
+        # The channel's lapsed members counted (none) and the deadline written (renew.lua), or the
+        # uuid's deadline read and moved (refresh.lua); the channel's due entry offered (ZADD LT: no
+        # lower). No expiry: the sweep's visits renew it.
+        read = {"zcount": 1} if sent else {"zmscore": 1}
+        assert refresh.commands == {"evalsha": 1, "zadd": 2, **read}, refresh
         assert refresh.inside() == 3
 
 
@@ -149,10 +154,10 @@ async def test_the_refreshes_of_one_loop_iteration_are_one_script_call(app: Clie
     await populate(store, "ch", users, now)
     with counting(private_redis) as refresh:
         await populate(store, "ch", users, now + 1)
-    # populate sends 40 at once: one call for all, the channel's deadlines read and moved on in one
-    # command each, and its due entry offered in one more.
+    # populate sends 40 at once: one call for all, the channel's lapsed members counted and its
+    # deadlines moved on in one command each, and its due entry offered in one more.
     assert refresh.round_trips == 1, refresh
-    assert refresh.commands == {"evalsha": 1, "zadd": 2, "zmscore": 1}, refresh
+    assert refresh.commands == {"evalsha": 1, "zadd": 2, "zcount": 1}, refresh
 
 
 async def test_here_now_is_one_round_trip_whatever_the_occupancy(app: Client, private_redis: redis.Redis) -> None:

@@ -205,6 +205,68 @@ async def test_a_heartbeat_of_several_channels_sent_with_others_moves_on_all_of_
     assert [(e.action, e.uuid) for e in await store.read_log(SUB, "b")][-2:] == [("timeout", "u3"), ("join", "u3")]
 
 
+async def test_refreshes_that_send_their_timeout_together_each_get_their_own_outcome(store: PresenceStore) -> None:
+    """renew.lua writes without reading first: what it finds absent or lapsed still goes to heartbeat.lua."""
+    for uuid in ("u1", "u2", "u3", "u6"):
+        await store.heartbeat(SUB, uuid, ["a"], now=T, timeout=60)
+    await store.heartbeat(SUB, "u4", ["b"], now=T, timeout=10)
+    await store.heartbeat(SUB, "u7", ["b"], now=T, timeout=60)
+    await store.heartbeat(SUB, "u8", ["c"], now=T, timeout=60)
+    await store.redis.set(store.keys(SUB).occupants("broken"), "not a sorted set")
+    calls = store._batch.calls
+    outcomes = await asyncio.gather(
+        store.heartbeat(SUB, "u1", ["a"], now=at(10_000), timeout=60),  # a refresh
+        store.heartbeat(SUB, "u2", ["a", "broken"], now=at(10_000), timeout=60),  # an error of its own
+        store.heartbeat(SUB, "u4", ["b"], now=at(10_000), timeout=10),  # lapsed: a timeout, then a join
+        store.heartbeat(SUB, "u7", ["b"], now=at(10_000), timeout=60),  # on a channel with a lapsed uuid
+        store.heartbeat(SUB, "u5", ["a"], now=at(10_000), timeout=60),  # a join
+        store.heartbeat(SUB, "u3", ["a"], now=at(10_000), timeout=30),  # a new timeout
+        store.heartbeat(SUB, "u6", ["a"], now=at(10_000), timeout=60),  # twice, the same deadline:
+        store.heartbeat(SUB, "u6", ["a"], now=at(10_000), timeout=60),  # one score left unchanged
+        store.heartbeat(SUB, "u8", ["c", "d"], now=at(10_000), timeout=60),  # a join on its second channel
+        return_exceptions=True,
+    )
+    assert [o if isinstance(o, int) else type(o) for o in outcomes] == [
+        0,
+        redis.exceptions.ResponseError,
+        1,
+        0,
+        1,
+        0,
+        0,
+        0,
+        1,
+    ]
+    assert store._batch.calls - calls == 5  # one renew.lua for the nine, then heartbeat.lua for the four it left
+    assert await present(store, "a", at(39_999)) == ["u1", "u2", "u3", "u5", "u6"]
+    assert await present(store, "a", at(40_000)) == ["u1", "u2", "u5", "u6"]  # u3 took its new timeout
+    assert await present(store, "a", at(60_000)) == ["u1", "u5", "u6"]  # u2's heartbeat failed whole
+    assert await present(store, "a", at(70_000)) == []
+    assert await present(store, "b", at(69_999)) == ["u7"]  # u4 joined again, for 10 s
+    assert await present(store, "b", at(19_999)) == ["u4", "u7"]
+    assert [(e.action, e.uuid) for e in await store.read_log(SUB, "b")][-2:] == [("timeout", "u4"), ("join", "u4")]
+    for channel in ("c", "d"):
+        assert await present(store, channel, at(69_999)) == ["u8"], channel
+        assert await present(store, channel, at(70_000)) == [], channel
+    assert [(e.action, e.uuid) for e in await store.read_log(SUB, "d")] == [("join", "u8")]
+    assert [(e.action, e.uuid) for e in await store.read_log(SUB, "c")] == [("join", "u8")]
+
+
+async def test_a_timeout_sent_replaces_one_the_key_held_and_the_default_follows_a_timeout(
+    store: PresenceStore,
+) -> None:
+    await store.heartbeat(SUB, "u1", ["a"], now=T, timeout=3000)  # no code tells it: in the uuid's key
+    await store.heartbeat(SUB, "u1", ["a"], now=at(1000), timeout=60)  # a refresh (renew.lua)
+    await store.heartbeat(SUB, "u1", ["a"], now=at(2000))  # no timeout: the one sent last
+    assert await present(store, "a", at(61_999)) == ["u1"]
+    assert await present(store, "a", at(62_000)) == []
+    # Gone everywhere (the key may still be there): a heartbeat without a timeout gets the default.
+    assert await store.sweep(now=at(62_000)) == 1
+    assert await store.heartbeat(SUB, "u1", ["a"], now=at(70_000)) == 1
+    assert await present(store, "a", at(369_999)) == ["u1"]
+    assert await present(store, "a", at(370_000)) == []
+
+
 async def test_refreshes_asked_for_while_the_keysets_call_is_out_wait_and_go_together(store: PresenceStore) -> None:
     for n in range(5):
         await store.heartbeat(SUB, f"u{n}", ["a"], now=T, timeout=60)

@@ -137,11 +137,11 @@ class StoreCore:
         # convention: ``mutation_call``).
         self._heartbeat = _load_script(redis, "heartbeat", with_common=True)
         # Plain refreshes, tried first (store/presence.py), several in one call: only the names and
-        # functions refresh.lua needs.
-        self._refresh = redis.register_script(lua_header(("OCC",)) + _lua("deadlines") + _lua("refresh"))
+        # functions renew.lua and refresh.lua need.
         self._refreshes = Refreshes(
             self._batch,
-            self._refresh,
+            redis.register_script(lua_header(("OCC",)) + _lua("deadlines") + _lua("refresh")),
+            redis.register_script(lua_header(("OCC",)) + _lua("deadlines") + _lua("renew")),
             default_timeout=repr(float(default_timeout)),
             max_channels=SCRIPT_CHANNELS,
         )

@@ -52,7 +52,7 @@ class PresenceWrites(StoreCore):
             part_earlier: str | None = None
             if code != _IN_KEY and not (part_states and any(part_states)):
                 # Most heartbeats only move deadlines on: refresh.lua does that, or says it cannot.
-                part_earlier = await self._refreshes.refresh(ks, now_ms, member, code, score, deadline, names)
+                part_earlier = await self._refreshes.refresh(ks, now_ms, member, score, deadline, names)
             if part_earlier is None:
                 extra = [uuid, member, _num(timeout), code, _num(self.default_timeout)]
                 keys, args = self._mutation_call(ks, now, names, extra, uuid)

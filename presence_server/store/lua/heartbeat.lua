@@ -17,8 +17,10 @@ for i = 1, count do
   scores[i] = redis.call('ZSCORE', (channel_keys(i)), member)
 end
 
--- A timeout no code tells (fields.py: TIMEOUT_IN_KEY) is in the uuid's own key, which outlives it
--- by its own length; without the key, the default.
+-- A timeout no code tells (fields.py: TIMEOUT_IN_KEY) is in the uuid's own key, which outlives the
+-- deadlines that stand for it by their own length; without the key, the default. The key is read only
+-- for a deadline that says so: one another timeout replaced since (renew.lua writes the one sent and
+-- leaves the key, as this script does) no longer does, and the key expires on its own.
 local kept
 local function kept_timeout()
   if kept == nil then
@@ -31,14 +33,12 @@ local function kept_timeout()
 end
 
 -- The timeout: the one sent, else the one the uuid's latest refresh on these channels used (its
--- deadline's code), else the one in its key (a present user's is on every channel it refreshed).
+-- deadline's code, or its key), else the default (docs/protocol.md 2.3).
 local timeout, code
 if timeout_arg ~= '' then
   timeout, code = tonumber(timeout_arg), tonumber(code_arg)
   if code == OCC.in_key then
     redis.call('SET', UUID_TIMEOUT_KEY, timeout_arg, 'EX', math.ceil(2 * timeout) + 60)
-  else
-    redis.call('DEL', UUID_TIMEOUT_KEY)
   end
 else
   local latest
@@ -58,7 +58,7 @@ else
     end
   end
   if not timeout then
-    timeout, code = kept_timeout()
+    timeout, code = default, 0 -- present on none of the channels
   end
 end
 local deadline = NOW_MS + math.floor(timeout * 1000)

@@ -1,34 +1,29 @@
--- refresh.lua: the heartbeat most calls are, for several uuids of one keyset at once. A uuid present
--- (not lapsed) on every channel of its heartbeat, keeping the timeout its deadlines hold (one a code
--- tells) and sending no state, only has its deadlines moved on: this does that, as heartbeat.lua
--- would, without common.lua's prelude and keys, and for many heartbeats in one call. Any other
--- heartbeat is left untouched and reported: the caller then runs heartbeat.lua for it, which
+-- refresh.lua: the heartbeats that send no presence timeout, for several uuids of one keyset at
+-- once. A uuid present (not lapsed) on every channel of its heartbeat, keeping the timeout its
+-- deadlines hold (one a code tells) and sending no state, only has its deadlines moved on: this does
+-- that, as heartbeat.lua would, without common.lua's prelude and keys, and for many heartbeats in one
+-- call. (One that sends its timeout is renew.lua's, which need not read the deadlines first.) Any
+-- other heartbeat is left untouched and reported: the caller then runs heartbeat.lua for it, which
 -- re-reads everything. Each heartbeat is atomic on its own, as in heartbeat.lua.
 -- KEYS[1] due index, KEYS[2] interval index, then the occupants key of each channel of the call.
 -- ARGV[1] default timeout (s), ARGV[2] how many channels c, ARGV[3] the latest now (ms) of the
--- call's heartbeats, then the c channels' names (in the order of their keys), then c lower bounds
--- of the deadlines the heartbeats that sent a timeout give each channel ('' for none), then per
--- heartbeat five: now (ms), its member (fields.py: member), the code of the
--- timeout sent (fields.py: timeout_code; '' for none: the one held), the score that gives its
--- deadline (fields.py: deadline_text; '' when no timeout is sent), and its channels' positions among
--- the call's (refreshes.py: places).
+-- call's heartbeats, then the c channels' names (in the order of their keys), then per heartbeat
+-- three: now (ms), its member (fields.py: member), and its channels' positions among the call's
+-- (refreshes.py: places).
 -- Returns per heartbeat 1 (done) or 0 (left for heartbeat.lua), then when the sweeper must next
 -- look at the keyset ('' unless that moved earlier).
 --
 -- Redis's cost is per channel, not per heartbeat: each channel's members are read in one ZMSCORE
--- and moved on in one ZADD. Every number parsed costs (tonumber parses twice; Lua cannot write an
--- exact score cheaply), so the caller sends the scores and the deadlines' bounds written out, the
--- positions as characters, and a uuid counts as lapsed once its deadline is not past the call's
--- latest now: heartbeat.lua then sorts out the rare one that sent its heartbeat a moment earlier. A
--- uuid twice in one call reads the same score both times, which is what the first left it (a
--- refresh keeps the code and only a lapse stops one), and the later deadline wins.
+-- and moved on in one ZADD. Every number parsed costs (tonumber parses twice), so the positions come
+-- as characters, and a uuid counts as lapsed once its deadline is not past the call's latest now:
+-- heartbeat.lua then sorts out the rare one that sent its heartbeat a moment earlier. A uuid twice in
+-- one call reads the same score both times, which is what the first left it (a refresh keeps the
+-- code and only a lapse stops one), and the later deadline wins.
 local default_ms, c = math.floor(tonumber(ARGV[1]) * 1000), tonumber(ARGV[2])
 local latest_now = tonumber(ARGV[3])
 local names, lowest = {}, {}
 for i = 1, c do
   names[i] = ARGV[3 + i]
-  local bound = ARGV[3 + c + i]
-  lowest[i] = bound ~= '' and bound -- as text: Redis parses it, with no number written out here
 end
 
 -- Each heartbeat's first argument; each channel's members; per channel of each heartbeat, in
@@ -38,8 +33,8 @@ local beats, members, on, index, slots = {}, {}, {}, {}, 0
 for i = 1, c do
   members[i] = {}
 end
-for at = 4 + 2 * c, #ARGV, 5 do
-  local member, places = ARGV[at + 1], ARGV[at + 4]
+for at = 4 + c, #ARGV, 3 do
+  local member, places = ARGV[at + 1], ARGV[at + 2]
   beats[#beats + 1] = at
   for k = 1, #places, 2 do
     local high, low = byte(places, k, k + 1)
@@ -61,19 +56,11 @@ end
 
 local codes, in_key, exact_below = OCC.codes, OCC.in_key, OCC.exact_below
 local ceil, floor = math.ceil, math.floor
-local numbers = {} -- the codes sent, parsed once each
 local done, moves, slot = {}, {}, 0
 for b, at in ipairs(beats) do
-  local sent, n = ARGV[at + 2], #ARGV[at + 4] / 2
+  local n = #ARGV[at + 2] / 2
   -- The code of the timeout kept, or nil when heartbeat.lua must serve the heartbeat.
-  local code
-  if sent ~= '' then
-    code = numbers[sent]
-    if not code then
-      code = tonumber(sent)
-      numbers[sent] = code
-    end
-  end
+  local code = false
   for k = slot + 1, slot + n do
     local found = scores[on[k]]
     local score = found and found[index[k]]
@@ -85,13 +72,13 @@ for b, at in ipairs(beats) do
     local deadline = ceil(score)
     local held = deadline < exact_below and floor((deadline - score) * codes + 0.5) or in_key
     if score <= latest_now or held == in_key or (code and held ~= code) then
-      code = nil -- lapsed (a timeout, then a join); the timeout is in the uuid's key, or changes
+      code = nil -- lapsed (a timeout, then a join); the timeout is in the uuid's key, or differs
       break
     end
     code = held
   end
-  local text = ARGV[at + 3]
-  if code and sent == '' then
+  local text
+  if code then
     -- The timeout held: this deadline is worked out here.
     local deadline = tonumber(ARGV[at]) + (code == 0 and default_ms or code * 1000)
     if code ~= 0 and deadline >= exact_below then
@@ -100,7 +87,7 @@ for b, at in ipairs(beats) do
       text = deadline_score(deadline, code)
       for k = slot + 1, slot + n do
         local channel = on[k]
-        if not lowest[channel] or deadline < tonumber(lowest[channel]) then
+        if not lowest[channel] or deadline < lowest[channel] then
           lowest[channel] = deadline
         end
       end
