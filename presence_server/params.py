@@ -321,9 +321,12 @@ def query_seconds(request: web.Request, key: str, service: str = PRESENCE) -> fl
     raw = query_value(request, key, service)
     if raw is None or raw == "":
         return None
-    if not _DECIMAL.fullmatch(raw):
+    if raw.isascii() and raw.isdigit() and len(raw) <= 100:
+        value = float(raw)  # whole seconds, as every SDK sends them: no pattern to match
+    elif _DECIMAL.fullmatch(raw):
+        value = float(raw)
+    else:
         raise bad_request(f"Invalid {key}: {_shown(raw)} is not a number", service)
-    value = float(raw)
     if not 0 < value < math.inf:
         raise bad_request(f"Invalid {key}: must be a positive number of seconds", service)
     return value

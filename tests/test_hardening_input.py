@@ -137,6 +137,9 @@ HUGE = "9" * 5000  # past int()'s 4,300-digit limit
         f"{P}/channel/ch1/heartbeat?uuid=u1&heartbeat=1_0",
         f"{P}/channel/ch1/heartbeat?uuid=u1&heartbeat=%2010",
         f"{P}/channel/ch1/heartbeat?uuid=u1&heartbeat=infinity",
+        f"{P}/channel/ch1/heartbeat?uuid=u1&heartbeat=%C2%B2",  # a superscript two: isdigit, not float
+        f"{P}/channel/ch1/heartbeat?uuid=u1&heartbeat=%D9%A3%D9%A0",  # Arabic-Indic thirty
+        f"{P}/channel/ch1/heartbeat?uuid=u1&heartbeat=0",
     ],
 )
 async def test_huge_or_odd_numbers_are_a_400_and_change_nothing(

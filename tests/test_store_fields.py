@@ -54,12 +54,18 @@ UUID4 = "0f8fad5b-d9cb-469f-a165-70867728950e"
         UUID4 + "x",
         UUID4.replace("-", "_"),
         "канал🙂",
+        UUID4[:-2] + " e",  # bytes.fromhex skips whitespace
+        UUID4[:-2] + "\te",
+        UUID4[:-1] + "-",
+        UUID4[:14] + "-" + UUID4[15:],
+        UUID4[:-1] + "\u0660",  # a digit, not an ASCII one (ARABIC-INDIC ZERO)
+        UUID4[:-1] + "g",
     ],
 )
 def test_members_are_short_for_canonical_uuids_and_name_one_uuid_each(uuid: str) -> None:
     member = fields.member(uuid)
     assert fields.uuid_of(member) == uuid
-    canonical = len(uuid) == 36 and uuid == uuid.lower() and uuid.count("-") == 4
+    canonical = re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid)
     assert len(member) == 23 if canonical else member in (uuid, "~" + uuid)
 
 

@@ -9,10 +9,10 @@ one entry per presence event, a message log (``KeysetKeys.messages``) one per me
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import functools
 import math
-import re
 from typing import Any, Final, cast
 
 import orjson
@@ -71,7 +71,6 @@ WAKE_FAULTS: Final = "faults"  # alone in its message, on the clock's channel: t
 # one in front, so no two uuids share a member. Events, deltas and webhooks carry the uuid itself.
 MEMBER_MARK: Final = "~"
 MEMBER_DIGITS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"  # base64's, in order
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 # An occupant's score is its deadline in ms less code / DEADLINE_CODES, the code of the presence
 # timeout the uuid asked for (0 <= code < DEADLINE_CODES): the fraction remembers that timeout at no
@@ -87,8 +86,17 @@ DEADLINE_CODED_BELOW: Final = 2**42
 
 def member(uuid: str) -> str:
     """The uuid's member in a channel's occupants and state (see MEMBER_MARK)."""
-    if len(uuid) == 36 and _CANONICAL_UUID.fullmatch(uuid):
-        return MEMBER_MARK + base64.b64encode(bytes.fromhex(uuid.replace("-", "")))[:22].decode()
+    if len(uuid) == 36 and uuid[8] == uuid[13] == uuid[18] == uuid[23] == "-":
+        # Canonical when the rest is 32 lowercase hex digits: what they encode, written back in hex,
+        # gives them again (no other dash, no capital, no whitespace, which fromhex skips). Every
+        # heartbeat asks this; a regular expression took a third of the time.
+        digits = uuid.replace("-", "")
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError:
+            raw = b""
+        if len(raw) == 16 and raw.hex() == digits:
+            return MEMBER_MARK + binascii.b2a_base64(raw, newline=False)[:22].decode()
     if uuid.startswith(MEMBER_MARK):
         return MEMBER_MARK + uuid
     return uuid

@@ -1,13 +1,15 @@
 """Presence writes: heartbeats, leaves and state changes, each one script (heartbeat/leave/set_state.lua),
-and refresh.lua first for a heartbeat that may be a plain refresh."""
+and renew.lua or refresh.lua first for a heartbeat that may be a plain refresh (store/refreshes.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 from presence_server.store import fields
-from presence_server.store.core import StoreCore, chunks, ms, unique_channels
+from presence_server.store.core import SCRIPT_CHANNELS, StoreCore, chunks, ms
 from presence_server.store.fields import TIMEOUT_IN_KEY, timeout_code
+from presence_server.store.keys import KeysetKeys
+from presence_server.store.subscription import is_presence_name
 
 _IN_KEY = str(TIMEOUT_IN_KEY)
 
@@ -31,27 +33,61 @@ class PresenceWrites(StoreCore):
         own entry wins over its group's. Returns how many channels the uuid joined.
         """
         ks = self.keys(sub_key)
-        # Most heartbeats name no group: their channels need no read (and no coroutine of _expand's).
-        targets = await self._expand(ks, channels, groups) if groups else unique_channels(channels)
-        if not targets:
-            return 0
         member = fields.member(uuid)
         now_ms = ms(now)
-        if timeout is None:
-            code = score = ""
-            deadline = 0
+        code, score, deadline = self._sent(now_ms, timeout)
+        refreshable = code != _IN_KEY
+        if not groups and not states:
+            # Most heartbeats: channels named directly, no state, most often a plain refresh. Tried
+            # here with the least work; _write serves what it leaves (and does not try it again).
+            names = [ch for ch in dict.fromkeys(channels) if not is_presence_name(ch)]
+            if not names:
+                return 0
+            if refreshable and len(names) <= SCRIPT_CHANNELS:
+                refreshed = await self._refreshes.refresh(ks, now_ms, member, score, deadline, names)
+                if refreshed is not None:
+                    if refreshed:
+                        await self._detach(self._note_keyset(sub_key, float(refreshed)))
+                    return 0
+                refreshable = False
+            targets: Sequence[tuple[str, str | None]] = [(ch, None) for ch in names]
         else:
-            deadline = now_ms + int(timeout * 1000)
-            number = timeout_code(timeout, self.default_timeout, deadline)
-            code = str(number)
-            score = "" if number == TIMEOUT_IN_KEY else fields.deadline_text(deadline, number)
+            targets = await self._expand(ks, channels, groups)
+            if not targets:
+                return 0
+        timing = (now, timeout, code, score, deadline)
+        return await self._write(ks, uuid, member, targets, timing, refreshable, states)
+
+    def _sent(self, now_ms: int, timeout: float | None) -> tuple[str, str, int]:
+        """The code of the timeout sent, the score refresh scripts take and the deadline it gives
+        ('', '' and 0 with none sent; no score for a timeout no code tells)."""
+        if timeout is None:
+            return "", "", 0
+        deadline = now_ms + int(timeout * 1000)
+        number = timeout_code(timeout, self.default_timeout, deadline)
+        return str(number), "" if number == TIMEOUT_IN_KEY else fields.deadline_text(deadline, number), deadline
+
+    async def _write(
+        self,
+        ks: KeysetKeys,
+        uuid: str,
+        member: str,
+        targets: Sequence[tuple[str, str | None]],
+        timing: tuple[float, float | None, str, str, int],
+        refreshable: bool,
+        states: Mapping[str, str] | None,
+    ) -> int:
+        """A heartbeat's script calls, SCRIPT_CHANNELS channels at a time: a refresh where it may be
+        one (``refreshable``), else heartbeat.lua. Returns the joins."""
+        now, timeout, code, score, deadline = timing
+        now_ms = ms(now)
         joins, earlier, written = 0, "", False
         for part in chunks(targets):
             names = [channel for channel, _ in part]
             part_states = [states.get(ch, states.get(group or "", "")) for ch, group in part] if states else None
             part_earlier: str | None = None
-            if code != _IN_KEY and not (part_states and any(part_states)):
-                # Most heartbeats only move deadlines on: refresh.lua does that, or says it cannot.
+            if refreshable and not (part_states and any(part_states)):
+                # Most heartbeats only move deadlines on: a refresh script does that, or says it cannot.
                 part_earlier = await self._refreshes.refresh(ks, now_ms, member, score, deadline, names)
             if part_earlier is None:
                 extra = [uuid, member, _num(timeout), code, _num(self.default_timeout)]
@@ -65,12 +101,12 @@ class PresenceWrites(StoreCore):
                 earlier = part_earlier
         self.counts["join"] += joins
         if written:
-            self._presence_written(sub_key)
+            self._presence_written(ks.sub_key)
         if earlier:
             # The global index lives in another cluster slot, so this cannot be part of the script.
             # Shielded: a client that goes away must not leave a join the sweeper never looks at;
             # and the sweeper reconciles from time to time in case this write failed outright.
-            await self._detach(self._note_keyset(sub_key, float(earlier)))
+            await self._detach(self._note_keyset(ks.sub_key, float(earlier)))
         return int(joins)
 
     async def _note_keyset(self, sub_key: str, upcoming: float) -> None:
