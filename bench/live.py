@@ -458,7 +458,8 @@ class Round:
     def line(self, number: int, last: float) -> str:
         lat, (target, redis_cpu, _) = self.latencies, self.spent
         return (
-            f"  round {number:>2}: p50 {pct(lat, 0.5):6.1f}  p99 {pct(lat, 0.99):6.1f}  max {max(lat):6.1f} ms | last "
+            f"  round {number:>2}: first {min(lat):6.1f}  p50 {pct(lat, 0.5):6.1f}  p99 {pct(lat, 0.99):6.1f}  "
+            f"max {max(lat):6.1f} ms | last "
             f"at {1000 * last:4.0f} ms, all held again at {1000 * self.reheld:4.0f} ms | CPU s: target {target:.2f}, "
             f"redis {redis_cpu:.2f}, generators {listed(self.generator_cpu, '+', 2)} | generator "
             f"lag {self.generator_lag_ms:.1f} ms, read delay {self.read_delay_ms:.1f} ms"
@@ -538,8 +539,10 @@ def summarise_fanout(label: str, rounds: list[Round], trouble: dict[str, Any]) -
     span = mean([r.reheld for r in rounds])
     target, redis_cpu, machine = (mean([r.spent[i] for r in rounds]) for i in range(3))
     calls: Counter[str] = sum((r.commands for r in rounds), Counter())
+    first = mean([min(r.latencies) for r in rounds])
     say(
-        f"  {label}: {len(pooled)} deliveries in {len(rounds)} rounds, p50 {p50:.1f} ms  p99 {p99:.1f} ms  max "
+        f"  {label}: {len(pooled)} deliveries in {len(rounds)} rounds, first {first:.1f} ms (mean of the rounds'), "
+        f"p50 {p50:.1f} ms  p99 {p99:.1f} ms  max "
         f"{pooled[-1]:.1f} ms; {trouble['errors']} error answers, {trouble['lost']} connections lost, "
         f"{trouble['duplicates']} duplicates, {trouble['empty']} holds ran out {trouble['sample']}\n"
         f"    per round: all held again after {1000 * span:.0f} ms; the process under test {100 * target / span:.0f} % "

@@ -191,13 +191,16 @@ class _Waiter:
         future: asyncio.Future[bool] = loop.create_future()
         self._future = future
         self._expiry = loop.call_later(seconds, _expire, future)
+        self._polls.waiting += 1
         return future
 
     def disarm(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        self._future = None
+        if self._future is not None:
+            self._future = None
+            self._polls.waiting -= 1
 
     def __enter__(self) -> _Waiter:
         return self
@@ -222,7 +225,7 @@ class LongPolls:
         self.clock = clock
         self.hold = hold
         self.memo = RefreshMemo(refresh_window)
-        self.waiting = 0
+        self.waiting = 0  # polls waiting for a wake-up now (presence_longpolls_held), not those reading
         self.closing = False
         self.reads_started = 0  # numbers the reads (the markers of the invariant above)
         self._by_name: dict[tuple[str, str], set[_Waiter]] = defaultdict(set)
@@ -439,7 +442,6 @@ class LongPolls:
         if waiter.prefixes:
             self._by_prefix[waiter.sub_key].add(waiter)
         self._held[waiter.sub_key] += 1
-        self.waiting += 1
 
     def _unregister(self, waiter: _Waiter) -> None:
         if not waiter.names and not waiter.prefixes:
@@ -460,4 +462,3 @@ class LongPolls:
         self._held[waiter.sub_key] -= 1
         if self._held[waiter.sub_key] <= 0:
             del self._held[waiter.sub_key]
-        self.waiting -= 1
