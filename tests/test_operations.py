@@ -20,11 +20,12 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from presence_server.app import create_app
 from presence_server.config import Settings
-from presence_server.context import STORE
+from presence_server.context import LONGPOLLS, STORE
 from presence_server.metrics import METRICS, RequestStats
 from presence_server.store import open_redis
 from tests.helpers.app import (
@@ -209,6 +210,27 @@ async def test_longpolls_held_is_one_while_a_poll_waits(
     found, _ = await pending
     assert [env["d"] for env in found] == ["wake"]
     assert (await scrape(client)).value("presence_longpolls_held") == 0
+
+
+@pytest.mark.engines("redis")
+async def test_longpolls_held_leaves_out_a_poll_still_reading(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, redis_client: aioredis.Redis
+) -> None:
+    """Held means waiting for a wake-up: a poll whose read has not come back yet is not held (a bench or
+    a test that publishes once every poll is held must not publish while they are still reading)."""
+    app = make_app(longpoll_hold=LONG_HOLD)
+    client = await aiohttp_client(await aiohttp_server(app, **TEST_SERVER_OPTIONS))
+    cursor = await handshake(client, "ch1")  # presence refreshed: the poll's refresh is skipped (memo)
+    await redis_client.client_pause(1000)  # every command waits a second (CLIENT PAUSE 1000 ALL)
+    pending = asyncio.create_task(poll(client, "ch1", cursor))
+    polls = app[LONGPOLLS]
+    await wait_until(lambda: polls.holds("demo"), what="the poll registered, its read on its way")
+    assert waiting(client) == 0
+    await wait_until(lambda: waiting(client) == 1, what="the poll held once its read came back")
+    await publish(client, "ch1", "wake")
+    found, _ = await pending
+    assert [env["d"] for env in found] == ["wake"]
+    assert waiting(client) == 0
 
 
 async def test_present_users_and_occupied_channels_are_sampled(client: Client, clock: FakeClock) -> None:
