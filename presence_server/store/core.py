@@ -58,9 +58,14 @@ def ms(now: float) -> int:
 SCRIPT_CHANNELS = 500
 
 
+def channel_names(channels: Sequence[str], presence_names: bool = False) -> list[str]:
+    """The channels once each, in order (``-pnpres`` names dropped unless ``presence_names``)."""
+    return [ch for ch in dict.fromkeys(channels) if presence_names or not is_presence_name(ch)]
+
+
 def unique_channels(channels: Sequence[str], presence_names: bool = False) -> list[tuple[str, str | None]]:
-    """The channels once each (``-pnpres`` names dropped unless ``presence_names``), of no group."""
-    return [(ch, None) for ch in dict.fromkeys(channels) if presence_names or not is_presence_name(ch)]
+    """``channel_names``, each of no group."""
+    return [(ch, None) for ch in channel_names(channels, presence_names)]
 
 
 def chunks(items: Sequence[T], size: int = SCRIPT_CHANNELS) -> Iterator[Sequence[T]]:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from presence_server.store import fields
-from presence_server.store.core import SCRIPT_CHANNELS, StoreCore, chunks, ms
+from presence_server.store.core import SCRIPT_CHANNELS, StoreCore, channel_names, chunks, ms
 from presence_server.store.fields import TIMEOUT_IN_KEY, timeout_code
 from presence_server.store.keys import KeysetKeys
-from presence_server.store.subscription import is_presence_name
 
 _IN_KEY = str(TIMEOUT_IN_KEY)
 
@@ -40,7 +39,7 @@ class PresenceWrites(StoreCore):
         if not groups and not states:
             # Most heartbeats: channels named directly, no state, most often a plain refresh. Tried
             # here with the least work; _write serves what it leaves (and does not try it again).
-            names = [ch for ch in dict.fromkeys(channels) if not is_presence_name(ch)]
+            names = channel_names(channels)
             if not names:
                 return 0
             if refreshable and len(names) <= SCRIPT_CHANNELS:
@@ -55,7 +54,7 @@ class PresenceWrites(StoreCore):
             targets = await self._expand(ks, channels, groups)
             if not targets:
                 return 0
-        timing = (now, timeout, code, score, deadline)
+        timing = (now, now_ms, timeout, code, score, deadline)
         return await self._write(ks, uuid, member, targets, timing, refreshable, states)
 
     def _sent(self, now_ms: int, timeout: float | None) -> tuple[str, str, int]:
@@ -73,14 +72,13 @@ class PresenceWrites(StoreCore):
         uuid: str,
         member: str,
         targets: Sequence[tuple[str, str | None]],
-        timing: tuple[float, float | None, str, str, int],
+        timing: tuple[float, int, float | None, str, str, int],
         refreshable: bool,
         states: Mapping[str, str] | None,
     ) -> int:
         """A heartbeat's script calls, SCRIPT_CHANNELS channels at a time: a refresh where it may be
         one (``refreshable``), else heartbeat.lua. Returns the joins."""
-        now, timeout, code, score, deadline = timing
-        now_ms = ms(now)
+        now, now_ms, timeout, code, score, deadline = timing
         joins, earlier, written = 0, "", False
         for part in chunks(targets):
             names = [channel for channel, _ in part]
