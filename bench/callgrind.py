@@ -1,12 +1,14 @@
 """Instructions per request of one server process under callgrind: stable where wall times are not.
 
-``python -m bench.callgrind --phase heartbeat|wake --target server|baseline [--tree PATH]``
+``python -m bench.callgrind --phase heartbeat|wake --target server|baseline|deferred [--tree PATH]``
 
 The process runs under ``valgrind --tool=callgrind --instr-atstart=no`` (apt-get install -y valgrind):
 uninstrumented until the load is warm, then instrumented, its counts zeroed, the measured load sent,
 and the counts dumped. Only that process is counted (not Redis, not the load generator, not the
 kernel), so the figure is the Python (and C extension) cost of a request, the same from one run to the
-next on a busy machine. The baseline is bench/baseline.py, the minimal aiohttp app of bench.live.
+next on a busy machine. The baseline is bench/baseline.py, the minimal aiohttp app of bench.live;
+``deferred`` is the same app with its heartbeats waiting for a batch resolved at the next loop
+iteration (``--defer``): the floor of a handler that waits for a reply, as the server's do.
 
 - **heartbeat**: ``--users`` uuids on ``--channels`` channels made present first (through the store,
   from this process), then heartbeats as bench/heartbeat.lua walks them, ``--connections`` keep-alive
@@ -119,6 +121,7 @@ def processes(args: argparse.Namespace) -> Iterator[tuple[Server, str]]:
             cmd = ["-m", "presence_server", "--host", "127.0.0.1", "--port", str(port), "--redis-url", url]
         else:
             cmd = ["-m", "bench.baseline", "--port", str(port), "--hold", "280"]
+            cmd += ["--defer"] if args.target == "deferred" else []
         out = work / "callgrind.out"
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
         tree = str(Path(args.tree).resolve())
@@ -220,7 +223,7 @@ async def wake_phase(args: argparse.Namespace, server: Server) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=("heartbeat", "wake"), default="heartbeat")
-    parser.add_argument("--target", choices=("server", "baseline"), default="server")
+    parser.add_argument("--target", choices=("server", "baseline", "deferred"), default="server")
     parser.add_argument("--tree", default=str(ROOT), help="the checkout whose server runs (default this one)")
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--channels", type=int, default=4)

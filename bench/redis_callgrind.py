@@ -6,10 +6,15 @@ A redis-server of its own runs under ``valgrind --tool=callgrind --instr-atstart
 -y valgrind). The store of each tree (this checkout unless ``--tree`` names others, e.g. a ``git worktree``
 of another revision) makes ``--users`` uuids present on ``--channels`` channels, uninstrumented; then
 Redis is instrumented and the store sends ``--rounds`` rounds of ``--batch`` heartbeats at once, each a
-refresh of a present uuid that sends its presence timeout (one renew.lua call per round, as a busy
-server process sends them; with ``--held`` they send none, and go to refresh.lua). The figure is
-Redis's instructions over those refreshes, per refresh: the script, its commands, and reading the
-requests and writing the replies. One Redis per tree, the trees in turn.
+refresh of a present uuid that sends its presence timeout (``--timeout``; one renew.lua call per
+round, as a busy server process sends them; with ``--held`` they send none, and go to refresh.lua).
+The figure is Redis's instructions over those refreshes, per refresh: the script, its commands, and
+reading the requests and writing the replies. One Redis per tree, the trees in turn.
+
+The uuids join 0.5 ms apart, as heartbeats arrive (about two per ms), and each round is one ms: a
+skiplist whose members all share one score compares their names at every step of every update,
+which no live keyset does. ``--redis-server`` runs another binary (one built with symbols, for
+``callgrind_annotate``: Debian's is stripped).
 """
 
 from __future__ import annotations
@@ -45,19 +50,20 @@ async def drive(args: argparse.Namespace, port: int, redis_pid: int) -> None:
     store = PresenceStore(client, prefix="rc")
     now = time.time()
 
-    async def beat(n: int, at: float, length: float | None = 300.0) -> int:
+    async def beat(n: int, at: float, length: float | None) -> int:
         return await store.heartbeat("bench", uuid_of(n), [f"room-{n % args.channels}"], now=at, timeout=length)
 
     try:
         for start in range(0, args.users, 64):
-            await asyncio.gather(*(beat(n, now) for n in range(start, min(args.users, start + 64))))
+            joining = range(start, min(args.users, start + 64))
+            await asyncio.gather(*(beat(n, now + n * 0.0005, args.timeout) for n in joining))
         await asyncio.to_thread(control, redis_pid, "-i", "on")
         await asyncio.to_thread(control, redis_pid, "-z")
-        sent = 0
+        sent, joined = 0, now + args.users * 0.0005
         for number in range(args.rounds):
-            at = now + 0.01 * (number + 1)
+            at = joined + 0.001 * (number + 1)
             users = [(sent + i) * 7919 % args.users for i in range(args.batch)]
-            joins = await asyncio.gather(*(beat(n, at, None if args.held else 300.0) for n in users))
+            joins = await asyncio.gather(*(beat(n, at, None if args.held else args.timeout) for n in users))
             if any(joins):
                 raise RuntimeError("a refresh joined: the uuids were not all present")
             sent += args.batch
@@ -76,11 +82,11 @@ def measure(args: argparse.Namespace, tree: Path) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-redis-callgrind-"))
     out, port = work / "callgrind.out", free_port()
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)]
+    argv = [args.redis_server, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)]
     redis = subprocess.Popen([*valgrind, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, redis, 120, lambda: "redis-server under valgrind did not start")
-        knobs = [f"--{k}={getattr(args, k)}" for k in ("users", "channels", "batch", "rounds")]
+        knobs = [f"--{k}={getattr(args, k)}" for k in ("users", "channels", "batch", "rounds", "timeout")]
         knobs += ["--held"] if args.held else []
         # Run as a script from an empty folder, so that presence_server comes from the tree alone.
         env = dict(os.environ, PYTHONPATH=str(tree))
@@ -107,6 +113,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="heartbeats sent at once (one script call)")
     parser.add_argument("--held", action="store_true", help="refreshes that send no timeout (refresh.lua)")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--timeout", type=float, default=300.0, help="the presence timeout sent (s; 300 the default)")
+    parser.add_argument("--redis-server", default="redis-server", help="the redis-server binary")
     parser.add_argument("--drive", nargs=2, type=int, metavar=("PORT", "PID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
@@ -116,7 +124,7 @@ def main() -> None:
         figure = measure(args, tree)
         print(
             f"{tree}: Redis instructions per refresh ({args.users} uuids on {args.channels} channels, "
-            f"{args.batch} per call{', no timeout sent' if args.held else ''}): {figure:,}",
+            f"{args.batch} per call, {'no timeout sent' if args.held else f'heartbeat={args.timeout:g}'}): {figure:,}",
             flush=True,
         )
 
