@@ -38,9 +38,10 @@ from presence_server.store.keys import KeysetKeys
 REFRESH_BATCH = 64
 
 
-# A channel's position among the call's (from 1), as refresh.lua reads it: two characters, 48 plus
-# each base-64 digit, so that Redis parses no number for it. A call has fewer than 2 * max_channels
-# positions (it is sent once it holds max_channels), far below 4096.
+# A channel's position among the call's (from 1), as refresh.lua reads it, and a channel's count of
+# pairs, as renew.lua reads it: two characters, 48 plus each base-64 digit, so that Redis parses no
+# number for it. A call has fewer than 2 * max_channels positions (it is sent once it holds
+# max_channels) and at most REFRESH_BATCH pairs per channel, far below 4096.
 _PLACES: Final = [chr(48 + (p >> 6)) + chr(48 + (p & 63)) for p in range(4096)]
 
 
@@ -105,9 +106,9 @@ class _Sent:
         self.members.append(member)
 
     def args(self, default: str) -> list[Any]:
-        args: list[Any] = [len(self.by_channel), self.latest]
+        args: list[Any] = [self.latest]
         for channel, entry in self.by_channel.items():
-            args += (channel, entry.lowest, len(entry.pairs) >> 1)
+            args += (channel, entry.lowest, _PLACES[len(entry.pairs) >> 1])
         for entry in self.by_channel.values():
             args += entry.pairs
         return args

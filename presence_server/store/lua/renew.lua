@@ -4,11 +4,12 @@
 -- keys and without reading them first. A heartbeat that sends no timeout is refresh.lua's (its
 -- deadline depends on the timeout held); any other comes back named, and the caller runs
 -- heartbeat.lua for it, which re-reads everything.
--- KEYS[1] due index, KEYS[2] interval index, then the occupants key of each channel of the call.
--- ARGV[1] how many channels c, ARGV[2] the latest now (ms) of the call's heartbeats, then per
--- channel three: its name (in the order of the keys), the lowest deadline its pairs give, how many
--- pairs it has; then each channel's pairs, in that order: the score that gives the new deadline
--- (fields.py: deadline_text), the member (fields.py: member).
+-- KEYS[1] due index, KEYS[2] interval index, then the occupants key of each of the call's c channels.
+-- ARGV[1] the latest now (ms) of the call's heartbeats, then per channel three: its name (in the
+-- order of the keys), the lowest deadline its pairs give, how many pairs it has (two characters, 48
+-- plus each base-64 digit, as refresh.lua's positions: Redis parses no number for it); then each
+-- channel's pairs, in that order: the score that gives the new deadline (fields.py: deadline_text),
+-- the member (fields.py: member).
 -- Returns the members left for heartbeat.lua, then when the sweeper must next look at the keyset
 -- ('' unless that moved earlier).
 --
@@ -20,13 +21,14 @@
 -- for heartbeat.lua. For a heartbeat on several channels that is not all-or-nothing: channels before
 -- the one it joins are already written, with the deadlines heartbeat.lua then writes again. The
 -- timeout a deadline held is not read: heartbeat.lua too replaces it with the one sent.
-local c, latest = tonumber(ARGV[1]), ARGV[2]
-local latest_ms = tonumber(latest)
+local c, latest = #KEYS - 2, ARGV[1]
+local latest_ms -- read only where a member's score is: each number parsed costs
 
 -- The members absent from key or lapsed there: failed, and how many of the members they are.
 local failed, any_failed = {}, false
 local function unfit(key, members)
   local scores, unfit_here = redis.call('ZMSCORE', key, unpack(members)), 0
+  latest_ms = latest_ms or tonumber(latest)
   for j = 1, #members do
     local score = scores[j]
     if not score or score + 0 <= latest_ms then
@@ -47,10 +49,12 @@ end
 
 -- The guards, before any write: a key of another type fails every heartbeat on it (heartbeat.lua
 -- reports the error), lapsed members their own.
-local starts, writable, at = {}, {}, 3 + 3 * c
+local byte = string.byte
+local starts, counts, writable, at = {}, {}, {}, 2 + 3 * c
 for i = 1, c do
-  local n = tonumber(ARGV[2 + 3 * i])
-  starts[i] = at
+  local high, low = byte(ARGV[1 + 3 * i], 1, 2)
+  local n = (high - 48) * 64 + low - 48
+  starts[i], counts[i] = at, n
   local lapsed = redis.pcall('ZCOUNT', KEYS[2 + i], '-inf', latest)
   writable[i] = type(lapsed) == 'number'
   if not writable[i] then
@@ -66,7 +70,7 @@ end
 
 local due = {}
 for i = 1, c do
-  local first, n = starts[i], tonumber(ARGV[2 + 3 * i])
+  local first, n = starts[i], counts[i]
   local last = first + 2 * n - 1
   local key, pairs_sent = KEYS[2 + i], nil
   if any_failed and writable[i] then
@@ -104,8 +108,8 @@ for i = 1, c do
     -- only makes a sweep look early. The occupants' backstop expiry is renewed by the sweep's visits
     -- (common.lua: refresh_due).
     if count > 0 then
-      due[#due + 1] = ARGV[1 + 3 * i]
       due[#due + 1] = ARGV[3 * i]
+      due[#due + 1] = ARGV[3 * i - 1]
     end
   end
 end
