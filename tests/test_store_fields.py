@@ -85,12 +85,27 @@ def test_timeout_codes(length: float, code: int) -> None:
     assert fields.timeout_code(length, 300.0, fields.DEADLINE_CODED_BELOW) == (0 if code == 0 else 2047)
 
 
-@pytest.mark.parametrize("code", [0, 1, 7, 60, 300, 1024, 2046])
-@pytest.mark.parametrize("deadline", [1, 1_800_000_000_123, fields.DEADLINE_CODED_BELOW - 1])
-def test_a_deadline_text_is_exactly_the_score(deadline: int, code: int) -> None:
-    text = fields.deadline_text(deadline, code)
-    assert float(text) == deadline - code / fields.DEADLINE_CODES
-    assert fields.deadline_of(float(text)) == deadline
+@pytest.mark.parametrize(
+    "deadline",
+    [
+        1,
+        1_800_000_000_123,
+        fields.SHORT_SCORES_FROM - 1,
+        fields.SHORT_SCORES_FROM,
+        fields.SHORT_SCORES_FROM + 1,  # four decimals from here on
+        2**41 - 1,
+        2**41,  # a double's spacing doubles here
+        2**41 + 1,
+        fields.DEADLINE_CODED_BELOW - 1,
+    ],
+)
+def test_a_deadline_text_is_exactly_the_score(deadline: int) -> None:
+    for code in range(fields.TIMEOUT_IN_KEY):
+        text = fields.deadline_text(deadline, code)
+        assert float(text) == deadline - code / fields.DEADLINE_CODES, (deadline, code, text)
+        assert fields.deadline_of(float(text)) == deadline
+        if deadline > fields.SHORT_SCORES_FROM:
+            assert len(text.replace(".", "")) <= 17, text
 
 
 SUB = "fields"

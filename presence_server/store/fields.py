@@ -121,16 +121,26 @@ def timeout_code(timeout: float, default: float, deadline_ms: int) -> int:
     return TIMEOUT_IN_KEY
 
 
-# The decimals of 1 - code / DEADLINE_CODES (1/2048 is 48828125e-11), for deadline_text.
+# The decimals of 1 - code / DEADLINE_CODES (1/2048 is 48828125e-11), for deadline_text: all of
+# them, and four. From SHORT_SCORES_FROM ms (2^40, the year 2004) on, the doubles next to a score are
+# at least 2^-13 (0.000122) away from it, so four decimals (at most 0.00005 off) still name it
+# exactly: 17 digits instead of up to 24, and Redis parses each score sent (strtod) about a
+# fifth faster.
 _FRACTIONS: Final = [""] + [
     f".{(DEADLINE_CODES - code) * 48828125:011d}".rstrip("0") for code in range(1, DEADLINE_CODES)
 ]
+_SHORT_FRACTIONS: Final = [""] + [
+    f"{(DEADLINE_CODES - code) / DEADLINE_CODES:.4f}"[1:].rstrip("0") for code in range(1, DEADLINE_CODES)
+]
+SHORT_SCORES_FROM: Final = 2**40
 
 
 def deadline_text(deadline_ms: int, code: int) -> str:
     """An occupant's score for a deadline (ms, below DEADLINE_CODED_BELOW unless code 0) and a timeout
-    code, as exact decimal text: deadline - code / DEADLINE_CODES."""
-    return f"{deadline_ms - 1}{_FRACTIONS[code]}" if code else str(deadline_ms)
+    code, as decimal text that parses to exactly deadline - code / DEADLINE_CODES."""
+    if not code:
+        return str(deadline_ms)
+    return f"{deadline_ms - 1}{(_SHORT_FRACTIONS if deadline_ms > SHORT_SCORES_FROM else _FRACTIONS)[code]}"
 
 
 def deadline_of(score: float) -> int:
