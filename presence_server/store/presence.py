@@ -4,6 +4,7 @@ and renew.lua or refresh.lua first for a heartbeat that may be a plain refresh (
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from presence_server.store import fields
 from presence_server.store.core import SCRIPT_CHANNELS, StoreCore, channel_names, chunks, ms
@@ -11,6 +12,17 @@ from presence_server.store.fields import TIMEOUT_IN_KEY, timeout_code
 from presence_server.store.keys import KeysetKeys
 
 _IN_KEY = str(TIMEOUT_IN_KEY)
+
+
+class _Timing(NamedTuple):
+    """When a heartbeat came and the timeout it sent, as PresenceWrites.heartbeat worked them out."""
+
+    now: float
+    now_ms: int
+    timeout: float | None  # None: none sent
+    code: str  # of the timeout sent ('' with none)
+    score: str  # the one refresh scripts write ('' with none sent, or one no code tells)
+    deadline: int  # the one the score gives (0 with none sent)
 
 
 class PresenceWrites(StoreCore):
@@ -54,7 +66,7 @@ class PresenceWrites(StoreCore):
             targets = await self._expand(ks, channels, groups)
             if not targets:
                 return 0
-        timing = (now, now_ms, timeout, code, score, deadline)
+        timing = _Timing(now, now_ms, timeout, code, score, deadline)
         return await self._write(ks, uuid, member, targets, timing, refreshable, states)
 
     def _sent(self, now_ms: int, timeout: float | None) -> tuple[str, str, int]:
@@ -72,7 +84,7 @@ class PresenceWrites(StoreCore):
         uuid: str,
         member: str,
         targets: Sequence[tuple[str, str | None]],
-        timing: tuple[float, int, float | None, str, str, int],
+        timing: _Timing,
         refreshable: bool,
         states: Mapping[str, str] | None,
     ) -> int:
