@@ -139,6 +139,9 @@ def instrumented(handler: Handler, route: str, app: web.Application) -> Handler:
     request, which a fan-out to thousands of polls pays thousands of times.
     """
 
+    # The app's request counts, found at its first request (the metrics come with its startup).
+    found: list[RequestStats] = []
+
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         status = 500
@@ -162,9 +165,12 @@ def instrumented(handler: Handler, route: str, app: web.Application) -> Handler:
             status = response.status
             return response
         finally:
-            metrics = app.get(METRICS)  # not request.app: two property calls more per request
-            if metrics is not None:
-                metrics.requests.observe(route, request.method, status, time.perf_counter() - started)
+            if not found:
+                metrics = app.get(METRICS)  # not request.app: two property calls more per request
+                if metrics is not None:
+                    found.append(metrics.requests)
+            if found:
+                found[0].observe(route, request.method, status, time.perf_counter() - started)
 
     return handle
 

@@ -437,8 +437,11 @@ async def test_presence_names_never_make_anyone_present(client: Client) -> None:
     # Python's legacy managers put -pnpres names (even doubled) into heartbeat and leave paths.
     await heartbeat(client, "ch1,ch1-pnpres,ch1-pnpres-pnpres", "u1")
     await heartbeat(client, "only-pnpres,only-pnpres-pnpres", "u2")
+    await heartbeat(client, "alone-pnpres", "u3")  # one name alone: no list to dedupe
     assert await where(client, "u1") == ["ch1"]
     assert await where(client, "u2") == []
+    assert await where(client, "u3") == []
+    assert await ok_body(client, f"{P}/channel/alone") == single([])
     assert await ok_body(client, f"{P}/channel/ch1-pnpres") == single([])
     assert await ok_body(client, f"{P}/channel/only") == single([])
     assert await ok_body(client, P) == multi({"ch1": {"uuids": ["u1"], "occupancy": 1}})

@@ -60,6 +60,8 @@ SCRIPT_CHANNELS = 500
 
 def channel_names(channels: Sequence[str], presence_names: bool = False) -> list[str]:
     """The channels once each, in order (``-pnpres`` names dropped unless ``presence_names``)."""
+    if len(channels) == 1:  # most heartbeats name one channel: nothing to dedupe
+        return [] if not presence_names and is_presence_name(channels[0]) else [channels[0]]
     return [ch for ch in dict.fromkeys(channels) if presence_names or not is_presence_name(ch)]
 
 
