@@ -140,9 +140,10 @@ def instrumented(handler: Handler, route: str, app: web.Application) -> Handler:
     """
 
     # The app's request counts, found at its first request (the metrics come with its startup).
-    found: list[RequestStats] = []
+    stats: RequestStats | None = None
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal stats
         started = time.perf_counter()
         status = 500
         try:
@@ -165,12 +166,11 @@ def instrumented(handler: Handler, route: str, app: web.Application) -> Handler:
             status = response.status
             return response
         finally:
-            if not found:
+            if stats is None:
                 metrics = app.get(METRICS)  # not request.app: two property calls more per request
-                if metrics is not None:
-                    found.append(metrics.requests)
-            if found:
-                found[0].observe(route, request.method, status, time.perf_counter() - started)
+                stats = None if metrics is None else metrics.requests
+            if stats is not None:
+                stats.observe(route, request.method, status, time.perf_counter() - started)
 
     return handle
 
