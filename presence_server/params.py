@@ -171,6 +171,28 @@ def path_names(request: web.Request, name: str, what: str, max_length: int, serv
     return split_names(raw, what, max_length, service, whole_list_encoded=whole)
 
 
+def keyset_and_channels(request: web.Request, max_length: int) -> tuple[str, Sequence[str]]:
+    """The subscribe key and the channel list of the path, as ``path_name`` and ``path_names`` read
+    ``sub_key`` and ``channels`` (a tuple for the list). Heartbeats, polls and here nows repeat their
+    paths, so a path with nothing percent-encoded is checked once per distinct pair of texts."""
+    if "%" in request.rel_url.raw_path:
+        sub_key = path_name(request, "sub_key", "subscribe key", max_length)
+        return sub_key, path_names(request, "channels", "channel", max_length)
+    match = request.match_info
+    channels = match["channels"]
+    if len(channels) > CACHED_TEXT:
+        return check_name(match["sub_key"], "subscribe key", max_length), split_names(channels, "channel", max_length)
+    return _plain_keyset_and_channels(match["sub_key"], channels, max_length)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_keyset_and_channels(sub_key: str, channels: str, max_length: int) -> tuple[str, tuple[str, ...]]:
+    # Texts with no percent sign, the channels at most CACHED_TEXT long and the key checked to be at
+    # most max_length: a refused one raises, and exceptions are not cached.
+    check_name(sub_key, "subscribe key", max_length)
+    return sub_key, tuple(split_names(channels, "channel", max_length))
+
+
 def query_value(request: web.Request, key: str, service: str = PRESENCE) -> str | None:
     """A query parameter's first value, percent-decoded strictly; None when absent.
 
@@ -214,10 +236,10 @@ def _parse_query(raw_query: str) -> dict[str, str]:
     Not cached beyond the last query: queries carry the uuid and the cursor, so a cache of them
     misses once there are more clients than it holds, and a miss cost more than this parse."""
     parsed: dict[str, str] = {}
-    encoded = "%" in raw_query
     for pair in raw_query.split("&"):
         name, _, value = pair.partition("=")
-        parsed.setdefault(unquote(name) if encoded else name, value)
+        # Names are rarely encoded, values often (every SDK's pnsdk): only an encoded name is decoded.
+        parsed.setdefault(unquote(name) if "%" in name else name, value)
     return parsed
 
 

@@ -12,8 +12,8 @@ from presence_server.http import bad_request, ok
 from presence_server.params import (
     check_counts,
     dump_json,
+    keyset_and_channels,
     path_name,
-    path_names,
     query_flag,
     query_int,
     query_json_object,
@@ -37,10 +37,9 @@ class _Call:
             self.sub_key, self.channels, self.groups = path_name(request, "sub_key", "subscribe key", limit), [], []
 
 
-def _targets(request: web.Request, limit: int) -> tuple[str, list[str], list[str]]:
+def _targets(request: web.Request, limit: int) -> tuple[str, Sequence[str], list[str]]:
     """The keyset, channels and channel groups a call names (at least one channel or group)."""
-    sub_key = path_name(request, "sub_key", "subscribe key", limit)
-    channels = path_names(request, "channels", "channel", limit)
+    sub_key, channels = keyset_and_channels(request, limit)
     groups = query_names(request, "channel-group", "channel group", limit)
     if not channels and not groups:
         raise bad_request("Missing channels and channel groups: name at least one")

@@ -12,8 +12,7 @@ from presence_server.context import LONGPOLLS, SETTINGS
 from presence_server.http import bad_request, raw_json_response
 from presence_server.params import (
     check_counts,
-    path_name,
-    path_names,
+    keyset_and_channels,
     query_json_object,
     query_names,
     query_seconds,
@@ -41,8 +40,7 @@ async def subscribe(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
     limit = settings.max_name_length
-    sub_key = path_name(request, "sub_key", "subscribe key", limit)
-    channels = path_names(request, "channels", "channel", limit)
+    sub_key, channels = keyset_and_channels(request, limit)
     groups = query_names(request, "channel-group", "channel group", limit)
     uuid = query_uuid(request, limit)
     _check_names(channels, groups)
@@ -58,7 +56,7 @@ async def subscribe(request: web.Request) -> web.Response:
     return raw_json_response(answer.rendered(render, sub_key))
 
 
-def _check_names(channels: list[str], groups: list[str]) -> None:
+def _check_names(channels: Sequence[str], groups: list[str]) -> None:
     if not channels and not groups:
         raise bad_request("Missing channels and channel groups: name at least one")
     if len(channels) + len(groups) > MAX_NAMES:
