@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -169,10 +169,10 @@ class _Waiter:
         if future is not None and not future.done():
             future.set_result(True)
 
-    def watch(self, names: Iterable[str], prefixes: tuple[str, ...]) -> None:
+    def watch(self, names: frozenset[str], prefixes: tuple[str, ...]) -> None:
         """Replace what this waiter is woken for."""
         self._polls._unregister(self)
-        self.names = frozenset(names)
+        self.names = names
         self.prefixes = prefixes
         self._polls._register(self)
 
@@ -239,17 +239,17 @@ class LongPolls:
 
     # -- the call the route makes -----------------------------------------------------------------
 
-    async def subscribe(self, call: SubscribeCall) -> Answer:
+    def subscribe(self, call: SubscribeCall) -> Coroutine[Any, Any, Answer]:
         """A handshake's cursor, or the next deliveries after the call's cursor, held up to ``hold``
-        seconds when there are none. Either way the subscriber's presence is refreshed."""
-        if self.watch is not None:
-            await self.watch(call.sub_key)
-        if call.cursor == "0":
-            return await self._handshake(call)
-        await self._refresh(call)
-        return await self._poll(call)
+        seconds when there are none. Either way the subscriber's presence is refreshed.
+
+        Not a coroutine itself: the caller awaits the handshake's or the poll's, one frame less for
+        each of the thousands of held polls one publish wakes."""
+        return self._handshake(call) if call.cursor == "0" else self._poll(call)
 
     async def _handshake(self, call: SubscribeCall) -> Answer:
+        if self.watch is not None:
+            await self.watch(call.sub_key)
         # The cursor is taken before the join, so the subscriber's own join comes after it.
         sub_key, subscription = call.sub_key, call.subscription
         cursor = await self.store.cursor(sub_key, now=self.clock())
@@ -287,12 +287,15 @@ class LongPolls:
         return True
 
     async def _poll(self, call: SubscribeCall) -> Answer:
+        if self.watch is not None:
+            await self.watch(call.sub_key)
+        await self._refresh(call)
         sub_key, subscription, cursor = call.sub_key, call.subscription, call.cursor
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hold
         with _Waiter(self, sub_key, subscription, cursor) as waiter:
             watched = subscription.watched
-            waiter.watch(watched, subscription.prefixes)
+            waiter.watch(subscription.watched_set, subscription.prefixes)
             while True:
                 # After a wake-up, any read numbered above its marker sees the new entry: notify made
                 # that read for every poll one publish woke, or the poll makes it now.
@@ -314,7 +317,7 @@ class LongPolls:
                 wanted = tuple(sorted({s.delivered_as for s in result.sources} | set(subscription.group_markers)))
                 if wanted != watched:
                     watched = wanted
-                    waiter.watch(watched, subscription.prefixes)
+                    waiter.watch(frozenset(watched), subscription.prefixes)
                     continue
                 # Wait for a wake-up. Held long enough, or the server is shutting down: an empty
                 # answer with the same cursor, always safe; the client polls again at once, elsewhere

@@ -130,6 +130,7 @@ class Subscription:
         # What a held poll is woken for: its direct names, its groups' change markers, wildcard prefixes.
         self.group_markers = tuple(GROUP_CHANGED + t.base for t in self.groups)
         self.watched = tuple(sorted({t.name for t in self.direct} | set(self.group_markers)))
+        self.watched_set = frozenset(self.watched)  # one for every poll of this subscription
         self.prefixes = tuple(t.prefix for t in self.wildcards)
 
     def sources(self, resolved: Resolved) -> list[Source]:
