@@ -180,8 +180,8 @@ def keyset_and_channels(request: web.Request, max_length: int) -> tuple[str, Seq
         return sub_key, path_names(request, "channels", "channel", max_length)
     match = request.match_info
     channels = match["channels"]
-    if len(channels) > CACHED_TEXT:
-        return check_name(match["sub_key"], "subscribe key", max_length), split_names(channels, "channel", max_length)
+    if len(channels) > CACHED_TEXT:  # read the same way, not kept
+        return _plain_keyset_and_channels.__wrapped__(match["sub_key"], channels, max_length)
     return _plain_keyset_and_channels(match["sub_key"], channels, max_length)
 
 
