@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from presence_server.app import SWEEPER
+from presence_server.context import LONGPOLLS
 from tests.helpers.app import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, waiting
 from tests.helpers.http import (
     EARLY,
@@ -96,6 +97,24 @@ async def test_publish_on_one_wakes_a_poll_held_on_the_other(
     assert loop.time() - started < EARLY
     assert messages(found) == ["across"] and next_tt == tt
     assert waiting(a) == 0
+
+
+async def test_a_publish_on_one_answers_the_others_poll_at_the_last_timetoken_without_a_read(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=LONG_HOLD)
+    assert b.app is not None
+    cursor = await handshake(b, "ch1")
+    first = await publish(a, "ch1", "first")
+    found, cursor = await poll(b, "ch1", cursor)
+    assert messages(found) == ["first"] and cursor == first
+    pending = asyncio.create_task(poll(b, "ch1", cursor))
+    await wait_until(lambda: waiting(b) == 1)
+    reads = b.app[LONGPOLLS].reads_started
+    tt = await publish(a, "ch1", {"n": 2})
+    found, next_tt = await pending
+    assert messages(found) == [{"n": 2}] and next_tt == tt
+    assert b.app[LONGPOLLS].reads_started == reads  # the wake-up from A's script carried the entry
 
 
 async def test_presence_event_on_one_wakes_a_presence_poll_held_on_the_other(

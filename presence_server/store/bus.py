@@ -36,6 +36,7 @@ from redis.asyncio.cluster import RedisCluster
 from presence_server.store.connect import refresh_slots, sentinel_master
 from presence_server.store.fields import (
     WAKE_CLOCK,
+    WAKE_ENTRY,
     WAKE_FAULTS,
     WAKE_KEYSET,
     WAKE_LEFT,
@@ -43,7 +44,7 @@ from presence_server.store.fields import (
     WAKE_RESET,
     WAKE_REVOKED,
 )
-from presence_server.store.longpoll import LongPolls
+from presence_server.store.longpoll import LongPolls, Published
 
 log = logging.getLogger("presence_server.bus")
 
@@ -376,6 +377,7 @@ class WakeBus:
             names = body.get(WAKE_NAMES) or ()
             left = body.get(WAKE_LEFT)
             revoked = body.get(WAKE_REVOKED)
+            published = Published.of(body.get(WAKE_ENTRY))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             log.warning("ignoring a malformed wake-up: %r", data)
             return
@@ -384,4 +386,4 @@ class WakeBus:
         if left is not None or WAKE_RESET in body:
             self.polls.forget(sub_key, left)
         if names:
-            self.polls.notify(sub_key, names)
+            self.polls.notify(sub_key, names, published)

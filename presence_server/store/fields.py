@@ -60,6 +60,10 @@ GROUP_CHANGED: Final = "\x00group:"
 WAKE_LEFT: Final = "l"  # a uuid that left channels of the keyset (its refresh memo must go)
 WAKE_RESET: Final = "x"  # present (true) when the whole keyset was reset
 WAKE_REVOKED: Final = "r"  # an Access Manager token revoked in the keyset (its id)
+# A publish's entry: [channel, the keyset's timetoken before it, its timetoken, field, value, ...], so that
+# the polls it completes need no read (longpoll.py); left out when its names and values pass MAX_WAKE_ENTRY_BYTES.
+WAKE_ENTRY: Final = "e"
+MAX_WAKE_ENTRY_BYTES: Final = 8192
 WAKE_CLOCK: Final = "clock"  # alone in its message: the admin clock's new offset (seconds)
 WAKE_FAULTS: Final = "faults"  # alone in its message, on the clock's channel: the fault rules changed
 
@@ -162,7 +166,13 @@ _LUA_TABLES: dict[str, dict[str, str | int]] = {
     },
     "HOOK": {"channel": HOOK_CHANNEL, "at": HOOK_AT},
     "COUNTER": {"occupants": COUNTER_OCCUPANTS, "hooks_lost": COUNTER_HOOKS_LOST},
-    "WAKE": {"keyset": WAKE_KEYSET, "names": WAKE_NAMES, "left": WAKE_LEFT},
+    "WAKE": {
+        "keyset": WAKE_KEYSET,
+        "names": WAKE_NAMES,
+        "left": WAKE_LEFT,
+        "entry": WAKE_ENTRY,
+        "entry_max": MAX_WAKE_ENTRY_BYTES,
+    },
     "MESSAGE": {"kind": MESSAGE_KIND, "live_only": MESSAGE_LIVE_ONLY, "rank": MESSAGE_RANK},
     "OCC": {
         "mark": MEMBER_MARK,

@@ -3,9 +3,15 @@ timer and the presence refresh memo. The route parses a request into a ``Subscri
 call (``LongPolls.subscribe``) and renders the ``Answer``.
 
 A waiting poll never holds a Redis connection: it registers the names it reads and waits on a bare
-future. The wake listener (bus.py) hands every wake-up to ``LongPolls.notify``. A wake-up only says
+future. The wake listener (bus.py) hands every wake-up to ``LongPolls.notify``. A wake-up says
 "read again"; the log read by cursor is what guarantees nothing is lost, so a missed or extra
 wake-up costs latency, never data.
+
+A publish's wake-up also carries its entry and the keyset's timetoken before it (``Published``).
+Timetokens are one counter per keyset, so no entry of the keyset lies between the two: a poll whose
+cursor is at or after that previous timetoken, and which reads the entry's channel directly, has
+exactly that entry to receive, and is answered with it without a read. Any later entry comes with a
+later wake-up, after the new cursor. Every other poll reads as below.
 
 The invariant kept here: **a poll woken for an entry never takes the answer of a read that was
 already on its way (sent to Redis) before that entry was written.** Reads are numbered as they
@@ -31,7 +37,14 @@ from typing import Any
 from presence_server.clock import Clock
 from presence_server.store.core import timetoken_at
 from presence_server.store.store import PresenceStore
-from presence_server.store.subscription import Answer, ReadResult, Subscription, split_presence
+from presence_server.store.subscription import (
+    Answer,
+    Delivery,
+    ReadResult,
+    Source,
+    Subscription,
+    split_presence,
+)
 
 PAGE = 100  # deliveries per answer
 OWN_JOIN_WINDOW = 5.0  # seconds: how recent a subscriber's own join may be to be handed to it
@@ -51,6 +64,43 @@ class SubscribeCall:
     cursor: str
     timeout: float | None
     states: Mapping[str, str]
+
+
+class Published:
+    """A publish's entry as its wake-up carries it (common.lua ``publish_wakes``), and the one answer it
+    makes for the polls it completes on its own (see the module's docstring)."""
+
+    __slots__ = ("_answer", "after", "channel", "delivery", "number")
+
+    def __init__(self, channel: str, after: int, timetoken: str, fields: dict[str, str]) -> None:
+        self.channel = channel
+        self.after = after  # the keyset's timetoken before the entry's
+        self.number = int(timetoken)
+        self.delivery = Delivery(timetoken, Source(channel, False, None), fields)
+        self._answer: ReadResult | None = None
+
+    @classmethod
+    def of(cls, entry: object) -> Published | None:
+        """From the wake-up's [channel, previous timetoken, timetoken, field, value, ...]; None when it
+        has none (or not that shape): its polls then read."""
+        if not isinstance(entry, list) or len(entry) < 5 or len(entry) % 2 == 0:
+            return None
+        if not all(isinstance(value, str) for value in entry):
+            return None
+        channel, after, timetoken, *pairs = entry
+        if not (after.isascii() and after.isdigit() and timetoken.isascii() and timetoken.isdigit()):
+            return None
+        return cls(channel, int(after), timetoken, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+
+    def answers(self, key: ReadKey) -> ReadResult | None:
+        """The answer of the polls that read ``key``, when this entry alone is what they have to receive."""
+        _, (direct, groups, wildcards), cursor = key
+        if groups or wildcards or self.channel not in direct or not self.after <= int(cursor) < self.number:
+            return None
+        if self._answer is None:  # one answer, rendered once, for every poll it completes
+            timetoken = self.delivery.timetoken
+            self._answer = ReadResult([self.delivery], timetoken, [self.delivery.source], timetoken)
+        return self._answer
 
 
 class RefreshMemo:
@@ -365,12 +415,13 @@ class LongPolls:
 
     # -- wake-ups (from the wake listener, bus.py) ---------------------------------------------------
 
-    def notify(self, sub_key: str, names: Iterable[str]) -> None:
+    def notify(self, sub_key: str, names: Iterable[str], published: Published | None = None) -> None:
         """Wake every waiter that reads one of ``names`` in the keyset.
 
-        Waiters are read for first, once per distinct read, and woken with the result: a publish to
-        a channel thousands of polls hold then costs one read and one task step per poll, not a
-        wake-up, a read and another wake-up.
+        Waiters that ``published`` answers are woken with it at once. The others are read for first,
+        once per distinct read, and woken with the result: a publish to a channel thousands of polls
+        hold then costs at most one read and one task step per poll, not a wake-up, a read and another
+        wake-up.
         """
         prefixed = self._by_prefix.get(sub_key, ())
         marker = self.reads_started  # reads numbered above this see every entry the wake-up is for
@@ -388,7 +439,12 @@ class LongPolls:
                 waiter.wake(marker)
             else:
                 groups.setdefault(waiter.read_key, []).append(waiter)
-        for group in groups.values():
+        for key, group in groups.items():
+            answer = None if published is None else published.answers(key)
+            if answer is not None:
+                for waiter in group:
+                    waiter.wake(marker, answer)
+                continue
             task = asyncio.ensure_future(self._read_then_wake(marker, group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

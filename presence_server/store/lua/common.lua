@@ -49,7 +49,9 @@ end
 
 -- Timetokens are 17-digit integers, beyond a Lua double's exact range, so they are handled as
 -- decimal strings: compared by length then text, and incremented by Redis itself (64-bit INCR).
--- Strictly increasing across the keyset whatever the callers' clocks do.
+-- Strictly increasing across the keyset whatever the callers' clocks do. Also returns the keyset's
+-- timetoken before this one (nil when there was none, or none usable): no entry of the keyset has a
+-- timetoken between the two.
 local function next_timetoken()
   local last = redis.call('GET', TT_KEY)
   if last and #last > 19 then
@@ -58,10 +60,10 @@ local function next_timetoken()
   end
   if last and (#last > #NOW_TT or (#last == #NOW_TT and last >= NOW_TT)) then
     redis.call('INCR', TT_KEY)
-    return redis.call('GET', TT_KEY)
+    return redis.call('GET', TT_KEY), last
   end
   redis.call('SET', TT_KEY, NOW_TT)
-  return NOW_TT
+  return NOW_TT, last
 end
 
 -- Names whose logs grew in this script; published once at the end so waiting polls re-read.
@@ -75,7 +77,9 @@ end
 
 -- `left`: the uuid that left, when the script is a leave; every process then forgets what it
 -- remembers of that user (its subscribe refresh memo), so the wake-up goes out even with no names.
-local function publish_wakes(left)
+-- `entry`: the one entry the script appended, as {channel, previous timetoken, timetoken, field,
+-- value, ...}, for the polls that can be answered with it without reading (publish.lua).
+local function publish_wakes(left, entry)
   if #woken_list == 0 and not left then
     return
   end
@@ -86,6 +90,9 @@ local function publish_wakes(left)
   if left then
     wake[WAKE.left] = left
   end
+  if entry then
+    wake[WAKE.entry] = entry
+  end
   redis.call('SPUBLISH', WAKE_CHANNEL, cjson.encode(wake))
 end
 
@@ -93,13 +100,14 @@ end
 -- entry is delivered on (`ch` for messages, `ch-pnpres` for presence); `channel` the base channel,
 -- indexed so wildcard subscriptions can find it.
 -- `maxlen` bounds the log's length (LOG_SIZE when not given).
+-- Returns the entry's timetoken and the keyset's one before it (see next_timetoken).
 local function append(log_key, name, channel, fields, maxlen)
-  local tt = next_timetoken()
+  local tt, previous = next_timetoken()
   redis.call('XADD', log_key, 'MAXLEN', '~', maxlen or LOG_SIZE, tt .. '-0', unpack(fields))
   redis.call('EXPIRE', log_key, BACKSTOP)
   redis.call('ZADD', NAMES_KEY, 0, channel)
   wake(name)
-  return tt
+  return tt, previous
 end
 
 local function occupancy(occ_key)

@@ -5,7 +5,7 @@
 -- timetoken history keeps, 17 digits ("" when history is off), 4 seconds the log lives unwritten,
 -- 5 "1" when history shows the message, 6 when it leaves history by its own ttl (ms, or ""), then the
 -- entry's fields (MESSAGE_* of presence_server/store/fields.py) as name, value pairs. Returns the
--- message's timetoken.
+-- message's timetoken. The wake-up carries the entry (common.lua publish_wakes).
 local channel, maxlen, oldest, lifetime = arg(1), arg(2), arg(3), tonumber(arg(4))
 local shown, expires = arg(5) == '1', arg(6)
 local log_key = KEYS[FIRST_CHANNEL_KEY]
@@ -20,9 +20,9 @@ if oldest ~= '' then
   local rank = shown and redis.call('INCR', rank_key) or tonumber(redis.call('GET', rank_key) or '0')
   redis.call('EXPIRE', rank_key, math.max(lifetime, tonumber(BACKSTOP)))
   table.insert(fields, MESSAGE.rank)
-  table.insert(fields, rank)
+  table.insert(fields, string.format('%d', rank))
 end
-local tt = append(log_key, channel, channel, fields, maxlen)
+local tt, previous = append(log_key, channel, channel, fields, maxlen)
 if oldest ~= '' then
   if shown and expires ~= '' then
     redis.call('ZADD', ttl_key, expires, tt)
@@ -51,5 +51,17 @@ if oldest ~= '' then
     end
   end
 end
-publish_wakes()
+-- The wake-up carries the entry (unless it is long: every process of the keyset receives it), so that
+-- a poll whose cursor is at or after the keyset's previous timetoken is answered without a read.
+local entry = nil
+if previous then
+  local size = 0
+  for _, value in ipairs(fields) do
+    size = size + #value
+  end
+  if size <= WAKE.entry_max then
+    entry = {channel, previous, tt, unpack(fields)}
+  end
+end
+publish_wakes(nil, entry)
 return tt
