@@ -17,8 +17,9 @@ import pytest
 from presence_server.context import LONGPOLLS
 from presence_server.store.fields import MAX_WAKE_ENTRY_BYTES, MESSAGE_BODY
 from presence_server.store.longpoll import Published
+from presence_server.store.subscription import subscription_of
 from tests.helpers.app import Client, waiting
-from tests.helpers.http import add_to_group, handshake, messages, poll, publish
+from tests.helpers.http import add_to_group, handshake, heartbeat, messages, poll, publish
 from tests.helpers.wait import wait_until
 
 POLLS = 20
@@ -97,6 +98,29 @@ async def test_polls_through_a_group_or_a_wildcard_read_even_at_the_last_timetok
     assert polls.reads_started - before == 2
 
 
+async def test_polls_of_two_names_one_wake_up_names_are_read_for_once(held: Client) -> None:
+    """A join on two channels is one wake-up naming both presence logs: the polls watching both are
+    one group, read for once, and each gets both events."""
+    assert held.app is not None
+    polls = held.app[LONGPOLLS]
+    names = "ch1-pnpres,ch2-pnpres"
+    cursors = [await handshake(held, names, uuid=f"w{i}") for i in range(POLLS)]
+    await heartbeat(held, "ch1,ch2", "first")
+    answers = await asyncio.gather(*(poll(held, names, c, uuid=f"w{i}") for i, c in enumerate(cursors)))
+    cursor = answers[0][1]
+    assert all(next_tt == cursor for _, next_tt in answers)
+    pending = [asyncio.create_task(poll(held, names, cursor, uuid=f"w{i}")) for i in range(POLLS)]
+    await wait_until(lambda: waiting(held) == POLLS)
+    before = polls.reads_started
+    await heartbeat(held, "ch1,ch2", "second")
+    for found, _ in await asyncio.gather(*pending):
+        assert sorted((e["c"], e["d"]["action"], e["d"]["uuid"]) for e in found) == [
+            ("ch1-pnpres", "join", "second"),
+            ("ch2-pnpres", "join", "second"),
+        ]
+    assert polls.reads_started - before == 1
+
+
 async def test_a_message_too_long_to_ride_on_its_wake_up_is_read_once(held: Client) -> None:
     assert held.app is not None
     polls = held.app[LONGPOLLS]
@@ -133,13 +157,13 @@ def test_a_wake_up_entry_of_another_shape_is_none(entry: object) -> None:
 def test_a_wake_up_entry_answers_direct_reads_from_its_previous_timetoken_to_before_its_own() -> None:
     published = Published.of(["ch1", "100", "105", MESSAGE_BODY, "1"])
     assert published is not None
-    direct: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = (("ch0", "ch1"), (), ())
-    answered = [c for c in range(98, 108) if published.answers(("k", direct, str(c))) is not None]
+    direct = subscription_of(("ch0", "ch1"), ())
+    answered = [c for c in range(98, 108) if published.answers(direct, str(c)) is not None]
     assert answered == [100, 101, 102, 103, 104]
-    for names in [(("ch0",), (), ()), (("ch1",), ("g",), ()), (("ch1",), (), ("ch.*",)), (("ch1-pnpres",), (), ())]:
-        assert published.answers(("k", names, "100")) is None, names
-    answer = published.answers(("k", direct, "100"))
-    assert answer is not None and answer is published.answers(("k", (("ch1",), (), ()), "104"))  # rendered once
+    for channels, groups in [(("ch0",), ()), (("ch1",), ("g",)), (("ch1", "ch.*"), ()), (("ch1-pnpres",), ())]:
+        assert published.answers(subscription_of(channels, groups), "100") is None, (channels, groups)
+    answer = published.answers(direct, "100")
+    assert answer is not None and answer is published.answers(subscription_of(("ch1",), ()), "104")  # rendered once
     assert answer.cursor == "105" and [d.fields for d in answer.deliveries] == [{MESSAGE_BODY: "1"}]
 
 

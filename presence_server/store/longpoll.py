@@ -51,6 +51,10 @@ OWN_JOIN_WINDOW = 5.0  # seconds: how recent a subscriber's own join may be to b
 
 # What makes two reads return the same thing: keyset, subscribed names, cursor.
 ReadKey = tuple[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], str]
+# The held polls of one name that a wake-up treats alike: one subscription (the object: a client's
+# polls of a subscription of up to 50 names share it, see subscription_of) and one cursor. Cheap to
+# hash (the object's identity and a string), unlike a ReadKey's nested names.
+GroupKey = tuple[Subscription, str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,10 +96,12 @@ class Published:
             return None
         return cls(channel, int(after), timetoken, dict(zip(pairs[::2], pairs[1::2], strict=True)))
 
-    def answers(self, key: ReadKey) -> ReadResult | None:
-        """The answer of the polls that read ``key``, when this entry alone is what they have to receive."""
-        _, (direct, groups, wildcards), cursor = key
-        if groups or wildcards or self.channel not in direct or not self.after <= int(cursor) < self.number:
+    def answers(self, subscription: Subscription, cursor: str) -> ReadResult | None:
+        """The answer of the polls of ``subscription`` at ``cursor``, when this entry alone is what they
+        have to receive."""
+        if subscription.needs_resolving or not self.after <= int(cursor) < self.number:
+            return None
+        if self.channel not in subscription.names[0]:
             return None
         if self._answer is None:  # one answer, rendered once, for every poll it completes
             timetoken = self.delivery.timetoken
@@ -183,10 +189,10 @@ class _Waiter:
         "_future",
         "_polls",
         "cursor",
+        "group",
         "marker",
         "names",
         "prefixes",
-        "read_key",
         "result",
         "sub_key",
         "subscription",
@@ -198,7 +204,7 @@ class _Waiter:
         self.sub_key = sub_key
         self.subscription = subscription
         self.cursor = cursor
-        self.read_key: ReadKey = (sub_key, subscription.names, cursor)
+        self.group: GroupKey = (subscription, cursor)
         self.names: frozenset[str] = frozenset()
         self.prefixes: tuple[str, ...] = ()
         self.woken = False  # set by a wake-up, cleared by the poll before it reads again
@@ -278,7 +284,8 @@ class LongPolls:
         self.waiting = 0  # polls waiting for a wake-up now (presence_longpolls_held), not those reading
         self.closing = False
         self.reads_started = 0  # numbers the reads (the markers of the invariant above)
-        self._by_name: dict[tuple[str, str], set[_Waiter]] = defaultdict(set)
+        # (keyset, name) -> the waiters woken for it, by group.
+        self._by_name: dict[tuple[str, str], dict[GroupKey, set[_Waiter]]] = {}
         self._by_prefix: dict[str, set[_Waiter]] = defaultdict(set)
         self._held: Counter[str] = Counter()  # keyset -> polls waiting in it
         # Set by the wake listener (bus.py): returns once this process hears the keyset's wake-ups.
@@ -425,29 +432,38 @@ class LongPolls:
         """
         prefixed = self._by_prefix.get(sub_key, ())
         marker = self.reads_started  # reads numbered above this see every entry the wake-up is for
-        woken: set[_Waiter] = set()
-        for name in names:
-            woken.update(self._by_name.get((sub_key, name), ()))
-            if prefixed:
-                base = split_presence(name)[0]
-                woken.update(waiter for waiter in prefixed if any(base.startswith(p) for p in waiter.prefixes))
-        groups: dict[ReadKey, list[_Waiter]] = {}
-        for waiter in woken:
-            if waiter.woken:
-                # Woken already and not yet read: it now reads for itself, after this marker, and
-                # so sees both entries (a result waiting for it might lack the newer one).
-                waiter.wake(marker)
-            else:
-                groups.setdefault(waiter.read_key, []).append(waiter)
-        for key, group in groups.items():
-            answer = None if published is None else published.answers(key)
-            if answer is not None:
-                for waiter in group:
+        names = list(names)
+        groups: Mapping[GroupKey, set[_Waiter]]
+        if len(names) == 1 and not prefixed:  # a publish: nothing to merge, the registry's own groups
+            groups = self._by_name.get((sub_key, names[0]), {})
+        else:
+            merged: dict[GroupKey, set[_Waiter]] = {}  # a waiter of several of the names counts once
+            for name in names:
+                for key, members in self._by_name.get((sub_key, name), {}).items():
+                    merged.setdefault(key, set()).update(members)
+                if prefixed:
+                    base = split_presence(name)[0]
+                    for waiter in prefixed:
+                        if any(base.startswith(p) for p in waiter.prefixes):
+                            merged.setdefault(waiter.group, set()).add(waiter)
+            groups = merged
+        # Waking changes no registration (the polls run later), so the groups can be walked as they are.
+        for (subscription, cursor), members in groups.items():
+            answer = None if published is None else published.answers(subscription, cursor)
+            unread: list[_Waiter] = []
+            for waiter in members:
+                if waiter.woken:
+                    # Woken already and not yet read: it now reads for itself, after this marker, and
+                    # so sees both entries (a result waiting for it might lack the newer one).
+                    waiter.wake(marker)
+                elif answer is not None:
                     waiter.wake(marker, answer)
-                continue
-            task = asyncio.ensure_future(self._read_then_wake(marker, group))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+                else:
+                    unread.append(waiter)
+            if unread:
+                task = asyncio.ensure_future(self._read_then_wake(marker, unread))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _read_then_wake(self, marker: int, group: list[_Waiter]) -> None:
         first = group[0]
@@ -471,9 +487,10 @@ class LongPolls:
 
     def wake_all(self) -> None:
         """Every waiter reads again (the wake listener reconnected: wake-ups may have been missed)."""
-        for waiters in self._by_name.values():
-            for waiter in waiters:
-                waiter.signal()
+        for groups in self._by_name.values():
+            for members in groups.values():
+                for waiter in members:
+                    waiter.signal()
         for waiters in self._by_prefix.values():
             for waiter in waiters:
                 waiter.signal()
@@ -496,8 +513,16 @@ class LongPolls:
     # -- registration ---------------------------------------------------------------------------------
 
     def _register(self, waiter: _Waiter) -> None:
+        by_name, group = self._by_name, waiter.group
         for name in waiter.names:
-            self._by_name[(waiter.sub_key, name)].add(waiter)
+            groups = by_name.get((waiter.sub_key, name))
+            if groups is None:
+                groups = by_name[(waiter.sub_key, name)] = {}
+            members = groups.get(group)
+            if members is None:
+                groups[group] = {waiter}
+            else:
+                members.add(waiter)
         if waiter.prefixes:
             self._by_prefix[waiter.sub_key].add(waiter)
         self._held[waiter.sub_key] += 1
@@ -505,13 +530,19 @@ class LongPolls:
     def _unregister(self, waiter: _Waiter) -> None:
         if not waiter.names and not waiter.prefixes:
             return
+        by_name, group = self._by_name, waiter.group
         for name in waiter.names:
             key = (waiter.sub_key, name)
-            waiters = self._by_name.get(key)
-            if waiters is not None:
-                waiters.discard(waiter)
-                if not waiters:
-                    del self._by_name[key]
+            groups = by_name.get(key)
+            if groups is None:
+                continue
+            members = groups.get(group)
+            if members is not None:
+                members.discard(waiter)
+                if not members:
+                    del groups[group]
+                    if not groups:
+                        del by_name[key]
         prefixed = self._by_prefix.get(waiter.sub_key)
         if prefixed is not None:
             prefixed.discard(waiter)
