@@ -1,12 +1,15 @@
 """The long-poll owner's refresh memo: a subscribe poll is an implicit heartbeat, skipped only while a
 refresh saying the same thing was made within the window, and never after the user left or the keyset
-was reset. Its memory is bounded in entries and bytes whatever the states subscribers send."""
+was reset. Its memory is bounded in entries and bytes whatever the states subscribers send. And the
+hold timers: one per grain of time, not one per held poll."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import tracemalloc
+from collections.abc import Callable
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -15,7 +18,7 @@ import redis.asyncio as aioredis
 from presence_server.app import create_app
 from presence_server.config import Settings
 from presence_server.context import LONGPOLLS
-from presence_server.store.longpoll import RefreshMemo
+from presence_server.store.longpoll import HOLD_GRAIN, RefreshMemo, _HoldTimers
 from presence_server.store.subscription import CACHED_NAMES, subscription_of
 from tests.helpers.app import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, NewClient, serve
 from tests.helpers.http import HOLD, P, handshake, occupants, ok_body, poll
@@ -175,3 +178,52 @@ async def test_process_memory_does_not_grow_with_distinct_states(
         tracemalloc.stop()
     # A memo keyed by the state itself kept each one: 200 x 60 KB, 12 MB.
     assert grown < 2_000_000, f"{grown} bytes more after 200 distinct 60 KB states"
+
+
+class _Loop:
+    """The two calls the hold timers make of their loop, with time moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[tuple[float, Callable[..., None], tuple[Any, ...]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> None:
+        self.timers.append((when, callback, args))
+
+    def run_due(self) -> None:
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, callback, args in due:
+            callback(*args)
+
+
+async def test_a_hold_ends_within_a_grain_after_its_time_and_shares_its_grains_timer() -> None:
+    loop = _Loop()
+    holds = _HoldTimers(cast("asyncio.AbstractEventLoop", loop))
+    running = asyncio.get_running_loop()
+    early, late, gone = (running.create_future() for _ in range(3))
+    ends = [holds.add(early, 2.0), holds.add(late, 2.0 + HOLD_GRAIN / 2), holds.add(gone, 2.0)]
+    assert len(loop.timers) <= 2  # one per grain, not one per poll
+    holds.discard(gone, ends[2])
+    loop.now += 2.0 - HOLD_GRAIN / 10
+    loop.run_due()
+    assert not early.done() and not late.done()  # not before its time
+    loop.now += HOLD_GRAIN * 2
+    loop.run_due()
+    assert early.result() is False and late.result() is False
+    assert not gone.done()  # taken out before its hold ended
+
+
+async def test_a_grain_emptied_and_filled_again_still_ends() -> None:
+    loop = _Loop()
+    holds = _HoldTimers(cast("asyncio.AbstractEventLoop", loop))
+    running = asyncio.get_running_loop()
+    first, second = running.create_future(), running.create_future()
+    holds.discard(first, holds.add(first, 1.0))
+    holds.add(second, 1.0)
+    loop.now += 1.0 + HOLD_GRAIN
+    loop.run_due()
+    assert second.result() is False and not first.done()
