@@ -31,9 +31,9 @@ import asyncio
 import dataclasses
 import math
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 from presence_server.clock import Clock
 from presence_server.store.core import timetoken_at
@@ -57,6 +57,9 @@ ReadKey = tuple[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], s
 # polls of a subscription of up to 50 names share it, see subscription_of) and one cursor. Cheap to
 # hash (the object's identity and a string), unlike a ReadKey's nested names.
 GroupKey = tuple[Subscription, str]
+# A group's waiters: the waiter itself while it is alone (idle polls that came at different times hold
+# different cursors, and a set per poll would cost 200 bytes more each), else a set of them.
+Members: TypeAlias = "_Waiter | set[_Waiter]"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -270,6 +273,10 @@ class _Waiter:
         self._polls._unregister(self)
 
 
+def _each(members: Members) -> Collection[_Waiter]:
+    return members if isinstance(members, set) else (members,)
+
+
 class _HoldTimers:
     """When the waiting polls' holds end, in grains of HOLD_GRAIN seconds: one loop timer per grain,
     not one per poll. A held poll then keeps no timer handle, and the thousands of polls one publish
@@ -316,7 +323,7 @@ class LongPolls:
         self.closing = False
         self.reads_started = 0  # numbers the reads (the markers of the invariant above)
         # (keyset, name) -> the waiters woken for it, by group.
-        self._by_name: dict[tuple[str, str], dict[GroupKey, set[_Waiter]]] = {}
+        self._by_name: dict[tuple[str, str], dict[GroupKey, Members]] = {}
         self._by_prefix: dict[str, set[_Waiter]] = defaultdict(set)
         self._held: Counter[str] = Counter()  # keyset -> polls waiting in it
         # Set by the wake listener (bus.py): returns once this process hears the keyset's wake-ups.
@@ -471,14 +478,14 @@ class LongPolls:
         prefixed = self._by_prefix.get(sub_key, ())
         marker = self.reads_started  # reads numbered above this see every entry the wake-up is for
         names = list(names)
-        groups: Mapping[GroupKey, set[_Waiter]]
+        groups: Mapping[GroupKey, Members]
         if len(names) == 1 and not prefixed:  # a publish: nothing to merge, the registry's own groups
             groups = self._by_name.get((sub_key, names[0]), {})
         else:
             merged: dict[GroupKey, set[_Waiter]] = {}  # a waiter of several of the names counts once
             for name in names:
                 for key, members in self._by_name.get((sub_key, name), {}).items():
-                    merged.setdefault(key, set()).update(members)
+                    merged.setdefault(key, set()).update(_each(members))
                 if prefixed:
                     base = split_presence(name)[0]
                     for waiter in prefixed:
@@ -489,7 +496,7 @@ class LongPolls:
         for (subscription, cursor), members in groups.items():
             answer = None if published is None else published.answers(subscription, cursor)
             unread: list[_Waiter] = []
-            for waiter in members:
+            for waiter in _each(members):
                 if waiter.woken:
                     # Woken already and not yet read: it now reads for itself, after this marker, and
                     # so sees both entries (a result waiting for it might lack the newer one).
@@ -527,7 +534,7 @@ class LongPolls:
         """Every waiter reads again (the wake listener reconnected: wake-ups may have been missed)."""
         for groups in self._by_name.values():
             for members in groups.values():
-                for waiter in members:
+                for waiter in _each(members):
                     waiter.signal()
         for waiters in self._by_prefix.values():
             for waiter in waiters:
@@ -558,9 +565,11 @@ class LongPolls:
                 groups = by_name[(waiter.sub_key, name)] = {}
             members = groups.get(group)
             if members is None:
-                groups[group] = {waiter}
-            else:
+                groups[group] = waiter
+            elif isinstance(members, set):
                 members.add(waiter)
+            else:
+                groups[group] = {members, waiter}
         if waiter.prefixes:
             self._by_prefix[waiter.sub_key].add(waiter)
         self._held[waiter.sub_key] += 1
@@ -575,12 +584,14 @@ class LongPolls:
             if groups is None:
                 continue
             members = groups.get(group)
-            if members is not None:
+            if members is waiter:
+                del groups[group]
+            elif isinstance(members, set):
                 members.discard(waiter)
                 if not members:
                     del groups[group]
-                    if not groups:
-                        del by_name[key]
+            if not groups:
+                del by_name[key]
         prefixed = self._by_prefix.get(waiter.sub_key)
         if prefixed is not None:
             prefixed.discard(waiter)
