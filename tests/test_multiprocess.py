@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import aiohttp
 import pytest
 
 from presence_server.app import SWEEPER
-from presence_server.context import LONGPOLLS
+from presence_server.context import LONGPOLLS, STORE
+from presence_server.store.subscription import subscription_of
 from tests.helpers.app import START, AiohttpClient, AiohttpServer, Client, FakeClock, MakeApp, serve, waiting
 from tests.helpers.http import (
     EARLY,
@@ -286,3 +288,53 @@ async def test_two_real_server_processes_share_presence_and_messages(
         body = await pending
         assert [env["d"] for env in body["m"]] == ["woken"]
         assert loop.time() - started < 1.5
+
+
+async def test_concurrent_publishes_and_presence_reach_every_subscription_whole_and_in_order(
+    make_app: MakeApp, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    """Publishes and presence events from both processes while subscribers of several shapes poll
+    through either: each received exactly what its subscription's logs hold after its first cursor,
+    once each, in timetoken order, whether a poll took a wake-up's entry or read."""
+    rng = random.Random(15)
+    a, b = await two(make_app, aiohttp_server, aiohttp_client, longpoll_hold=LONG_HOLD)
+    assert a.app is not None and b.app is not None
+    store, sub_key = a.app[STORE], "demo"
+    servers = (a, b)
+    shapes = ["a", "a", "a,b", "b,a-pnpres,a", "b", "a-pnpres"]
+    cursors = [await handshake(servers[i % 2], shape, uuid=f"s{i}") for i, shape in enumerate(shapes)]
+    received: list[list[tuple[str, str]]] = [[] for _ in shapes]
+    done = False
+
+    async def logged_after(shape: str, cursor: str) -> list[tuple[str, str]]:
+        """What the subscription's logs hold after ``cursor``, read from the store itself."""
+        subscription, found = subscription_of(tuple(shape.split(",")), ()), []
+        while (page := await store.read(sub_key, subscription, cursor)).deliveries:
+            found += [(d.source.delivered_as, d.timetoken) for d in page.deliveries]
+            cursor = page.cursor
+        return found
+
+    async def subscriber(i: int) -> None:
+        cursor = cursors[i]
+        while not (done and not await logged_after(shapes[i], cursor)):
+            found, cursor = await poll(rng.choice(servers), shapes[i], cursor, uuid=f"s{i}")
+            received[i] += [(envelope["c"], envelope["p"]["t"]) for envelope in found]
+
+    tasks = [asyncio.create_task(subscriber(i)) for i in range(len(shapes))]
+    for n in range(120):
+        server = rng.choice(servers)
+        if rng.random() < 0.2:
+            await heartbeat(server, rng.choice(["a", "b", "a,b"]), f"walker-{n}")  # a join each
+        else:
+            await publish(server, rng.choice(["a", "a", "b"]), {"n": n})
+        for _ in range(rng.randrange(3)):
+            await asyncio.sleep(0)  # let polls and wake-ups interleave with the next write
+    # Then every poll answers at once (as at shutdown), so the subscribers catch up without holding.
+    done = True
+    for server in servers:
+        assert server.app is not None
+        server.app[LONGPOLLS].close()
+    await asyncio.gather(*tasks)
+    for i, shape in enumerate(shapes):
+        assert received[i] == await logged_after(shape, cursors[i]), shape
+        assert len(received[i]) > 10, shape
